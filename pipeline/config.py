@@ -1,0 +1,77 @@
+"""Settings of the worker process (and of the script-mode commands that run the same stages).
+
+One pydantic-settings class; nothing else in pipeline/ reads the environment. Every field is
+``FACECHAIN_<NAME>`` in the environment or in an optional ``.env`` file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, RedisDsn
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class WorkerSettings(BaseSettings):
+    """Everything a GPU worker needs; defaults are FaceChain's own knobs."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="FACECHAIN_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    # ---- where things are
+    data_dir: Path = Field(default=Path("./data"), description="SQLite file (bot only) and the blob store.")
+    redis_url: RedisDsn = Field(default=RedisDsn("redis://127.0.0.1:6379/0"))
+    models_dir: Path = Field(default=Path("./models"), description="Downloaded weights live here.")
+    base_model: str = Field(
+        default="ly261666/cv_portrait_model",
+        description="A diffusers folder, a single .safetensors checkpoint, or a hub id fetched into models_dir.",
+    )
+    styles_dir: Path | None = Field(default=None, description="Extra style files (.toml) beside the built-ins.")
+
+    # ---- which work this worker takes
+    queues: list[Literal["train", "generate"]] = Field(default_factory=lambda: ["train", "generate"])
+    train_timeout_s: int = Field(default=1800, ge=10)
+    generate_timeout_s: int = Field(default=300, ge=10)
+
+    # ---- devices
+    device: str = Field(default="auto", description="auto, cuda, cuda:N or cpu.")
+    dtype: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
+
+    # ---- face analysis and preprocessing
+    face_backend: Literal["opencv", "insightface"] = "opencv"
+    insightface_pack: str = "buffalo_l"
+    resolution: int = Field(default=512, ge=64, le=1024)
+    min_face_px: int = Field(default=64, ge=8, description="Smallest face side kept, in source pixels.")
+    dominance_ratio: float = Field(default=4.0, ge=1.0, description="Largest face area ÷ second's.")
+    face_fraction: float = Field(default=0.3, gt=0.05, lt=0.9, description="Face side ÷ crop side.")
+    blur_threshold: float = Field(default=25.0, ge=0.0, description="Laplacian variance under this = blurry.")
+    human_parsing: bool = Field(default=False, description="White background (ModelScope model).")
+    skin_retouch: bool = Field(default=False, description="Skin retouching (ModelScope model).")
+    face_quality: bool = Field(default=False, description="Face quality gate (ModelScope model).")
+
+    # ---- training (FaceChain defaults)
+    lora_rank: int = Field(default=4, ge=1, le=128)
+    lora_alpha: float = Field(default=4.0, gt=0)
+    learning_rate: float = Field(default=1.5e-4, gt=0)
+    lr_scheduler: str = "cosine"
+    steps_per_photo: int = Field(default=200, ge=1)
+    max_train_steps: int = Field(default=800, ge=1)
+    train_batch_size: int = Field(default=1, ge=1, le=64)
+    train_seed: int = 42
+    init_face_lora: str | None = Field(default=None, description="Generic face LoRA to start from.")
+
+    # ---- generation (FaceChain defaults)
+    inference_steps: int = Field(default=40, ge=1, le=150)
+    guidance_scale: float = Field(default=7.0, ge=0.0, le=30.0)
+    candidates: int = Field(default=10, ge=1, le=40)
+    generate_batch_size: int = Field(default=5, ge=1, le=40)
+    rank_faces: bool = Field(default=True, description="Filter and rank candidates by face similarity.")
+    nsfw_check: bool = True
+    nsfw_threshold: float = Field(default=0.5, ge=0.0, le=1.0)
+    face_fusion: bool = Field(default=False, description="Fuse the template face (ModelScope model).")
+
+    @property
+    def blob_dir(self) -> Path:
+        return self.data_dir / "blobs"

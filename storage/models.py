@@ -1,0 +1,178 @@
+"""Typed records the repositories return. Plain frozen dataclasses: no SQL, no I/O."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+
+
+class Platform(StrEnum):
+    TELEGRAM = "telegram"
+    DISCORD = "discord"
+    CLI = "cli"
+
+
+class PhotoSetStatus(StrEnum):
+    COLLECTING = "collecting"
+    SUBMITTED = "submitted"
+    DISCARDED = "discarded"
+
+
+class ModelStatus(StrEnum):
+    PENDING = "pending"
+    TRAINING = "training"
+    READY = "ready"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class RunKind(StrEnum):
+    TRAIN = "train"
+    GENERATE = "generate"
+
+
+class RunStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def active(self) -> bool:
+        return self in (RunStatus.QUEUED, RunStatus.RUNNING)
+
+
+class ResultsTo(StrEnum):
+    """Where a community wants /generate results posted."""
+
+    CHANNEL = "channel"
+    DIRECT = "direct"
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    id: int
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    platform: Platform
+    platform_user_id: str
+    user_id: int
+    display_name: str
+
+
+@dataclass(frozen=True, slots=True)
+class PhotoSet:
+    id: int
+    user_id: int
+    status: PhotoSetStatus
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Photo:
+    id: int
+    set_id: int
+    user_id: int
+    blob_key: str
+    sha256: str
+    size_bytes: int
+    width: int
+    height: int
+    mime: str
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class FaceModel:
+    id: int
+    user_id: int
+    version: int
+    status: ModelStatus
+    photo_set_id: int | None
+    subject: str | None
+    trigger: str | None
+    template_key: str | None
+    lora_key: str | None
+    error_code: str | None
+    created_at: datetime
+    finished_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """Where a run's progress and result go: a chat on a platform, and the message to edit."""
+
+    platform: Platform
+    chat_id: str
+    progress_message_id: str | None = None
+    #: The community the request came from (quotas, styles); None for a private chat.
+    community_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    id: str
+    user_id: int
+    kind: RunKind
+    status: RunStatus
+    attempt: int
+    model_id: int | None
+    style: str | None
+    count: int | None
+    progress: float
+    stage: str | None
+    error_code: str | None
+    error_message: str | None
+    delivery: Delivery
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class CustomStyle:
+    """A style an admin added to one community."""
+
+    community_id: int
+    name: str
+    prompt: str
+    negative_prompt: str
+    lora_key: str | None
+    style_weight: float
+    face_weight: float
+    created_by: int | None
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Community:
+    id: int
+    platform: Platform
+    external_id: str
+    #: Styles an admin switched on here (overrides a style that is off by default).
+    enabled_styles: frozenset[str] = field(default_factory=frozenset)
+    #: Styles an admin switched off here (overrides a style that is on by default).
+    disabled_styles: frozenset[str] = field(default_factory=frozenset)
+    #: /generate runs a member may start per day here; None = the global default.
+    user_daily_quota: int | None = None
+    #: /generate runs the whole community may start per day; None = unlimited.
+    community_daily_quota: int | None = None
+    results_to: ResultsTo = ResultsTo.CHANNEL
+    nsfw_allowed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Portrait:
+    id: int
+    run_id: str
+    user_id: int
+    blob_key: str
+    seed: int
+    score: float | None
+    style: str
+    created_at: datetime
