@@ -17,7 +17,11 @@ class WorkerSettings(BaseSettings):
     """Everything a GPU worker needs; defaults are FaceChain's own knobs."""
 
     model_config = SettingsConfigDict(
-        env_prefix="FACECHAIN_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+        env_prefix="FACECHAIN_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        env_ignore_empty=True,
+        extra="ignore",
     )
 
     # ---- where things are
@@ -31,7 +35,7 @@ class WorkerSettings(BaseSettings):
     styles_dir: Path | None = Field(default=None, description="Extra style files (.toml) beside the built-ins.")
 
     # ---- which work this worker takes
-    queues: list[Literal["train", "generate"]] = Field(default_factory=lambda: ["train", "generate"])
+    queues: list[Literal["train", "generate"]] = Field(default=["train", "generate"], min_length=1)
     train_timeout_s: int = Field(default=1800, ge=10)
     generate_timeout_s: int = Field(default=300, ge=10)
 

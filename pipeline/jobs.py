@@ -22,7 +22,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
 
-CONTRACT_VERSION = 1
+CONTRACT_VERSION: Literal[1] = 1
 
 # ----------------------------------------------------------------------------------------- queues
 #: Training jobs: minutes of GPU each; a worker serving only this queue keeps portraits unblocked.
@@ -307,6 +307,11 @@ def parse_request(data: Any) -> TrainRequest | GenerateRequest:
 def parse_outcome(data: Any) -> TrainOutcome | GenerateOutcome:
     """Validate an outcome that arrived on the bot's queue or from a done marker."""
     return _OUTCOME.validate_python(data)
+
+
+def parse_outcome_json(data: bytes | str) -> TrainOutcome | GenerateOutcome:
+    """Validate an outcome stored as JSON (a run's done marker)."""
+    return _OUTCOME.validate_json(data)
 
 
 def salvage_run_id(data: Any) -> str | None:

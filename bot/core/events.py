@@ -4,6 +4,7 @@ builds the follow-up ones (photos saved, job progress, job finished)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 from pipeline.jobs import GenerateOutcome, Progress, TrainOutcome
 
@@ -57,14 +58,28 @@ class TextMessage:
     text: str
 
 
+class BotRejectReason(StrEnum):
+    """Why the bot refused a file before or while storing it (the worker's reasons are RejectReason)."""
+
+    TOO_LARGE = "too_large"
+    UNSUPPORTED_TYPE = "unsupported_type"
+    #: An iPhone HEIC/HEIF file: refused with a hint to send a photo or a JPEG instead.
+    HEIC = "heic"
+    SET_FULL = "set_full"
+    #: The adapter could not fetch the file (gone, network, over the platform's download limit).
+    DOWNLOAD_FAILED = "download_failed"
+
+
 @dataclass(frozen=True, slots=True)
 class SavedPhoto:
     """What storing one accepted photo gave: stored, or rejected once its bytes were seen."""
 
     ref: str
     stored: bool
-    #: RejectReason value or a bot-side reason ("too_large", "unsupported_type", "set_full").
+    #: RejectReason value or a BotRejectReason value ("too_large", "unsupported_type", "set_full", ...).
     reason: str | None = None
+    #: The offered file's name, when it had one (names the file in the reply).
+    filename: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

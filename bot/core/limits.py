@@ -7,6 +7,9 @@ from dataclasses import dataclass
 #: Image types accepted for training photos (HEIC is refused with a hint to send JPEG).
 ACCEPTED_MIME = frozenset({"image/jpeg", "image/png", "image/webp"})
 ACCEPTED_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp"})
+#: iPhone photos sent as files; they get their own hint rather than a generic "unsupported type".
+HEIC_MIME = frozenset({"image/heic", "image/heif", "image/heic-sequence", "image/heif-sequence"})
+HEIC_SUFFIXES = frozenset({".heic", ".heif"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,3 +25,5 @@ class Limits:
     daily_generations: int | None = 20
     #: Largest style LoRA an admin may upload, in bytes.
     max_lora_bytes: int = 256 * 1024 * 1024
+    #: Longest prompt of an admin-added style (the job contract's StyleSpec allows 2000 characters).
+    max_style_prompt_chars: int = 2000

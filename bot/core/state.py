@@ -59,6 +59,8 @@ class ModelState(StrEnum):
 class StyleInfo:
     name: str
     description: str = ""
+    #: Shipped with the bot (can be switched off in a community, never removed).
+    builtin: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +90,9 @@ class Facts:
     #: A ready model exists even if a newer one is training (generation can use the ready one).
     has_ready_model: bool = False
     photo_count: int = 0
+    #: Blob keys of the user's latest photo set in the order received: numbers photos in messages
+    #: about a training run's rejections ("Photo 3: no face found"). Empty when unknown.
+    photo_keys: tuple[str, ...] = ()
     styles: tuple[StyleInfo, ...] = ()
     #: Every style known here, enabled or not (admins list and toggle these).
     all_styles: tuple[StyleInfo, ...] = ()

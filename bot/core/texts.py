@@ -1,0 +1,638 @@
+"""Every sentence the bot says: plain, friendly, short English with no platform markup.
+
+The flow chooses *what* to say; this module says it. Adapters send these strings as they are (no
+Markdown or HTML parse mode), so nothing here needs escaping and a style name with ``_`` or ``*``
+shows literally. Functions, not constants, so a test can call every one of them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from bot.core.events import BotRejectReason
+from bot.core.state import ModelState, RunInfo, StyleInfo
+from pipeline.jobs import ErrorCode, RejectReason, Stage, Subject
+
+#: User-supplied words echoed back (a style name typed wrong) are cut to this length.
+_ECHO_MAX = 40
+
+_COMMANDS = (
+    "/train - start a new set of photos (in a private chat)",
+    "/done - finish the set and start training",
+    "/generate [style] [count] - make portraits",
+    "/styles - list the styles",
+    "/status - what I'm doing for you",
+    "/cancel - stop what's in progress",
+    "/forget - delete everything I keep about you",
+    "/help - this list",
+)
+
+_REJECT_REASONS: dict[str, str] = {
+    RejectReason.NOT_AN_IMAGE: "not an image I can read",
+    RejectReason.NO_FACE: "no face found",
+    RejectReason.SEVERAL_FACES: "more than one face (crop it to just you)",
+    RejectReason.FACE_TOO_SMALL: "the face is too small (take a closer shot)",
+    RejectReason.TOO_BLURRY: "too blurry",
+    RejectReason.DUPLICATE: "the same as another photo",
+    RejectReason.LOW_QUALITY: "too dark or too low quality",
+    BotRejectReason.UNSUPPORTED_TYPE: "not a JPEG, PNG or WebP image",
+    BotRejectReason.HEIC: "HEIC isn't supported: send it as a photo instead of a file, or as a JPEG",
+    BotRejectReason.SET_FULL: "the set is already full",
+    BotRejectReason.DOWNLOAD_FAILED: "I couldn't download it (please send it again)",
+}
+
+_ERRORS: dict[ErrorCode, str] = {
+    ErrorCode.NO_FACE: "I couldn't find a usable face in your photos.",
+    ErrorCode.TOO_FEW_PHOTOS: "Too few of your photos were usable.",
+    ErrorCode.NO_USABLE_PORTRAIT: "None of the portraits passed the face check.",
+    ErrorCode.OUT_OF_MEMORY: "The GPU ran out of memory.",
+    ErrorCode.CANCELLED: "It was cancelled.",
+    ErrorCode.TIMEOUT: "It took too long and was stopped.",
+    ErrorCode.MODEL_MISSING: "A model file is missing on the server; the bot's operator has to add it.",
+    ErrorCode.BAD_PAYLOAD: "The GPU worker didn't understand the request (its version may differ).",
+    ErrorCode.INTERNAL: "Something went wrong on the server.",
+}
+
+_SUBJECTS: dict[Subject, str] = {
+    Subject.MAN: "A man",
+    Subject.WOMAN: "A woman",
+    Subject.BOY: "A boy",
+    Subject.GIRL: "A girl",
+    Subject.PERSON: "Someone else",
+}
+
+_MODEL_STATES: dict[ModelState, str] = {
+    ModelState.NONE: "none yet (send /train to make one)",
+    ModelState.TRAINING: "training",
+    ModelState.READY: "ready (send /generate)",
+    ModelState.FAILED: "the last training failed (send /train to try again)",
+}
+
+_STAGES: dict[Stage, str] = {
+    Stage.QUEUED: "Waiting",
+    Stage.PREPARING: "Preparing your photos",
+    Stage.TRAINING: "Training your face model",
+    Stage.SAVING: "Saving your face model",
+    Stage.GENERATING: "Painting your portraits",
+    Stage.RANKING: "Picking the best likenesses",
+}
+
+_RUN_STATUSES = {"queued": "waiting", "running": "running"}
+
+_STYLE_ERRORS = {
+    "not_safetensors": "the file must be a .safetensors LoRA",
+    "too_large": "the file is too large",
+    "bad_tensor_names": "the file doesn't look like an SD 1.5 LoRA (unexpected tensor names)",
+    "bad_header": "the file is damaged (its safetensors header can't be read)",
+    "exists_builtin": "a built-in style already has that name",
+    "exists": "a style with that name already exists (remove it first)",
+    "bad_name": "the name must be 1-32 characters: a-z, 0-9, _ or -",
+    "download_failed": "I couldn't download the file",
+}
+
+_ADMIN_USAGE = {
+    "styles": "/admin styles - all styles, on or off",
+    "enable": "/admin enable <style> - let members use a style",
+    "disable": "/admin disable <style> - switch a style off",
+    "addstyle": "/admin addstyle <name> <prompt> - add a style (attach a .safetensors LoRA if you have one)",
+    "removestyle": "/admin removestyle <name> - remove a style you added",
+    "quota": "/admin quota user|group <number|off> - portrait runs a day, per member or for everyone",
+    "results": "/admin results channel|direct - post portraits here or send them privately",
+    "nsfw": "/admin nsfw on|off - allow or block NSFW results",
+}
+
+
+def _echo(value: str) -> str:
+    value = " ".join(value.split())
+    return value if len(value) <= _ECHO_MAX else value[: _ECHO_MAX - 1] + "…"
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def _lines(*parts: str) -> str:
+    return "\n".join(p for p in parts if p)
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / (1024 * 1024):.0f} MB"
+
+
+# --------------------------------------------------------------------------------- start and help
+def commands() -> str:
+    """The command list shown by /start and /help."""
+    return "\n".join(_COMMANDS)
+
+
+def welcome(min_photos: int, max_photos: int, private: bool) -> str:
+    """/start: what the bot does, what it needs and keeps, and the commands."""
+    where = "" if private else "Training happens in a private chat with me: message me directly.\n"
+    steps = _lines(
+        "Hi! I turn a few selfies into portraits in different styles.",
+        f"1. Send /train, then {min_photos} to {max_photos} photos of your face.",
+        "2. Send /done and tell me who is in them. Training takes a few minutes.",
+        "3. Send /generate and pick a style.",
+    )
+    keeps = where + "I keep your photos and your face model until you send /forget."
+    return "\n\n".join((steps, keeps, commands()))
+
+
+def help_text(admin_here: bool) -> str:
+    """/help: the commands (plus /admin for an admin of this community)."""
+    admin = "/admin - manage styles and quotas for this group" if admin_here else ""
+    return _lines("What I can do:", commands(), admin)
+
+
+def unknown_command(name: str) -> str:
+    return f"I don't know /{_echo(name)}. Send /help for the list of commands."
+
+
+def idle_hint(has_model: bool) -> str:
+    """A private text message while nothing is going on."""
+    if has_model:
+        return "Send /generate to make portraits, or /help for everything I can do."
+    return "Send /train to get started, or /help for everything I can do."
+
+
+# --------------------------------------------------------------------------------- collecting photos
+def train_in_private() -> str:
+    return "Photos are collected in a private chat: message me directly and send /train there."
+
+
+def photos_in_private() -> str:
+    return "Please send your photos to me in our private chat, not here."
+
+
+def training_in_progress() -> str:
+    return "Your face model is training right now. I'll message you when it's ready. /cancel stops it."
+
+
+def photos_while_training() -> str:
+    return (
+        "Your face model is training, so I'm not taking photos right now. "
+        "When it's done you can start a new set with /train."
+    )
+
+
+def train_tips(min_photos: int, max_photos: int) -> str:
+    """/train accepted: how to take photos that train well."""
+    return _lines(
+        f"Great! Send me {min_photos} to {max_photos} photos of your face.",
+        "Tips: good light, only you in the picture, no sunglasses, different angles and expressions.",
+        "For the best quality send them as files (they arrive uncompressed). Albums are fine.",
+        "Send /done when you're finished, or /cancel to stop.",
+    )
+
+
+def set_already_open(count: int, max_photos: int) -> str:
+    """/train while a set with photos is open: it is kept, not restarted."""
+    return (
+        f"You already have a set open with {count} of {max_photos} photos. "
+        "Send more, /done to start training, or /cancel to throw them away and start over."
+    )
+
+
+def file_label(index: int, filename: str | None) -> str:
+    """How a file of one message is named in a reply: "Photo 2", with its file name when it has one."""
+    return f"Photo {index} ({_echo(filename)})" if filename else f"Photo {index}"
+
+
+def reject_reason(code: str, max_photo_bytes: int) -> str:
+    """A RejectReason or BotRejectReason value in plain words."""
+    if code == BotRejectReason.TOO_LARGE:
+        return f"too large (the limit is {_megabytes(max_photo_bytes)})"
+    return _REJECT_REASONS.get(code, "couldn't be used")
+
+
+def rejection_line(label: str, reason: str) -> str:
+    return f"{label}: {reason}"
+
+
+def next_step(count: int, min_photos: int, max_photos: int) -> str:
+    """What to do next with a set of ``count`` photos."""
+    if count >= max_photos:
+        return f"That's the most I can use ({max_photos}). Send /done to start training."
+    if count >= min_photos:
+        return f"Send more (up to {max_photos}), or /done to start training."
+    return f"Send {min_photos - count} more (I need at least {min_photos})."
+
+
+def files_refused(lines: Sequence[str], saving: int, count: int, min_photos: int, max_photos: int) -> str:
+    """Files refused before download; ``saving`` others of the same message are being stored."""
+    head = "I can't use this file:" if len(lines) == 1 else f"I can't use {len(lines)} of these files:"
+    tail = "Saving the rest…" if saving else next_step(count, min_photos, max_photos)
+    return _lines(head, *lines, tail)
+
+
+def photos_saved(stored: int, total: int, lines: Sequence[str], min_photos: int, max_photos: int) -> str:
+    """The one reply after a message's photos were stored: count, rejections, what next."""
+    head = (
+        f"Got {_plural(stored, 'photo')} ({total} of {max_photos})."
+        if stored
+        else f"No new photos saved ({total} of {max_photos})."
+    )
+    refused = "Not used:" if lines else ""
+    return _lines(head, refused, *lines, next_step(total, min_photos, max_photos))
+
+
+def collecting_hint(count: int, min_photos: int, max_photos: int) -> str:
+    """A text message while collecting."""
+    return _lines(f"I'm waiting for photos ({count} of {max_photos} so far).", next_step(count, min_photos, max_photos))
+
+
+def need_more_photos(count: int, min_photos: int) -> str:
+    """/done with too few photos."""
+    return f"You have {_plural(count, 'photo')}; I need at least {min_photos}. Send {min_photos - count} more."
+
+
+def no_open_set() -> str:
+    """/done with nothing being collected."""
+    return "There's no photo set to finish. Send /train to start one."
+
+
+def discarded(count: int, runs_still_active: bool) -> str:
+    """/cancel while collecting."""
+    more = " Your running jobs continue; /cancel again stops them." if runs_still_active else ""
+    return f"Okay, I threw away the {_plural(count, 'photo')} of this set.{more}"
+
+
+def back_to_collecting(count: int, max_photos: int) -> str:
+    """/cancel while choosing the subject: the photos are kept."""
+    return f"Okay, your {count} of {max_photos} photos are kept. Send more, or /done when you're ready."
+
+
+# --------------------------------------------------------------------------------------- subject
+def ask_subject() -> str:
+    return "Who is in these photos? This helps me describe them while training."
+
+
+def subject_label(subject: Subject) -> str:
+    return _SUBJECTS[subject]
+
+
+def question_expired() -> str:
+    return "This question has expired. Send /status to see where things are."
+
+
+def button_expired() -> str:
+    return "This button doesn't work any more. Send /help to see what you can do."
+
+
+# ---------------------------------------------------------------------------------------- progress
+def queue_place(position: int | None) -> str:
+    """Where a run waits; positions count from 1 (next to run)."""
+    if position is None:
+        return "waiting in line"
+    if position <= 1:
+        return "next in line"
+    return f"number {position} in line"
+
+
+def train_queued(position: int | None) -> str:
+    return (
+        f"Training queued ({queue_place(position)}). It takes a few minutes; "
+        "I'll tell you when your model is ready. /cancel stops it."
+    )
+
+
+def generate_queued(style: str, count: int, position: int | None) -> str:
+    return f"Making {_plural(count, 'portrait')} in {_echo(style)} ({queue_place(position)})."
+
+
+def progress_bar(fraction: float, width: int = 10) -> str:
+    """A text bar like ``▓▓▓▓░░░░░░ 40%``."""
+    fraction = min(max(fraction, 0.0), 1.0)
+    filled = round(fraction * width)
+    return f"{'▓' * filled}{'░' * (width - filled)} {round(fraction * 100)}%"
+
+
+def progress(stage: Stage, fraction: float, position: int | None) -> str:
+    """The live text of a progress message."""
+    if stage is Stage.QUEUED:
+        return f"Waiting ({queue_place(position)})…"
+    if stage in (Stage.TRAINING, Stage.GENERATING):
+        return f"{_STAGES[stage]}…\n{progress_bar(fraction)}"
+    return f"{_STAGES[stage]}…"
+
+
+def cancelling(count: int) -> str:
+    """RunsCancelled follow-up."""
+    if count == 0:
+        return "Nothing was running."
+    return f"Cancelling {_plural(count, 'job')}…"
+
+
+def cancelling_edit() -> str:
+    return "Cancelling…"
+
+
+def nothing_to_cancel() -> str:
+    return "There's nothing to cancel."
+
+
+# ------------------------------------------------------------------------------------ training done
+def train_done_edit() -> str:
+    return "Training done."
+
+
+def train_failed_edit() -> str:
+    return "Training stopped."
+
+
+def model_ready(has_styles: bool) -> str:
+    pick = (
+        "Pick a style to make your first portraits, or send /generate."
+        if has_styles
+        else ("Send /generate to make portraits.")
+    )
+    return f"Your face model is ready! {pick}"
+
+
+def photo_number(number: int | None) -> str:
+    """A photo of a submitted set, by its place in the set when known."""
+    return f"Photo {number}" if number is not None else "A photo"
+
+
+def train_rejections(lines: Sequence[str], usable: int, min_photos: int) -> str:
+    """Training found too few usable photos: which were dropped and what to do."""
+    need = max(min_photos - usable, 1)
+    return _lines(
+        f"I could only use {_plural(usable, 'photo')}; I need at least {min_photos}.",
+        "These didn't work:" if lines else "",
+        *lines,
+        f"Send {need} more (clear, only you, good light), then /done again. /cancel starts over.",
+    )
+
+
+def train_cancelled() -> str:
+    return (
+        "Training cancelled. Your photos are kept: send /done to train again, "
+        "send more photos, or /cancel to throw them away."
+    )
+
+
+def error_reason(code: ErrorCode) -> str:
+    """An ErrorCode in plain words."""
+    return _ERRORS[code]
+
+
+def train_failed(code: ErrorCode) -> str:
+    """Training failed for a reason that is not the photos' fault."""
+    return _lines(
+        f"Sorry, training failed. {error_reason(code)}",
+        "Your photos are kept: send /done to try again, or /cancel to throw them away.",
+    )
+
+
+# ---------------------------------------------------------------------------------------- generate
+def still_training() -> str:
+    return "Your face model is still training. I'll tell you as soon as it's ready."
+
+
+def no_model() -> str:
+    return "You need a face model first: send /train to me in a private chat, then a few selfies."
+
+
+def model_failed() -> str:
+    return "Your last training didn't work, so there's no face model yet. Send /train to try again."
+
+
+def quota_user(limit: int) -> str:
+    return f"You've used your {_plural(limit, 'portrait run')} for today. It resets tomorrow (midnight UTC)."
+
+
+def quota_community(limit: int) -> str:
+    return f"This group has used its {_plural(limit, 'portrait run')} for today. It resets tomorrow (midnight UTC)."
+
+
+def pick_style(count: int, asked_count: int | None, more_styles: bool) -> str:
+    """The style picker; ``asked_count`` is a count given without a style (/generate 3)."""
+    note = ""
+    if asked_count is not None and asked_count != count:
+        note = f"The buttons make {count}; for {asked_count}, type /generate <style> {asked_count}."
+    elif asked_count is not None:
+        note = f"I'll make {_plural(count, 'portrait')}."
+    rest = "More styles: /styles." if more_styles else ""
+    return _lines("Pick a style:", note, rest)
+
+
+def no_styles() -> str:
+    return "No styles are switched on here. An admin can turn some on with /admin."
+
+
+def style_list_inline(names: Sequence[str]) -> str:
+    return ", ".join(names) if names else "none"
+
+
+def unknown_style(name: str, enabled: Sequence[str]) -> str:
+    return f'I don\'t know the style "{_echo(name)}". Styles here: {style_list_inline(enabled)}.'
+
+
+def style_disabled(name: str, enabled: Sequence[str]) -> str:
+    return f'The style "{_echo(name)}" is switched off here. Styles here: {style_list_inline(enabled)}.'
+
+
+def bad_count(max_count: int) -> str:
+    return f"The number of portraits must be from 1 to {max_count}, like /generate <style> {max_count}."
+
+
+def portraits_caption(style: str, best: float | None, blocked: int) -> str:
+    """Caption under delivered portraits."""
+    caption = f"{style} · best match {best:.2f}" if best is not None else style
+    if blocked:
+        caption += f" ({blocked} held back by the safety filter)"
+    return caption
+
+
+def more_label() -> str:
+    return "More of this style"
+
+
+def another_label() -> str:
+    return "Another style"
+
+
+def generate_done_edit() -> str:
+    return "Done."
+
+
+def generate_failed_edit() -> str:
+    return "No portraits this time."
+
+
+def no_usable_portrait(style: str, blocked: int) -> str:
+    held = f" {blocked} {'was' if blocked == 1 else 'were'} held back by the safety filter." if blocked else ""
+    return (
+        f"None of the {_echo(style)} portraits looked enough like you, so I didn't send any.{held} "
+        "This didn't count against your daily limit. Try again, or another style."
+    )
+
+
+def generate_cancelled() -> str:
+    return "Portraits cancelled. This didn't count against your daily limit."
+
+
+def generate_failed(code: ErrorCode) -> str:
+    return f"Sorry, I couldn't make your portraits. {error_reason(code)} This didn't count against your daily limit."
+
+
+# ------------------------------------------------------------------------------------- styles, status
+def styles_list(styles: Sequence[StyleInfo], admin_hint: bool) -> str:
+    """/styles."""
+    if not styles:
+        return no_styles()
+    lines = [f"{s.name}: {s.description}" if s.description else s.name for s in styles]
+    admin = "Admins: /admin styles switches styles on or off here." if admin_hint else ""
+    return _lines("Styles you can use (/generate <style>):", *lines, admin)
+
+
+def run_line(run: RunInfo) -> str:
+    """One active run in /status."""
+    what = "Training" if run.kind == "train" else f"Portraits ({_echo(run.style or 'a style')})"
+    status = _RUN_STATUSES.get(run.status, run.status)
+    parts = [f"{what}: {status}"]
+    if run.status == "running":
+        parts.append(f"{round(min(max(run.progress, 0.0), 1.0) * 100)}%")
+    elif run.queue_position is not None:
+        parts.append(queue_place(run.queue_position))
+    return ", ".join(parts)
+
+
+def status(
+    model: ModelState,
+    runs: Sequence[RunInfo],
+    collecting: int | None,
+    choosing_subject: bool,
+    max_photos: int,
+    used_today: int,
+    quota: int | None,
+) -> str:
+    """/status: the model, active runs, an open set, today's usage."""
+    return _lines(
+        f"Face model: {_MODEL_STATES[model]}",
+        *(run_line(r) for r in runs),
+        f"Photo set: {collecting} of {max_photos} (send more, or /done)" if collecting is not None else "",
+        "Waiting for you to say who is in the photos." if choosing_subject else "",
+        f"Portrait runs today: {used_today} of {quota}" if quota is not None else "",
+    )
+
+
+# -------------------------------------------------------------------------------------------- forget
+def forget_question() -> str:
+    return (
+        "This deletes everything I keep about you: all your photos, face models, portraits and "
+        "history. It can't be undone. Delete it all?"
+    )
+
+
+def forget_yes_label() -> str:
+    return "Yes, delete everything"
+
+
+def forget_no_label() -> str:
+    return "No, keep it"
+
+
+def forget_hint() -> str:
+    """A text message while the /forget question is open."""
+    return "Please tap a button: delete everything, or keep it."
+
+
+def forgotten() -> str:
+    return "Done: everything I had about you is deleted. Send /start if you want to begin again."
+
+
+def forget_declined() -> str:
+    return "Okay, nothing was deleted."
+
+
+# --------------------------------------------------------------------------------------------- admin
+def admin_in_group() -> str:
+    return "/admin works in a group or server where you are an admin."
+
+
+def admin_only() -> str:
+    return "Only admins of this group can use /admin."
+
+
+def admin_usage() -> str:
+    return _lines("Admin commands:", *_ADMIN_USAGE.values())
+
+
+def admin_usage_for(subcommand: str) -> str:
+    """Usage of one admin subcommand, after it was given wrong arguments."""
+    return "Usage: " + _ADMIN_USAGE.get(subcommand, "/admin <command>; send /admin for the list")
+
+
+def admin_styles(styles: Sequence[StyleInfo], enabled: Sequence[str]) -> str:
+    """/admin styles: every style with on or off."""
+    if not styles:
+        return "There are no styles yet. Add one with /admin addstyle <name> <prompt>."
+    on = set(enabled)
+    lines = [f"{s.name}: {'on' if s.name in on else 'off'}{'' if s.builtin else ' (added here)'}" for s in styles]
+    return _lines("Styles here:", *lines, "Change with /admin enable <style> or /admin disable <style>.")
+
+
+def admin_unknown_style(name: str, known: Sequence[str]) -> str:
+    return f'There\'s no style "{_echo(name)}". Known styles: {style_list_inline(known)}.'
+
+
+def style_switched(name: str, enabled: bool) -> str:
+    return f"{name} is now {'on' if enabled else 'off'} here."
+
+
+def style_bad_name() -> str:
+    return "Style names are 1-32 characters: a-z, 0-9, _ or -. Example: /admin addstyle film_noir <prompt>"
+
+
+def style_needs_prompt() -> str:
+    return "A style needs a prompt, e.g. /admin addstyle film_noir black and white photo, dramatic light"
+
+
+def style_prompt_too_long(max_chars: int) -> str:
+    return f"The prompt is too long (at most {max_chars} characters)."
+
+
+def lora_not_safetensors() -> str:
+    return "The attached file must be a .safetensors LoRA."
+
+
+def lora_too_large(max_bytes: int) -> str:
+    return f"The attached LoRA is too large (the limit is {_megabytes(max_bytes)})."
+
+
+def style_added(name: str) -> str:
+    return f"Style {name} added and switched on. Members can use it with /generate {name}."
+
+
+def style_add_failed(name: str, code: str) -> str:
+    reason = _STYLE_ERRORS.get(code, f"it was refused ({_echo(code)})")
+    return f"I couldn't add {_echo(name)}: {reason}."
+
+
+def builtin_not_removable(name: str) -> str:
+    return f"{name} is built in and can't be removed. /admin disable {name} switches it off here."
+
+
+def style_removed(name: str) -> str:
+    return f"Style {name} removed."
+
+
+def quota_set(scope: str, limit: int | None) -> str:
+    who = "each member" if scope == "user" else "the whole group"
+    if limit is None:
+        return f"No daily limit for {who} any more."
+    return f"Daily limit for {who}: {_plural(limit, 'portrait run')}."
+
+
+def results_set(direct: bool) -> str:
+    if direct:
+        return "Portraits will be sent to members privately."
+    return "Portraits will be posted here."
+
+
+def nsfw_set(allowed: bool) -> str:
+    if allowed:
+        return "NSFW results are allowed here now."
+    return "NSFW results are blocked here."

@@ -1,0 +1,170 @@
+"""``facechain-bot doctor``: check what this machine needs and say how to fix what is missing."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import tempfile
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pydantic import ValidationError
+
+from bot.settings_loader import describe
+
+if TYPE_CHECKING:
+    from pipeline.config import WorkerSettings
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    #: A failed optional check is a warning; a failed required one makes doctor exit 1.
+    required: bool = True
+
+    def line(self) -> str:
+        mark = "ok " if self.ok else ("ERR" if self.required else "warn")
+        return f"[{mark:>4}] {self.name}: {self.detail}"
+
+
+async def _guard(name: str, probe: Callable[[], Awaitable[Check]], required: bool = True) -> Check:
+    try:
+        return await probe()
+    except Exception as exc:
+        return Check(name, False, f"{type(exc).__name__}: {str(exc)[:200]}", required)
+
+
+async def run_doctor(*, gpu: bool = True, print_line: Callable[[str], None] = print) -> int:
+    """Run every check, print one line each; return the exit code (1 if a required check failed)."""
+    from bot.config import BotSettings
+    from pipeline.config import WorkerSettings
+
+    checks: list[Check] = []
+    try:
+        bot_settings = BotSettings()
+        checks.append(Check("bot settings", True, "loaded"))
+    except ValidationError as exc:
+        checks.append(Check("bot settings", False, describe(exc)))
+        bot_settings = None
+    try:
+        worker_settings = WorkerSettings()
+        checks.append(Check("worker settings", True, "loaded"))
+    except ValidationError as exc:
+        checks.append(Check("worker settings", False, describe(exc)))
+        worker_settings = None
+
+    if bot_settings is not None:
+        platforms = [
+            name
+            for name, token in (
+                ("telegram", bot_settings.telegram_token),
+                ("discord", bot_settings.discord_token),
+            )
+            if token is not None
+        ]
+        checks.append(
+            Check(
+                "chat platforms",
+                bool(platforms),
+                ", ".join(platforms)
+                if platforms
+                else "no token: set FACECHAIN_TELEGRAM_TOKEN or FACECHAIN_DISCORD_TOKEN",
+                required=False,
+            )
+        )
+        checks.append(await _guard("redis", lambda: _check_redis(str(bot_settings.redis_url))))
+        checks.append(await _guard("database", lambda: _check_database(bot_settings.database_path)))
+        checks.append(await _guard("blob store", lambda: _check_writable(bot_settings.blob_dir)))
+
+    if gpu and worker_settings is not None:
+        checks.append(await _guard("gpu", _check_gpu, required=False))
+        checks.append(await _guard("base model", lambda: _check_base_model(worker_settings)))
+        checks.append(await _guard("face backend", lambda: _check_faces(worker_settings)))
+
+    for check in checks:
+        print_line(check.line())
+    failed = [c for c in checks if c.required and not c.ok]
+    print_line("all required checks passed" if not failed else f"{len(failed)} required check(s) failed")
+    return 1 if failed else 0
+
+
+async def _check_redis(url: str) -> Check:
+    from redis.asyncio import Redis
+
+    client = Redis.from_url(url, socket_connect_timeout=3)
+    try:
+        await client.ping()
+        info = await client.info("server")
+        return Check("redis", True, f"{_redact(url)} answers (redis {info.get('redis_version', '?')})")
+    except Exception as exc:
+        return Check("redis", False, f"{_redact(url)} does not answer ({exc}); start redis or fix FACECHAIN_REDIS_URL")
+    finally:
+        await client.aclose()
+
+
+async def _check_database(path: Path) -> Check:
+    from storage.db import open_database
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    from storage.db import schema_version
+
+    db = await open_database(path)
+    try:
+        version = await schema_version(db.conn)
+    finally:
+        await db.close()
+    return Check("database", True, f"{path} (schema version {version})")
+
+
+async def _check_writable(directory: Path) -> Check:
+    def probe() -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=directory):
+            pass
+
+    await asyncio.to_thread(probe)
+    return Check("blob store", True, f"{directory} is writable")
+
+
+async def _check_gpu() -> Check:
+    if importlib.util.find_spec("torch") is None:
+        return Check("gpu", False, "torch is not installed: pip install 'facechain-bot[gpu]'", required=False)
+    import torch
+
+    if torch.cuda.is_available():
+        names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        return Check("gpu", True, ", ".join(names))
+    return Check("gpu", False, "no CUDA device: a worker here runs on the CPU (very slow)", required=False)
+
+
+async def _check_base_model(settings: WorkerSettings) -> Check:
+    if importlib.util.find_spec("diffusers") is None:
+        return Check("base model", False, "diffusers is not installed: pip install 'facechain-bot[gpu]'")
+    from pipeline.models import resolve_base_model
+
+    path = await asyncio.to_thread(resolve_base_model, settings)
+    return Check("base model", True, str(path))
+
+
+async def _check_faces(settings: WorkerSettings) -> Check:
+    if importlib.util.find_spec("cv2") is None:
+        return Check("face backend", False, "OpenCV is not installed: pip install 'facechain-bot[faces]'")
+    from pipeline.faces import load_face_analyzer
+
+    analyzer = await asyncio.to_thread(load_face_analyzer, settings)
+    return Check("face backend", True, type(analyzer).__name__)
+
+
+def _redact(url: str) -> str:
+    """A Redis URL without its password."""
+    if "@" not in url:
+        return url
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://***@{rest.split('@', 1)[1]}"
+
+
+__all__ = ["Check", "run_doctor"]

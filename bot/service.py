@@ -1,0 +1,625 @@
+"""The conversation service: runs the pure flow for one event at a time per user, reads the facts it
+needs from storage, carries out its effects (storage, blob store, queue, downloads) and feeds the
+follow-up events back through the flow.
+
+Adapters call :meth:`ConversationService.handle` with a platform-neutral event and show the replies
+it returns. Results and progress from the workers arrive through :meth:`on_outcome` and
+:meth:`on_progress`, and go out through the :class:`Notifier` registered for the run's platform.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import weakref
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from typing import Protocol
+
+from bot.core import effects as fx
+from bot.core.events import (
+    Event,
+    JobFinished,
+    JobProgress,
+    OfferedFile,
+    PhotosSaved,
+    RunQueued,
+    RunsCancelled,
+    SavedPhoto,
+    StyleAdded,
+)
+from bot.core.flow import Decision, decide
+from bot.core.limits import Limits
+from bot.core.replies import ProgressMessage, Reply
+from bot.core.state import Facts, ModelState, RunInfo, StyleInfo, UserState
+from bot.queue import JobQueue
+from pipeline import jobs
+from pipeline.lora_files import InvalidLoraFile, validate_lora_file
+from storage.blobs import BlobStore, NotAnImage
+from storage.models import (
+    Community,
+    Delivery,
+    FaceModel,
+    ModelStatus,
+    PhotoSetStatus,
+    Platform,
+    ResultsTo,
+    Run,
+    RunKind,
+    RunStatus,
+)
+from storage.repositories import Repositories
+
+log = logging.getLogger("facechain.service")
+
+Downloader = Callable[[OfferedFile], Awaitable[bytes]]
+
+
+class DownloadError(Exception):
+    """An adapter could not fetch a file (too large for the platform, gone, network)."""
+
+    def __init__(self, reason: str = "download_failed") -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """Who sent an event, and from where. Filled in by the adapter."""
+
+    platform: Platform
+    user_id: str
+    chat_id: str
+    private: bool
+    display_name: str = ""
+    #: The group or server id; None in a private chat.
+    community_id: str | None = None
+    #: The adapter checked with the platform that the sender administers the community.
+    is_admin: bool = False
+    #: Where a "results go to DMs" community sends portraits for this user (adapter-specific id).
+    direct_chat_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StyleEntry:
+    """A style the service can offer: its description, whether it is on by default, and its spec."""
+
+    spec: jobs.StyleSpec
+    description: str = ""
+    default_enabled: bool = True
+
+
+class Notifier(Protocol):
+    """Sends replies to a chat outside an adapter's own event handling (progress and results)."""
+
+    async def deliver(self, delivery: Delivery, replies: Sequence[Reply]) -> Mapping[str, str]:
+        """Show the replies; return run_id → message id for every ProgressMessage sent."""
+        ...
+
+
+class ConversationService:
+    """Event in, replies out; one event at a time per user, any number of users at once."""
+
+    def __init__(
+        self,
+        repos: Repositories,
+        blobs: BlobStore,
+        queue: JobQueue,
+        styles: Mapping[str, StyleEntry],
+        limits: Limits,
+        *,
+        candidates: int = 10,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._repos = repos
+        self._blobs = blobs
+        self._queue = queue
+        self._styles = dict(styles)
+        self._limits = limits
+        self._candidates = candidates
+        self._clock = clock
+        self._locks: weakref.WeakValueDictionary[int, asyncio.Lock] = weakref.WeakValueDictionary()
+        self._notifiers: dict[Platform, Notifier] = {}
+
+    # ------------------------------------------------------------------------------- public API
+    def register_notifier(self, platform: Platform, notifier: Notifier) -> None:
+        self._notifiers[platform] = notifier
+
+    async def handle(self, origin: Origin, event: Event, download: Downloader | None = None) -> list[Reply]:
+        """Run one event (and the follow-ups its effects produce) for the sender; return the replies."""
+        user = await self._repos.users.get_or_create(origin.platform, origin.user_id, origin.display_name)
+        async with self._lock(user.id):
+            return await self._run(user.id, origin, event, download)
+
+    async def note_progress_message(self, run_id: str, message_id: str) -> None:
+        """An adapter sent a ProgressMessage for a run: remember it, so later edits find it."""
+        await self._repos.runs.set_progress_message(run_id, message_id)
+
+    async def on_progress(self, note: jobs.Progress) -> None:
+        """A progress note from a worker (lossy): record it and edit the run's progress message."""
+        run = await self._repos.runs.get(note.run_id)
+        if run is None or not run.status.active:
+            return
+        if run.status is RunStatus.QUEUED:
+            await self._repos.runs.mark_running(run.id)
+        await self._repos.runs.update_progress(run.id, note.stage.value, note.fraction)
+        async with self._lock(run.user_id):
+            origin = await self._origin_of(run)
+            decision = decide(
+                await self._state(run.user_id),
+                JobProgress(progress=note),
+                await self._facts(run.user_id, origin),
+            )
+        await self._notify(run, decision.replies)
+
+    async def on_outcome(self, outcome: jobs.TrainOutcome | jobs.GenerateOutcome) -> None:
+        """A run's outcome arrived on the bot's queue. Safe to call twice for the same run."""
+        run = await self._repos.runs.get(outcome.run_id)
+        if run is None:
+            # The user was forgotten while the run was in flight: remove what the worker wrote.
+            log.info("outcome for unknown run %s: deleting its outputs", outcome.run_id)
+            await asyncio.to_thread(self._blobs.delete_prefix, jobs.run_prefix(outcome.run_id))
+            return
+        if outcome.kind != run.kind.value:
+            log.warning("a %s outcome for %s run %s dropped", outcome.kind, run.kind.value, run.id)
+            return
+        async with self._lock(run.user_id):
+            if isinstance(outcome, jobs.TrainOutcome):
+                recorded = await self._record_training(run, outcome)
+            else:
+                recorded = await self._record_generation(run, outcome)
+            if not recorded:
+                log.info("outcome for run %s already handled", run.id)
+                return
+            origin = await self._origin_of(run)
+            replies = await self._run(run.user_id, origin, JobFinished(outcome=outcome, style=run.style), None)
+        await self._notify(run, replies)
+
+    # ------------------------------------------------------------------------------ the loop
+    def _lock(self, user_id: int) -> asyncio.Lock:
+        lock = self._locks.get(user_id)
+        if lock is None:
+            lock = asyncio.Lock()
+            self._locks[user_id] = lock
+        return lock
+
+    async def _run(self, user_id: int, origin: Origin, event: Event, download: Downloader | None) -> list[Reply]:
+        replies: list[Reply] = []
+        pending: list[Event] = [event]
+        while pending:
+            current = pending.pop(0)
+            state = await self._state(user_id)
+            facts = await self._facts(user_id, origin)
+            decision: Decision = decide(state, current, facts)
+            if decision.state != state:
+                await self._repos.conversations.set_state(user_id, decision.state.to_json())
+            replies.extend(decision.replies)
+            for effect in decision.effects:
+                pending.extend(await self._apply(user_id, origin, effect, download))
+        return replies
+
+    async def _state(self, user_id: int) -> UserState:
+        return UserState.from_json(await self._repos.conversations.get_state(user_id))
+
+    async def _facts(self, user_id: int, origin: Origin) -> Facts:
+        repos = self._repos
+        latest = await repos.models.latest(user_id)
+        ready = await repos.models.latest_ready(user_id)
+        current_set = await repos.photos.current_set(user_id)
+        photo_count = await repos.photos.count(current_set.id) if current_set else 0
+        latest_set = current_set.id if current_set else (latest.photo_set_id if latest else None)
+        photo_keys = [p.blob_key for p in await repos.photos.photos(latest_set)] if latest_set else []
+        community = await self._community(origin)
+        enabled, every = await self._available_styles(community)
+        runs = await repos.runs.active(user_id)
+        infos = []
+        for run in runs:
+            position = None
+            if run.status is RunStatus.QUEUED:
+                position = await self._queue.position(run.kind.value, run.id, run.attempt)
+            infos.append(RunInfo(run.id, run.kind.value, run.status.value, run.progress, position, run.style))
+        today = self._today()
+        cid = community.id if community else None
+        used = await repos.usage.count_user(user_id, today, cid)
+        used += sum(1 for r in runs if r.kind is RunKind.GENERATE)
+        community_used = await repos.usage.count_community(cid, today) if cid is not None else 0
+        user_quota = self._limits.daily_generations
+        if community is not None and community.user_daily_quota is not None:
+            user_quota = community.user_daily_quota
+        return Facts(
+            limits=self._limits,
+            private=origin.private,
+            community=origin.community_id,
+            is_admin=origin.is_admin,
+            model=_model_state(latest),
+            has_ready_model=ready is not None,
+            photo_count=photo_count,
+            photo_keys=tuple(photo_keys),
+            styles=enabled,
+            all_styles=every,
+            active_runs=tuple(infos),
+            generations_today=used,
+            user_quota=user_quota,
+            community_generations_today=community_used,
+            community_quota=community.community_daily_quota if community else None,
+            results_to=community.results_to.value if community else ResultsTo.CHANNEL.value,
+            nsfw_allowed=community.nsfw_allowed if community else False,
+        )
+
+    async def _community(self, origin: Origin) -> Community | None:
+        if origin.private or origin.community_id is None:
+            return None
+        return await self._repos.communities.get_or_create(origin.platform, origin.community_id)
+
+    async def _available_styles(
+        self, community: Community | None
+    ) -> tuple[tuple[StyleInfo, ...], tuple[StyleInfo, ...]]:
+        """(enabled here, every style known here): built-ins in catalogue order, then the community's."""
+        candidates = [(StyleInfo(n, e.description, builtin=True), e.default_enabled) for n, e in self._styles.items()]
+        if community is not None:
+            for custom in await self._repos.communities.custom_styles(community.id):
+                candidates.append((StyleInfo(custom.name, _describe_custom(custom.prompt)), True))
+        enabled: list[StyleInfo] = []
+        for info, on in candidates:
+            if community is not None:
+                on = (on or info.name in community.enabled_styles) and info.name not in community.disabled_styles
+            if on:
+                enabled.append(info)
+        return tuple(enabled), tuple(info for info, _ in candidates)
+
+    def _today(self) -> date:
+        return self._clock().astimezone(UTC).date()
+
+    # ---------------------------------------------------------------------------------- effects
+    async def _apply(self, user_id: int, origin: Origin, effect: fx.Effect, download: Downloader | None) -> list[Event]:
+        """Carry out one effect; return the follow-up events it produces."""
+        repos = self._repos
+        match effect:
+            case fx.StartCollecting():
+                current = await repos.photos.current_set(user_id)
+                if current is not None:
+                    await self._delete_blobs(await repos.photos.discard_set(current.id))
+                await repos.photos.open_set(user_id)
+            case fx.SavePhotos(files=files):
+                return [await self._save_photos(user_id, files, download)]
+            case fx.DiscardPhotos():
+                current = await repos.photos.current_set(user_id)
+                if current is not None:
+                    await self._delete_blobs(await repos.photos.discard_set(current.id))
+            case fx.ReopenSet(drop_keys=drop):
+                await self._reopen_set(user_id, drop)
+            case fx.StartTraining(subject=subject):
+                return _some(await self._start_training(user_id, origin, subject))
+            case fx.StartGeneration(style=style, count=count):
+                return _some(await self._start_generation(user_id, origin, style, count))
+            case fx.CancelRuns():
+                asked, closed = await self._cancel_runs(user_id)
+                # Runs taken off the queue get no outcome from a worker: finish them here.
+                return [RunsCancelled(run_ids=asked), *closed]
+            case fx.ForgetUser():
+                await self._cancel_runs(user_id)
+                await repos.forget_user(user_id, self._blobs)
+            case fx.SetStyleEnabled(style=style, enabled=enabled):
+                community = await self._require_community(origin)
+                await repos.communities.set_style_enabled(community.id, style, enabled)
+            case fx.AddStyle(name=name, prompt=prompt, lora=lora):
+                return [await self._add_style(user_id, origin, name, prompt, lora, download)]
+            case fx.RemoveStyle(name=name):
+                community = await self._require_community(origin)
+                removed = await repos.communities.remove_custom_style(community.id, name)
+                if removed is not None and removed.lora_key:
+                    await self._delete_blobs([removed.lora_key])
+            case fx.SetQuota(scope="user" | "group" as scope, limit=limit):
+                community = await self._require_community(origin)
+                await repos.communities.set_quota(community.id, scope, limit)
+            case fx.SetCommunityOption(name=name, value=value):
+                community = await self._require_community(origin)
+                if name == "results_to":
+                    await repos.communities.set_results_to(community.id, ResultsTo(value))
+                elif name == "nsfw":
+                    await repos.communities.set_nsfw_allowed(community.id, value == "on")
+                else:
+                    raise ValueError(f"unknown community option {name!r}")
+        return []
+
+    async def _require_community(self, origin: Origin) -> Community:
+        community = await self._community(origin)
+        if community is None:
+            raise RuntimeError("admin effect outside a community")
+        return community
+
+    async def _save_photos(
+        self, user_id: int, files: Sequence[OfferedFile], download: Downloader | None
+    ) -> PhotosSaved:
+        photo_set = await self._repos.photos.open_set(user_id)
+        count = await self._repos.photos.count(photo_set.id)
+        results: list[SavedPhoto] = []
+        for offered in files:
+            if count >= self._limits.max_photos:
+                results.append(SavedPhoto(offered.ref, False, "set_full"))
+                continue
+            if download is None:
+                results.append(SavedPhoto(offered.ref, False, "download_failed"))
+                continue
+            try:
+                data = await download(offered)
+            except DownloadError as exc:
+                results.append(SavedPhoto(offered.ref, False, exc.reason))
+                continue
+            if len(data) > self._limits.max_photo_bytes:
+                results.append(SavedPhoto(offered.ref, False, "too_large"))
+                continue
+            key_base = f"users/{user_id}/photos/{photo_set.id}"
+            try:
+                stored = await asyncio.to_thread(self._blobs.put_photo, f"{key_base}/{_token()}", data)
+            except NotAnImage:
+                results.append(SavedPhoto(offered.ref, False, jobs.RejectReason.NOT_AN_IMAGE.value))
+                continue
+            photo = await self._repos.photos.add_photo(
+                photo_set.id, user_id, stored.key, stored.sha256, stored.size, stored.width,
+                stored.height, stored.mime,
+            )  # fmt: skip
+            if photo is None:
+                await asyncio.to_thread(self._blobs.delete, stored.key)
+                results.append(SavedPhoto(offered.ref, False, jobs.RejectReason.DUPLICATE.value))
+                continue
+            count += 1
+            results.append(SavedPhoto(offered.ref, True))
+        return PhotosSaved(results=tuple(results), total=count)
+
+    async def _reopen_set(self, user_id: int, drop: Sequence[str]) -> None:
+        latest = await self._repos.models.latest(user_id)
+        if latest is None or latest.photo_set_id is None:
+            return
+        if await self._repos.photos.current_set(user_id) is not None:
+            return
+        await self._repos.photos.remove_photos(latest.photo_set_id, list(drop))
+        await self._delete_blobs(list(drop))
+        await self._repos.photos.set_status(latest.photo_set_id, PhotoSetStatus.COLLECTING)
+
+    async def _start_training(self, user_id: int, origin: Origin, subject: jobs.Subject) -> Event | None:
+        photo_set = await self._repos.photos.current_set(user_id)
+        if photo_set is None:
+            return None
+        photos = await self._repos.photos.photos(photo_set.id)
+        await self._repos.photos.set_status(photo_set.id, PhotoSetStatus.SUBMITTED)
+        model = await self._repos.models.create(user_id, photo_set.id, subject.value)
+        run_id = _new_run_id("t")
+        delivery = self._delivery(origin, await self._community(origin), private_result=True)
+        run = await self._repos.runs.create(run_id, user_id, RunKind.TRAIN, delivery, model_id=model.id)
+        request = jobs.TrainRequest(
+            run_id=run_id,
+            user_id=user_id,
+            model_id=model.id,
+            photo_keys=[p.blob_key for p in photos],
+            subject=subject,
+            min_photos=self._limits.min_photos,
+        )
+        position = await self._queue.submit(request, run.attempt)
+        return RunQueued(run_id=run_id, kind="train", queue_position=position)
+
+    async def _start_generation(self, user_id: int, origin: Origin, style: str, count: int) -> Event | None:
+        model = await self._repos.models.latest_ready(user_id)
+        entry = await self._style_entry(origin, style)
+        if model is None or entry is None or model.lora_key is None:
+            log.warning("generation refused late for user %s (model or style vanished)", user_id)
+            return None
+        community = await self._community(origin)
+        run_id = _new_run_id("g")
+        delivery = self._delivery(
+            origin,
+            community,
+            private_result=community is not None and community.results_to is ResultsTo.DIRECT,
+        )
+        run = await self._repos.runs.create(
+            run_id, user_id, RunKind.GENERATE, delivery, model_id=model.id, style=entry.spec.name, count=count
+        )
+        request = jobs.GenerateRequest(
+            run_id=run_id,
+            user_id=user_id,
+            model_id=model.id,
+            lora_key=model.lora_key,
+            template_key=model.template_key,
+            trigger=model.trigger or "",
+            style=entry.spec,
+            count=count,
+            candidates=max(self._candidates, count),
+            allow_nsfw=bool(community and community.nsfw_allowed),
+        )
+        position = await self._queue.submit(request, run.attempt)
+        return RunQueued(run_id=run_id, kind="generate", queue_position=position, style=entry.spec.name, count=count)
+
+    async def _style_entry(self, origin: Origin, name: str) -> StyleEntry | None:
+        wanted = name.casefold()
+        for key, entry in self._styles.items():
+            if key.casefold() == wanted:
+                return entry
+        community = await self._community(origin)
+        if community is None:
+            return None
+        for custom in await self._repos.communities.custom_styles(community.id):
+            if custom.name.casefold() == wanted:
+                return StyleEntry(
+                    jobs.StyleSpec(
+                        name=custom.name,
+                        prompt=custom.prompt,
+                        negative_prompt=custom.negative_prompt,
+                        lora=custom.lora_key,
+                        style_weight=custom.style_weight,
+                        face_weight=custom.face_weight,
+                    )
+                )
+        return None
+
+    def _delivery(self, origin: Origin, community: Community | None, *, private_result: bool) -> Delivery:
+        chat = origin.chat_id
+        if private_result and not origin.private and origin.direct_chat_id:
+            chat = origin.direct_chat_id
+        return Delivery(platform=origin.platform, chat_id=chat, community_id=community.id if community else None)
+
+    async def _cancel_runs(self, user_id: int) -> tuple[tuple[str, ...], list[Event]]:
+        """Cancel every active run: (the runs asked to stop, JobFinished for those closed here)."""
+        asked: list[str] = []
+        closed: list[Event] = []
+        for run in await self._repos.runs.active(user_id):
+            asked.append(run.id)
+            if not await self._queue.cancel(run.kind.value, run.id, run.attempt):
+                continue  # a worker has it: it reports "cancelled" at its next step
+            outcome: jobs.TrainOutcome | jobs.GenerateOutcome
+            if run.kind is RunKind.TRAIN:
+                outcome = jobs.TrainOutcome(run_id=run.id, error=jobs.ErrorCode.CANCELLED)
+                await self._record_training(run, outcome)
+            else:
+                outcome = jobs.GenerateOutcome(run_id=run.id, error=jobs.ErrorCode.CANCELLED)
+                await self._record_generation(run, outcome)
+            closed.append(JobFinished(outcome=outcome, style=run.style))
+        return tuple(asked), closed
+
+    async def _add_style(
+        self,
+        user_id: int,
+        origin: Origin,
+        name: str,
+        prompt: str,
+        lora: OfferedFile | None,
+        download: Downloader | None,
+    ) -> Event:
+        community = await self._require_community(origin)
+        if name.casefold() in (k.casefold() for k in self._styles):
+            return StyleAdded(name, "exists_builtin")
+        lora_key = None
+        if lora is not None:
+            if download is None:
+                return StyleAdded(name, "download_failed")
+            try:
+                data = await download(lora)
+                await asyncio.to_thread(validate_lora_file, data, self._limits.max_lora_bytes)
+            except DownloadError as exc:
+                return StyleAdded(name, exc.reason)
+            except InvalidLoraFile as exc:
+                return StyleAdded(name, str(exc.code))
+            lora_key = f"communities/{community.id}/styles/{name}-{_token()}.safetensors"
+            await asyncio.to_thread(self._blobs.put_bytes, lora_key, data)
+        previous = await self._repos.communities.add_custom_style(
+            community.id, name, prompt, "", lora_key, 0.3, 0.9, user_id
+        )
+        if previous is not None and previous.lora_key and previous.lora_key != lora_key:
+            await self._delete_blobs([previous.lora_key])
+        await self._repos.communities.set_style_enabled(community.id, name, True)
+        return StyleAdded(name, None)
+
+    # --------------------------------------------------------------------------------- outcomes
+    async def _record_training(self, run: Run, outcome: jobs.TrainOutcome) -> bool:
+        """Store a training outcome; False if the run was already finished (a duplicate delivery)."""
+        code = None if outcome.ok and outcome.lora_key else (outcome.error or jobs.ErrorCode.INTERNAL)
+        if not await self._repos.runs.finish(run.id, _run_status(code), code and code.value, outcome.message):
+            return False
+        if run.model_id is None:
+            return True
+        if code is None and outcome.lora_key:
+            await self._repos.models.mark_ready(
+                run.model_id,
+                lora_key=outcome.lora_key,
+                template_key=outcome.template_key,
+                trigger=outcome.trigger or "",
+                subject=outcome.subject.value if outcome.subject else None,
+            )
+        elif code is not None:
+            status = ModelStatus.CANCELLED if code is jobs.ErrorCode.CANCELLED else ModelStatus.FAILED
+            await self._repos.models.mark_failed(run.model_id, code.value, status)
+        return True
+
+    async def _record_generation(self, run: Run, outcome: jobs.GenerateOutcome) -> bool:
+        """Store a generation outcome and charge the quota on success; False if already finished."""
+        code = None if outcome.ok and outcome.portraits else (outcome.error or jobs.ErrorCode.NO_USABLE_PORTRAIT)
+        if not await self._repos.runs.finish(run.id, _run_status(code), code and code.value, outcome.message):
+            return False
+        if code is None:
+            for portrait in outcome.portraits:
+                await self._repos.portraits.add(
+                    run.id, run.user_id, portrait.key, portrait.seed, portrait.score, run.style or ""
+                )
+            await self._repos.usage.increment(run.user_id, run.delivery.community_id, self._today())
+        return True
+
+    async def _origin_of(self, run: Run) -> Origin:
+        """The origin a worker's event is treated as coming from: the run's chat and community."""
+        community = None
+        if run.delivery.community_id is not None:
+            community = await self._repos.communities.get(run.delivery.community_id)
+        return Origin(
+            platform=run.delivery.platform,
+            user_id="",
+            chat_id=run.delivery.chat_id,
+            private=community is None,
+            community_id=community.external_id if community else None,
+        )
+
+    async def _notify(self, run: Run, replies: Sequence[Reply]) -> None:
+        if not replies:
+            return
+        notifier = self._notifiers.get(run.delivery.platform)
+        if notifier is None:
+            log.warning(
+                "no notifier for %s; %d replies for run %s dropped",
+                run.delivery.platform,
+                len(replies),
+                run.id,
+            )
+            return
+        fresh = await self._repos.runs.get(run.id)
+        sent = await notifier.deliver(fresh.delivery if fresh else run.delivery, replies)
+        for run_id, message_id in sent.items():
+            await self._repos.runs.set_progress_message(run_id, message_id)
+
+    async def _delete_blobs(self, keys: Sequence[str]) -> None:
+        for key in keys:
+            await asyncio.to_thread(self._blobs.delete, key)
+
+
+def _model_state(model: FaceModel | None) -> ModelState:
+    if model is None:
+        return ModelState.NONE
+    return {
+        ModelStatus.PENDING: ModelState.TRAINING,
+        ModelStatus.TRAINING: ModelState.TRAINING,
+        ModelStatus.READY: ModelState.READY,
+        ModelStatus.FAILED: ModelState.FAILED,
+        ModelStatus.CANCELLED: ModelState.NONE,
+    }[model.status]
+
+
+def _run_status(code: jobs.ErrorCode | None) -> RunStatus:
+    if code is None:
+        return RunStatus.DONE
+    return RunStatus.CANCELLED if code is jobs.ErrorCode.CANCELLED else RunStatus.FAILED
+
+
+def _some(event: Event | None) -> list[Event]:
+    return [] if event is None else [event]
+
+
+def _describe_custom(prompt: str) -> str:
+    """A community style's description: the start of its prompt."""
+    return prompt if len(prompt) <= 60 else prompt[:57] + "..."
+
+
+def _token() -> str:
+    return secrets.token_hex(8)
+
+
+def _new_run_id(prefix: str) -> str:
+    return f"{prefix}{datetime.now(UTC):%Y%m%d%H%M%S}{secrets.token_hex(5)}"
+
+
+__all__ = [
+    "ConversationService",
+    "DownloadError",
+    "Downloader",
+    "Notifier",
+    "Origin",
+    "ProgressMessage",
+    "StyleEntry",
+]

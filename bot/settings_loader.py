@@ -1,0 +1,33 @@
+"""Load a pydantic-settings class, or stop with one clear line naming the bad setting."""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+from pydantic import ValidationError
+from pydantic_settings import BaseSettings
+
+S = TypeVar("S", bound=BaseSettings)
+
+ENV_PREFIX = "FACECHAIN_"
+
+
+class SettingsError(SystemExit):
+    """Raised instead of a traceback: its text names the setting and what is wrong with it."""
+
+
+def describe(exc: ValidationError) -> str:
+    """One line per problem, naming the environment variable. Input values are never echoed (tokens)."""
+    lines = []
+    for error in exc.errors(include_input=False, include_url=False):
+        field = str(error["loc"][0]) if error["loc"] else "?"
+        lines.append(f"setting {ENV_PREFIX}{field.upper()}: {error['msg']}")
+    return "; ".join(lines)
+
+
+def load_settings(cls: type[S]) -> S:
+    """Instantiate ``cls`` from the environment (and .env); a bad value raises :class:`SettingsError`."""
+    try:
+        return cls()
+    except ValidationError as exc:
+        raise SettingsError(f"facechain-bot: invalid configuration: {describe(exc)}") from None

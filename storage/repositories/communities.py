@@ -1,0 +1,199 @@
+"""Communities (a Telegram group, a Discord server) and what their admins chose."""
+
+from __future__ import annotations
+
+import math
+import sqlite3
+from typing import Literal
+
+from storage._time import from_db
+from storage.errors import NotFound
+from storage.models import Community, CustomStyle, Platform, ResultsTo
+from storage.repositories._base import Repository, execute, fetch_all, fetch_one
+
+QuotaScope = Literal["user", "group"]
+_QUOTA_COLUMN: dict[str, str] = {"user": "user_daily_quota", "group": "community_daily_quota"}
+
+
+def _style(row: sqlite3.Row) -> CustomStyle:
+    return CustomStyle(
+        community_id=row["community_id"],
+        name=row["name"],
+        prompt=row["prompt"],
+        negative_prompt=row["negative_prompt"],
+        lora_key=row["lora_key"],
+        style_weight=row["style_weight"],
+        face_weight=row["face_weight"],
+        created_by=row["created_by"],
+        created_at=from_db(row["created_at"]),
+    )
+
+
+def _weight(name: str, value: float) -> float:
+    if not math.isfinite(value) or not 0.0 <= value <= 2.0:
+        raise ValueError(f"{name} must be between 0 and 2")
+    return value
+
+
+class CommunitiesRepository(Repository):
+    """Settings per community; style names compare case-insensitively."""
+
+    async def _load(self, row: sqlite3.Row | None) -> Community | None:
+        if row is None:
+            return None
+        toggles = await self._all(
+            "SELECT style, enabled FROM community_style_toggles WHERE community_id = ?", (row["id"],)
+        )
+        return Community(
+            id=row["id"],
+            platform=Platform(row["platform"]),
+            external_id=row["external_id"],
+            enabled_styles=frozenset(t["style"] for t in toggles if t["enabled"]),
+            disabled_styles=frozenset(t["style"] for t in toggles if not t["enabled"]),
+            user_daily_quota=row["user_daily_quota"],
+            community_daily_quota=row["community_daily_quota"],
+            results_to=ResultsTo(row["results_to"]),
+            nsfw_allowed=bool(row["nsfw_allowed"]),
+        )
+
+    async def get(self, community_id: int) -> Community | None:
+        return await self._load(await self._one("SELECT * FROM communities WHERE id = ?", (community_id,)))
+
+    async def find(self, platform: Platform | str, external_id: str) -> Community | None:
+        return await self._load(
+            await self._one(
+                "SELECT * FROM communities WHERE platform = ? AND external_id = ?",
+                (Platform(platform), external_id),
+            )
+        )
+
+    async def get_or_create(self, platform: Platform | str, external_id: str) -> Community:
+        """The community of a group chat or server, created with default settings on first sight."""
+        platform = Platform(platform)
+        if not 1 <= len(external_id) <= 128:
+            raise ValueError("external_id must be 1-128 characters")
+        async with self._db.locked() as conn:
+            await execute(
+                conn,
+                "INSERT INTO communities (platform, external_id, created_at) VALUES (?, ?, ?)"
+                " ON CONFLICT (platform, external_id) DO NOTHING",
+                (platform, external_id, self._now()),
+            )
+        community = await self.find(platform, external_id)
+        assert community is not None
+        return community
+
+    async def _update(self, community_id: int, sql: str, params: tuple[object, ...]) -> None:
+        if not await self._write(sql, (*params, community_id)):
+            raise NotFound(f"no community {community_id}")
+
+    async def set_style_enabled(self, community_id: int, style: str, enabled: bool) -> None:
+        """Switch a style on or off here (overriding its default)."""
+        try:
+            await self._write(
+                "INSERT INTO community_style_toggles (community_id, style, enabled) VALUES (?, ?, ?)"
+                " ON CONFLICT (community_id, style) DO UPDATE"
+                " SET style = excluded.style, enabled = excluded.enabled",
+                (community_id, style, int(enabled)),
+            )
+        except sqlite3.IntegrityError as exc:
+            raise NotFound(f"no community {community_id}") from exc
+
+    async def set_quota(self, community_id: int, scope: QuotaScope, limit: int | None) -> None:
+        """Daily /generate quota: ``"user"`` per member, ``"group"`` for the whole community.
+
+        ``None`` clears it (the global default for "user", unlimited for "group").
+        """
+        column = _QUOTA_COLUMN.get(scope)
+        if column is None:
+            raise ValueError('scope must be "user" or "group"')
+        if limit is not None and limit < 0:
+            raise ValueError("a quota cannot be negative")
+        await self._update(community_id, f"UPDATE communities SET {column} = ? WHERE id = ?", (limit,))
+
+    async def set_results_to(self, community_id: int, results_to: ResultsTo) -> None:
+        """Where /generate results go: the channel, or the member's direct messages."""
+        await self._update(
+            community_id, "UPDATE communities SET results_to = ? WHERE id = ?", (ResultsTo(results_to),)
+        )
+
+    async def set_nsfw_allowed(self, community_id: int, allowed: bool) -> None:
+        await self._update(
+            community_id, "UPDATE communities SET nsfw_allowed = ? WHERE id = ?", (int(allowed),)
+        )
+
+    async def add_custom_style(
+        self,
+        community_id: int,
+        name: str,
+        prompt: str,
+        negative_prompt: str = "",
+        lora_key: str | None = None,
+        style_weight: float = 0.3,
+        face_weight: float = 0.9,
+        created_by: int | None = None,
+    ) -> CustomStyle | None:
+        """Add a community style, replacing one of the same name (case-insensitive).
+
+        Returns the style it replaced (None for a new name), so that the caller can delete the
+        replaced style's LoRA blob; read the new one back with :meth:`custom_style`.
+        """
+        if not 1 <= len(name) <= 64:
+            raise ValueError("a style name is 1-64 characters")
+        _weight("style_weight", style_weight)
+        _weight("face_weight", face_weight)
+        async with self._db.transaction() as conn:
+            if await fetch_one(conn, "SELECT 1 FROM communities WHERE id = ?", (community_id,)) is None:
+                raise NotFound(f"no community {community_id}")
+            previous = await fetch_one(
+                conn, "SELECT * FROM custom_styles WHERE community_id = ? AND name = ?", (community_id, name)
+            )
+            try:
+                await execute(
+                    conn,
+                    "INSERT INTO custom_styles (community_id, name, prompt, negative_prompt, lora_key,"
+                    " style_weight, face_weight, created_by, created_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                    " ON CONFLICT (community_id, name) DO UPDATE SET name = excluded.name,"
+                    " prompt = excluded.prompt, negative_prompt = excluded.negative_prompt,"
+                    " lora_key = excluded.lora_key, style_weight = excluded.style_weight,"
+                    " face_weight = excluded.face_weight, created_by = excluded.created_by,"
+                    " created_at = excluded.created_at",
+                    (
+                        community_id,
+                        name,
+                        prompt,
+                        negative_prompt,
+                        lora_key,
+                        style_weight,
+                        face_weight,
+                        created_by,
+                        self._now(),
+                    ),
+                )
+            except sqlite3.IntegrityError as exc:
+                raise NotFound(f"no user {created_by}") from exc
+        return None if previous is None else _style(previous)
+
+    async def custom_style(self, community_id: int, name: str) -> CustomStyle | None:
+        row = await self._one(
+            "SELECT * FROM custom_styles WHERE community_id = ? AND name = ?", (community_id, name)
+        )
+        return None if row is None else _style(row)
+
+    async def remove_custom_style(self, community_id: int, name: str) -> CustomStyle | None:
+        """Remove a community style; returns it (its ``lora_key`` blob is the caller's to delete)."""
+        async with self._db.locked() as conn:
+            rows = await fetch_all(
+                conn,
+                "DELETE FROM custom_styles WHERE community_id = ? AND name = ? RETURNING *",
+                (community_id, name),
+            )
+        return _style(rows[0]) if rows else None
+
+    async def custom_styles(self, community_id: int) -> list[CustomStyle]:
+        """The community's own styles, by name."""
+        rows = await self._all(
+            "SELECT * FROM custom_styles WHERE community_id = ? ORDER BY name", (community_id,)
+        )
+        return [_style(row) for row in rows]

@@ -1,0 +1,979 @@
+"""The conversation flow, as tables of state × event × facts → mode, effects and what the user reads."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+import pytest
+
+from bot.core.effects import (
+    AddStyle,
+    CancelRuns,
+    DiscardPhotos,
+    Effect,
+    ForgetUser,
+    RemoveStyle,
+    ReopenSet,
+    SavePhotos,
+    SetCommunityOption,
+    SetQuota,
+    SetStyleEnabled,
+    StartCollecting,
+    StartGeneration,
+    StartTraining,
+)
+from bot.core.events import (
+    BotRejectReason,
+    ButtonPressed,
+    Command,
+    Event,
+    JobFinished,
+    JobProgress,
+    OfferedFile,
+    PhotosOffered,
+    PhotosSaved,
+    RunQueued,
+    RunsCancelled,
+    SavedPhoto,
+    StyleAdded,
+    TextMessage,
+)
+from bot.core.flow import ADMIN, BUTTONS, COMMANDS, MAX_STYLE_BUTTONS, Decision, decide
+from bot.core.limits import Limits
+from bot.core.replies import MAX_BUTTON_DATA, Button, EditProgress, Photos, ProgressMessage, Text
+from bot.core.state import Facts, Mode, ModelState, RunInfo, StyleInfo, UserState
+from pipeline.jobs import (
+    ErrorCode,
+    GenerateOutcome,
+    PhotoRejection,
+    Portrait,
+    Progress,
+    RejectReason,
+    Stage,
+    Subject,
+    TrainOutcome,
+)
+
+RUN = "run_0001abcd"
+GEN = "run_0002abcd"
+STYLES = (
+    StyleInfo("studio", "Clean studio portrait", builtin=True),
+    StyleInfo("business_suit", "Suit and tie", builtin=True),
+)
+ALL_STYLES = (*STYLES, StyleInfo("vintage", "Old film", builtin=True), StyleInfo("noir", "Added here"))
+#: A ready user in a private chat with five photos in the open set (used when the mode collects).
+BASE = Facts(
+    private=True,
+    model=ModelState.READY,
+    has_ready_model=True,
+    photo_count=5,
+    styles=STYLES,
+    all_styles=ALL_STYLES,
+)
+GROUP = replace(BASE, private=False, community="guild:1")
+ADMIN_HERE = replace(GROUP, is_admin=True)
+NO_MODEL = replace(BASE, model=ModelState.NONE, has_ready_model=False)
+TRAINING = replace(NO_MODEL, model=ModelState.TRAINING, active_runs=(RunInfo(RUN, "train", "running", 0.45),))
+
+IDLE = UserState()
+COLLECTING = UserState(mode=Mode.COLLECTING)
+ASKING = UserState(mode=Mode.ASKING_SUBJECT)
+CONFIRMING = UserState(mode=Mode.CONFIRMING_FORGET, resume=Mode.COLLECTING)
+STATES = {
+    Mode.IDLE: IDLE,
+    Mode.COLLECTING: COLLECTING,
+    Mode.ASKING_SUBJECT: ASKING,
+    Mode.CONFIRMING_FORGET: CONFIRMING,
+}
+
+
+def jpeg(ref: str = "f", size: int = 1000, name: str | None = "me.jpg") -> OfferedFile:
+    return OfferedFile(ref, size, "image/jpeg", name)
+
+
+def text_of(decision: Decision) -> str:
+    """Everything the user reads, lower-cased, for phrase checks."""
+    parts: list[str] = []
+    for reply in decision.replies:
+        match reply:
+            case Text(text=text) | ProgressMessage(text=text) | EditProgress(text=text):
+                parts.append(text)
+            case Photos(caption=caption):
+                parts.append(caption)
+    return "\n".join(parts).casefold()
+
+
+def buttons_of(decision: Decision) -> tuple[Button, ...]:
+    found: list[Button] = []
+    for reply in decision.replies:
+        if isinstance(reply, Text | Photos | ProgressMessage):
+            found.extend(reply.buttons)
+    return tuple(found)
+
+
+def matches(effects: tuple[Effect, ...], expected: tuple[type[Any] | Effect, ...]) -> bool:
+    """Effects equal ``expected``, where a type in ``expected`` stands for any effect of that type."""
+    if len(effects) != len(expected):
+        return False
+    return all(
+        isinstance(e, want) if isinstance(want, type) else e == want
+        for e, want in zip(effects, expected, strict=True)
+    )
+
+
+# ---------------------------------------------------------------------- every command in every mode
+COMMAND_EVENTS: dict[str, Command] = {
+    "start": Command("start"),
+    "help": Command("help"),
+    "train": Command("train"),
+    "done": Command("done"),
+    "generate": Command("generate", ("studio",)),
+    "styles": Command("styles"),
+    "status": Command("status"),
+    "cancel": Command("cancel"),
+    "forget": Command("forget"),
+    "admin": Command("admin", ("styles",)),
+    "unknown": Command("frobnicate"),
+}
+
+_I, _C, _A, _F = Mode.IDLE, Mode.COLLECTING, Mode.ASKING_SUBJECT, Mode.CONFIRMING_FORGET
+_GEN: tuple[type[Any], ...] = (StartGeneration,)
+
+#: (command, mode before) → (mode after, effects, a phrase of the reply or None for no reply at all).
+#: The CONFIRMING_FORGET rows start from resume=COLLECTING: another command drops the question.
+PRIVATE_TABLE: dict[tuple[str, Mode], tuple[Mode, tuple[type[Any], ...], str | None]] = {
+    ("start", _I): (_I, (), "selfies"),
+    ("start", _C): (_C, (), "selfies"),
+    ("start", _A): (_A, (), "selfies"),
+    ("start", _F): (_C, (), "selfies"),
+    ("help", _I): (_I, (), "/generate"),
+    ("help", _C): (_C, (), "/generate"),
+    ("help", _A): (_A, (), "/generate"),
+    ("help", _F): (_F, (), "/generate"),
+    ("train", _I): (_C, (StartCollecting,), "tips"),
+    ("train", _C): (_C, (), "already have a set open with 5"),
+    ("train", _A): (_A, (), "who is in these photos"),
+    ("train", _F): (_C, (), "already have a set open with 5"),
+    ("done", _I): (_I, (), "no photo set"),
+    ("done", _C): (_A, (), "who is in these photos"),
+    ("done", _A): (_A, (), "who is in these photos"),
+    ("done", _F): (_A, (), "who is in these photos"),
+    ("generate", _I): (_I, _GEN, None),
+    ("generate", _C): (_C, _GEN, None),
+    ("generate", _A): (_A, _GEN, None),
+    ("generate", _F): (_C, _GEN, None),
+    ("styles", _I): (_I, (), "clean studio portrait"),
+    ("styles", _C): (_C, (), "clean studio portrait"),
+    ("styles", _A): (_A, (), "clean studio portrait"),
+    ("styles", _F): (_C, (), "clean studio portrait"),
+    ("status", _I): (_I, (), "face model: ready"),
+    ("status", _C): (_C, (), "photo set: 5 of 10"),
+    ("status", _A): (_A, (), "who is in the photos"),
+    ("status", _F): (_C, (), "photo set: 5 of 10"),
+    ("cancel", _I): (_I, (), "nothing to cancel"),
+    ("cancel", _C): (_I, (DiscardPhotos,), "threw away the 5 photos"),
+    ("cancel", _A): (_C, (), "5 of 10 photos are kept"),
+    ("cancel", _F): (_C, (), "nothing was deleted"),
+    ("forget", _I): (_F, (), "can't be undone"),
+    ("forget", _C): (_F, (), "can't be undone"),
+    ("forget", _A): (_F, (), "can't be undone"),
+    ("forget", _F): (_F, (), "can't be undone"),
+    ("admin", _I): (_I, (), "group or server"),
+    ("admin", _C): (_C, (), "group or server"),
+    ("admin", _A): (_A, (), "group or server"),
+    ("admin", _F): (_C, (), "group or server"),
+    ("unknown", _I): (_I, (), "don't know /frobnicate"),
+    ("unknown", _C): (_C, (), "don't know /frobnicate"),
+    ("unknown", _A): (_A, (), "don't know /frobnicate"),
+    ("unknown", _F): (_F, (), "don't know /frobnicate"),
+}
+
+
+def test_tables_cover_every_command_in_every_mode() -> None:
+    assert set(COMMAND_EVENTS) == {*COMMANDS, "unknown"}
+    assert set(PRIVATE_TABLE) == set(itertools.product(COMMAND_EVENTS, Mode))
+
+
+@pytest.mark.parametrize(("command", "mode"), sorted(PRIVATE_TABLE), ids=lambda v: str(v))
+def test_every_command_in_every_mode(command: str, mode: Mode) -> None:
+    want_mode, want_effects, phrase = PRIVATE_TABLE[command, mode]
+    decision = decide(STATES[mode], COMMAND_EVENTS[command], BASE)
+    assert decision.state.mode is want_mode
+    assert matches(decision.effects, want_effects), decision.effects
+    if phrase is None:
+        assert decision.replies == ()
+    else:
+        assert len(decision.replies) == 1
+        assert phrase in text_of(decision)
+
+
+@pytest.mark.parametrize("mode", list(Mode))
+def test_forget_remembers_where_to_return(mode: Mode) -> None:
+    state = STATES[mode]
+    decision = decide(state, Command("forget"), BASE)
+    expected = state.resume if mode is Mode.CONFIRMING_FORGET else mode
+    assert decision.state == UserState(mode=Mode.CONFIRMING_FORGET, resume=expected)
+    assert {b.data for b in buttons_of(decision)} == {"forget:yes", "forget:no"}
+
+
+@pytest.mark.parametrize(
+    ("command", "mode"), list(itertools.product(COMMAND_EVENTS, Mode)), ids=lambda v: str(v)
+)
+def test_group_commands_never_collect_photos(command: str, mode: Mode) -> None:
+    state = STATES[mode]
+    decision = decide(state, COMMAND_EVENTS[command], GROUP)
+    assert not any(isinstance(e, StartCollecting | SavePhotos | StartTraining) for e in decision.effects)
+    if state.mode is Mode.IDLE:
+        assert decision.state.mode in (Mode.IDLE, Mode.CONFIRMING_FORGET)
+    if command == "unknown":
+        assert decision.replies == ()
+    # Personal answers in a group are shown only to the asker.
+    if command in ("status", "forget", "train", "done", "admin"):
+        assert all(r.private for r in decision.replies if isinstance(r, Text))
+
+
+# ----------------------------------------------------------------------------- hand-written rows
+@dataclass(frozen=True)
+class Row:
+    state: UserState
+    event: Event
+    facts: Facts
+    mode: Mode
+    effects: tuple[type[Any] | Effect, ...]
+    #: A phrase of the replies (lower case); None: no reply at all.
+    says: str | None
+    replies: int | None = None
+    not_says: str | None = None
+
+
+RowTest = Callable[[Row], None]
+
+
+def rows(**cases: Row) -> Callable[[RowTest], RowTest]:
+    """Parametrize a test over named rows (the names become the test ids)."""
+    mark = pytest.mark.parametrize("row", [pytest.param(r, id=name) for name, r in cases.items()])
+
+    def apply(test: RowTest) -> RowTest:
+        marked: RowTest = mark(test)
+        return marked
+
+    return apply
+
+
+def check(row: Row) -> Decision:
+    decision = decide(row.state, row.event, row.facts)
+    assert decision.state.mode is row.mode
+    assert matches(decision.effects, row.effects), decision.effects
+    if row.says is None:
+        assert decision.replies == ()
+    else:
+        assert row.says in text_of(decision), text_of(decision)
+    if row.replies is not None:
+        assert len(decision.replies) == row.replies
+    if row.not_says is not None:
+        assert row.not_says not in text_of(decision)
+    return decision
+
+
+HEIC = OfferedFile("h", 1000, "image/heic", "IMG_0001.HEIC")
+HUGE = OfferedFile("x", 30 * 1024 * 1024, "image/jpeg", "big.jpg")
+PDF = OfferedFile("p", 1000, "application/pdf", "cv.pdf")
+TELEGRAM_PHOTO = OfferedFile("tg", 90_000, None, None, compressed=True)
+
+
+@rows(
+    first_photos_start_a_set=Row(
+        IDLE, PhotosOffered((jpeg(),)), NO_MODEL, _C, (StartCollecting(), SavePhotos((jpeg(),))), None
+    ),
+    photos_while_training=Row(IDLE, PhotosOffered((jpeg(),)), TRAINING, _I, (), "training"),
+    album_one_reply_for_refusals=Row(
+        COLLECTING,
+        PhotosOffered((jpeg("a"), HEIC, HUGE, jpeg("b"))),
+        BASE,
+        _C,
+        (SavePhotos((jpeg("a"), jpeg("b"))),),
+        "photo 2 (img_0001.heic): heic isn't supported",
+        replies=1,
+    ),
+    album_all_refused_lists_reasons=Row(
+        COLLECTING,
+        PhotosOffered((HEIC, PDF, HUGE)),
+        BASE,
+        _C,
+        (),
+        "too large (the limit is 20 mb)",
+        replies=1,
+    ),
+    unsupported_type=Row(
+        COLLECTING, PhotosOffered((PDF,)), BASE, _C, (), "photo 1 (cv.pdf): not a jpeg, png or webp"
+    ),
+    all_refused_opens_no_set=Row(IDLE, PhotosOffered((HEIC,)), NO_MODEL, _I, (), "send it as a photo"),
+    set_fills_up=Row(
+        COLLECTING,
+        PhotosOffered((jpeg("a"), jpeg("b"), jpeg("c"))),
+        replace(BASE, photo_count=9),
+        _C,
+        (SavePhotos((jpeg("a"),)),),
+        "photo 2 (me.jpg): the set is already full",
+        replies=1,
+    ),
+    full_set_refuses_everything=Row(
+        COLLECTING, PhotosOffered((jpeg(),)), replace(BASE, photo_count=10), _C, (), "/done", replies=1
+    ),
+    compressed_photo_without_type_is_taken=Row(
+        COLLECTING, PhotosOffered((TELEGRAM_PHOTO,)), BASE, _C, (SavePhotos((TELEGRAM_PHOTO,)),), None
+    ),
+    photos_while_asking_go_back_to_collecting=Row(
+        ASKING, PhotosOffered((jpeg(),)), BASE, _C, (SavePhotos,), None
+    ),
+    photos_drop_the_forget_question=Row(CONFIRMING, PhotosOffered((jpeg(),)), BASE, _C, (SavePhotos,), None),
+    empty_album=Row(IDLE, PhotosOffered(()), BASE, _I, (), None),
+    group_photos_ignored=Row(IDLE, PhotosOffered((jpeg(),)), GROUP, _I, (), None),
+    group_photos_while_collecting=Row(COLLECTING, PhotosOffered((jpeg(),)), GROUP, _C, (), "private chat"),
+)
+def test_photos_offered(row: Row) -> None:
+    check(row)
+
+
+def saved(*results: SavedPhoto, total: int) -> PhotosSaved:
+    return PhotosSaved(results, total)
+
+
+OK = SavedPhoto("f", stored=True)
+
+
+@rows(
+    count_and_rejections=Row(
+        COLLECTING,
+        saved(OK, SavedPhoto("d", False, RejectReason.DUPLICATE), OK, OK, total=4),
+        BASE,
+        _C,
+        (),
+        "got 3 photos (4 of 10)",
+        replies=1,
+    ),
+    rejection_in_plain_words=Row(
+        COLLECTING,
+        saved(OK, SavedPhoto("d", False, "duplicate"), total=4),
+        BASE,
+        _C,
+        (),
+        "photo 2: the same as",
+    ),
+    rejection_named_by_file=Row(
+        COLLECTING,
+        saved(OK, SavedPhoto("d", False, "not_an_image", filename="scan.png"), total=1),
+        BASE,
+        _C,
+        (),
+        "photo 2 (scan.png): not an image",
+    ),
+    bot_side_reason=Row(
+        COLLECTING, saved(SavedPhoto("x", False, "set_full"), total=10), BASE, _C, (), "already full"
+    ),
+    too_few_so_far=Row(COLLECTING, saved(OK, OK, total=2), BASE, _C, (), "send 1 more"),
+    enough_says_done=Row(COLLECTING, saved(OK, total=3), BASE, _C, (), "/done"),
+    full_says_done=Row(COLLECTING, saved(OK, total=10), BASE, _C, (), "the most i can use"),
+    nothing_stored=Row(
+        COLLECTING, saved(SavedPhoto("x", False, "not_an_image"), total=1), BASE, _C, (), "no new photos"
+    ),
+)
+def test_photos_saved(row: Row) -> None:
+    check(row)
+
+
+@rows(
+    done_with_too_few=Row(COLLECTING, Command("done"), replace(BASE, photo_count=2), _C, (), "send 1 more"),
+    done_while_training=Row(IDLE, Command("done"), TRAINING, _I, (), "training"),
+    done_in_group=Row(COLLECTING, Command("done"), GROUP, _C, (), "private chat"),
+    train_restarts_empty_set=Row(
+        COLLECTING, Command("train"), replace(BASE, photo_count=0), _C, (StartCollecting,), "tips"
+    ),
+    train_while_training=Row(IDLE, Command("train"), TRAINING, _I, (), "/cancel"),
+    train_in_group=Row(IDLE, Command("train"), GROUP, _I, (), "private chat"),
+    subject_starts_training=Row(
+        ASKING, ButtonPressed("subject", "woman"), BASE, _I, (StartTraining(Subject.WOMAN),), None
+    ),
+    bad_subject_asks_again=Row(
+        ASKING, ButtonPressed("subject", "cat"), BASE, _A, (), "who is in these photos"
+    ),
+    subject_after_the_fact=Row(IDLE, ButtonPressed("subject", "man"), BASE, _I, (), "expired"),
+    subject_after_forget_question=Row(
+        UserState(Mode.CONFIRMING_FORGET, resume=Mode.ASKING_SUBJECT),
+        ButtonPressed("subject", "man"),
+        BASE,
+        _I,
+        (StartTraining(Subject.MAN),),
+        None,
+    ),
+    unknown_button=Row(IDLE, ButtonPressed("frob", "x"), BASE, _I, (), "doesn't work any more"),
+    forget_yes=Row(CONFIRMING, ButtonPressed("forget", "yes"), BASE, _I, (ForgetUser(),), "everything"),
+    forget_no=Row(CONFIRMING, ButtonPressed("forget", "no"), BASE, _C, (), "nothing was deleted"),
+    forget_button_expired=Row(IDLE, ButtonPressed("forget", "yes"), BASE, _I, (), "expired"),
+    forget_text_asks_for_a_button=Row(CONFIRMING, TextMessage("yes"), BASE, _F, (), "tap a button"),
+    cancel_runs=Row(IDLE, Command("cancel"), TRAINING, _I, (CancelRuns(),), None),
+    cancel_collecting_keeps_runs=Row(
+        COLLECTING,
+        Command("cancel"),
+        replace(BASE, active_runs=(RunInfo(GEN, "generate", "queued"),)),
+        _I,
+        (DiscardPhotos(),),
+        "running jobs continue",
+    ),
+    runs_cancelled=Row(IDLE, RunsCancelled((RUN, GEN)), BASE, _I, (), "cancelling 2 jobs", replies=3),
+    status_shows_runs=Row(
+        IDLE,
+        Command("status"),
+        replace(
+            TRAINING,
+            active_runs=(
+                RunInfo(RUN, "train", "running", 0.45),
+                RunInfo(GEN, "generate", "queued", queue_position=3, style="studio"),
+            ),
+        ),
+        _I,
+        (),
+        "training: running, 45%\nportraits (studio): waiting, number 3 in line",
+    ),
+    status_quota=Row(
+        IDLE, Command("status"), replace(BASE, user_quota=5, generations_today=2), _I, (), "2 of 5"
+    ),
+    styles_hint_for_admins=Row(IDLE, Command("styles"), ADMIN_HERE, _I, (), "/admin styles"),
+    styles_no_hint_for_members=Row(IDLE, Command("styles"), GROUP, _I, (), "suit and tie", not_says="/admin"),
+    text_while_collecting=Row(COLLECTING, TextMessage("hi"), BASE, _C, (), "5 of 10 so far"),
+    text_while_asking=Row(ASKING, TextMessage("me"), BASE, _A, (), "who is in these photos"),
+    text_idle=Row(IDLE, TextMessage("hello"), NO_MODEL, _I, (), "/train"),
+    text_in_group=Row(IDLE, TextMessage("hello"), GROUP, _I, (), None),
+    help_for_admin=Row(IDLE, Command("help"), ADMIN_HERE, _I, (), "/admin"),
+)
+def test_conversation(row: Row) -> None:
+    check(row)
+
+
+def test_subject_buttons_offer_every_subject() -> None:
+    decision = decide(COLLECTING, Command("done"), BASE)
+    assert [b.data for b in buttons_of(decision)] == [f"subject:{s.value}" for s in Subject]
+
+
+# ------------------------------------------------------------------------------------------ generate
+@rows(
+    style_and_count=Row(
+        IDLE, Command("generate", ("studio", "3")), BASE, _I, (StartGeneration("studio", 3),), None
+    ),
+    default_count=Row(
+        IDLE, Command("generate", ("Studio",)), BASE, _I, (StartGeneration("studio", 4),), None
+    ),
+    spaced_style_name=Row(
+        IDLE,
+        Command("generate", ("business", "suit", "2")),
+        BASE,
+        _I,
+        (StartGeneration("business_suit", 2),),
+        None,
+    ),
+    count_too_big=Row(IDLE, Command("generate", ("studio", "9")), BASE, _I, (), "from 1 to 4"),
+    count_zero=Row(IDLE, Command("generate", ("studio", "0")), BASE, _I, (), "from 1 to 4"),
+    count_not_a_number=Row(IDLE, Command("generate", ("studio", "many")), BASE, _I, (), "from 1 to 4"),
+    no_style_asks=Row(IDLE, Command("generate"), BASE, _I, (), "pick a style"),
+    count_only_asks_and_says_so=Row(
+        IDLE, Command("generate", ("2",)), BASE, _I, (), "the buttons make 4; for 2"
+    ),
+    count_only_out_of_range=Row(IDLE, Command("generate", ("7",)), BASE, _I, (), "from 1 to 4"),
+    disabled_style=Row(IDLE, Command("generate", ("vintage",)), BASE, _I, (), "switched off here"),
+    unknown_style_lists_enabled=Row(
+        IDLE,
+        Command("generate", ("nope",)),
+        BASE,
+        _I,
+        (),
+        'don\'t know the style "nope". styles here: studio',
+    ),
+    no_styles_at_all=Row(IDLE, Command("generate"), replace(BASE, styles=()), _I, (), "no styles"),
+    still_training=Row(IDLE, Command("generate", ("studio",)), TRAINING, _I, (), "still training"),
+    no_model=Row(IDLE, Command("generate", ("studio",)), NO_MODEL, _I, (), "/train"),
+    failed_model=Row(
+        IDLE, Command("generate"), replace(NO_MODEL, model=ModelState.FAILED), _I, (), "didn't work"
+    ),
+    ready_model_while_retraining=Row(
+        IDLE,
+        Command("generate", ("studio",)),
+        replace(TRAINING, has_ready_model=True),
+        _I,
+        (StartGeneration("studio", 4),),
+        None,
+    ),
+    user_quota=Row(
+        IDLE,
+        Command("generate", ("studio",)),
+        replace(BASE, user_quota=3, generations_today=3),
+        _I,
+        (),
+        "resets tomorrow (midnight utc)",
+    ),
+    community_quota=Row(
+        IDLE,
+        Command("generate"),
+        replace(GROUP, community_quota=10, community_generations_today=12),
+        _I,
+        (),
+        "this group has used its 10",
+    ),
+    quota_left=Row(
+        IDLE,
+        Command("generate", ("studio",)),
+        replace(BASE, user_quota=3, generations_today=2),
+        _I,
+        (StartGeneration,),
+        None,
+    ),
+    unlimited=Row(
+        IDLE, Command("generate", ("studio",)), replace(BASE, generations_today=999), _I, _GEN, None
+    ),
+    in_a_group=Row(IDLE, Command("generate", ("studio",)), GROUP, _I, (StartGeneration("studio", 4),), None),
+    style_button=Row(
+        IDLE, ButtonPressed("style", "business_suit"), BASE, _I, (StartGeneration("business_suit", 4),), None
+    ),
+    more_button=Row(IDLE, ButtonPressed("more", "studio"), BASE, _I, (StartGeneration("studio", 4),), None),
+    another_button=Row(IDLE, ButtonPressed("another"), BASE, _I, (), "pick a style"),
+    button_with_quota_used=Row(
+        IDLE,
+        ButtonPressed("more", "studio"),
+        replace(BASE, user_quota=1, generations_today=1),
+        _I,
+        (),
+        "resets",
+    ),
+)
+def test_generate(row: Row) -> None:
+    check(row)
+
+
+def test_style_picker_shows_at_most_eight_buttons() -> None:
+    many = tuple(StyleInfo(f"style{i}") for i in range(12))
+    decision = decide(IDLE, Command("generate"), replace(BASE, styles=many, all_styles=many))
+    assert [b.data for b in buttons_of(decision)] == [f"style:style{i}" for i in range(MAX_STYLE_BUTTONS)]
+    assert "/styles" in text_of(decision)
+
+
+# -------------------------------------------------------------------------------- follow-up events
+def progress(stage: Stage, fraction: float = 0.0, position: int | None = None) -> JobProgress:
+    return JobProgress(Progress(run_id=RUN, stage=stage, fraction=fraction), position)
+
+
+@pytest.mark.parametrize(
+    ("event", "phrase"),
+    [
+        (progress(Stage.QUEUED, position=1), "next in line"),
+        (progress(Stage.QUEUED, position=4), "number 4 in line"),
+        (progress(Stage.PREPARING), "preparing your photos"),
+        (progress(Stage.TRAINING, 0.5), "▓▓▓▓▓░░░░░ 50%"),
+        (progress(Stage.SAVING), "saving"),
+        (progress(Stage.GENERATING, 0.25), "painting"),
+        (progress(Stage.RANKING), "best likenesses"),
+    ],
+)
+def test_progress_edits_the_run_message(event: JobProgress, phrase: str) -> None:
+    decision = decide(IDLE, event, BASE)
+    assert decision.state == IDLE
+    assert decision.effects == ()
+    (edit,) = decision.replies
+    assert isinstance(edit, EditProgress)
+    assert edit.run_id == RUN
+    assert not edit.final
+    assert phrase in edit.text.casefold()
+
+
+@pytest.mark.parametrize(
+    ("event", "phrase"),
+    [
+        (RunQueued(RUN, "train", queue_position=2), "training queued (number 2 in line)"),
+        (RunQueued(RUN, "train"), "a few minutes"),
+        (RunQueued(GEN, "generate", 1, "studio", 3), "making 3 portraits in studio (next in line)"),
+    ],
+)
+def test_run_queued_opens_a_progress_message(event: RunQueued, phrase: str) -> None:
+    decision = decide(IDLE, event, BASE)
+    (message,) = decision.replies
+    assert isinstance(message, ProgressMessage)
+    assert message.run_id == event.run_id
+    assert phrase in message.text.casefold()
+
+
+def train_outcome(**fields: Any) -> TrainOutcome:
+    return TrainOutcome(run_id=RUN, **fields)
+
+
+def generate_outcome(**fields: Any) -> GenerateOutcome:
+    return GenerateOutcome(run_id=GEN, style="studio", **fields)
+
+
+PHOTO_KEYS = tuple(f"photos/u1/s1/{i}.jpg" for i in range(1, 6))
+KEYED = replace(BASE, photo_keys=PHOTO_KEYS)
+TOO_FEW = train_outcome(
+    error=ErrorCode.TOO_FEW_PHOTOS,
+    used_photos=list(PHOTO_KEYS[2:4]),
+    rejections=[
+        PhotoRejection(photo_key=PHOTO_KEYS[1], reason=RejectReason.NO_FACE),
+        PhotoRejection(photo_key=PHOTO_KEYS[4], reason=RejectReason.SEVERAL_FACES),
+        PhotoRejection(photo_key=PHOTO_KEYS[0], reason=RejectReason.TOO_BLURRY),
+    ],
+)
+
+
+@rows(
+    model_ready=Row(
+        IDLE, JobFinished(train_outcome(lora_key="runs/x/lora.safetensors")), BASE, _I, (), "ready"
+    ),
+    too_few_photos=Row(
+        IDLE,
+        JobFinished(TOO_FEW),
+        KEYED,
+        _C,
+        (ReopenSet((PHOTO_KEYS[1], PHOTO_KEYS[4], PHOTO_KEYS[0])),),
+        "photo 2: no face found\nphoto 5: more than one face",
+        replies=2,
+    ),
+    too_few_counts_usable=Row(IDLE, JobFinished(TOO_FEW), KEYED, _C, (ReopenSet,), "only use 2 photos"),
+    too_few_then_done=Row(IDLE, JobFinished(TOO_FEW), KEYED, _C, (ReopenSet,), "then /done again"),
+    no_face_without_numbering=Row(
+        IDLE,
+        JobFinished(
+            train_outcome(
+                error=ErrorCode.NO_FACE,
+                rejections=[PhotoRejection(photo_key="photos/a.jpg", reason=RejectReason.NO_FACE)],
+            )
+        ),
+        BASE,
+        _C,
+        (ReopenSet(("photos/a.jpg",)),),
+        "a photo: no face found",
+    ),
+    needs_subject=Row(
+        IDLE,
+        JobFinished(train_outcome(error=ErrorCode.INTERNAL, needs_subject=True)),
+        BASE,
+        _A,
+        (ReopenSet(()),),
+        "who is in these photos",
+    ),
+    cancelled_keeps_photos=Row(
+        IDLE,
+        JobFinished(train_outcome(error=ErrorCode.CANCELLED)),
+        BASE,
+        _C,
+        (ReopenSet(()),),
+        "training cancelled. your photos are kept",
+    ),
+    failure_during_forget_question=Row(
+        UserState(Mode.CONFIRMING_FORGET),
+        JobFinished(train_outcome(error=ErrorCode.TIMEOUT)),
+        BASE,
+        _F,
+        (ReopenSet(()),),
+        "photos are kept",
+    ),
+    portraits=Row(
+        IDLE,
+        JobFinished(
+            generate_outcome(
+                portraits=[
+                    Portrait(key="runs/g/1.png", seed=1, score=0.61),
+                    Portrait(key="runs/g/2.png", seed=2, score=0.82),
+                ]
+            )
+        ),
+        BASE,
+        _I,
+        (),
+        "studio · best match 0.82",
+        replies=2,
+    ),
+    portraits_without_scores=Row(
+        IDLE,
+        JobFinished(generate_outcome(portraits=[Portrait(key="runs/g/1.png", seed=1)], blocked=2)),
+        BASE,
+        _I,
+        (),
+        "2 held back by the safety filter",
+    ),
+    no_usable_portrait=Row(
+        IDLE,
+        JobFinished(generate_outcome(error=ErrorCode.NO_USABLE_PORTRAIT, blocked=1)),
+        BASE,
+        _I,
+        (),
+        "didn't count against your daily limit",
+    ),
+    generate_cancelled=Row(
+        IDLE, JobFinished(generate_outcome(error=ErrorCode.CANCELLED)), BASE, _I, (), "portraits cancelled"
+    ),
+)
+def test_job_finished(row: Row) -> None:
+    decision = check(row)
+    edits = [r for r in decision.replies if isinstance(r, EditProgress)]
+    assert len(edits) == 1
+    assert edits[0].final
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        ErrorCode.OUT_OF_MEMORY,
+        ErrorCode.TIMEOUT,
+        ErrorCode.INTERNAL,
+        ErrorCode.MODEL_MISSING,
+        ErrorCode.BAD_PAYLOAD,
+    ],
+)
+def test_training_failure_keeps_photos_for_a_retry(code: ErrorCode) -> None:
+    decision = check(Row(IDLE, JobFinished(train_outcome(error=code)), BASE, _C, (ReopenSet(()),), "sorry"))
+    assert "/done to try again" in text_of(decision)
+
+
+@pytest.mark.parametrize(
+    "code", [ErrorCode.OUT_OF_MEMORY, ErrorCode.TIMEOUT, ErrorCode.INTERNAL, ErrorCode.MODEL_MISSING]
+)
+def test_generation_failure_is_not_charged(code: ErrorCode) -> None:
+    decision = check(Row(IDLE, JobFinished(generate_outcome(error=code)), BASE, _I, (), "sorry"))
+    assert "didn't count against your daily limit" in text_of(decision)
+
+
+def test_ready_model_offers_styles() -> None:
+    many = tuple(StyleInfo(f"s{i}") for i in range(11))
+    decision = decide(
+        IDLE, JobFinished(train_outcome(lora_key="k/l.safetensors")), replace(BASE, styles=many)
+    )
+    assert len(buttons_of(decision)) == MAX_STYLE_BUTTONS
+    assert all(b.action == "style" for b in buttons_of(decision))
+    assert "/generate" in text_of(decision)
+
+
+def test_portraits_come_with_more_and_another_buttons() -> None:
+    outcome = generate_outcome(portraits=[Portrait(key="runs/g/1.png", seed=1)])
+    decision = decide(IDLE, JobFinished(outcome), BASE)
+    photos = next(r for r in decision.replies if isinstance(r, Photos))
+    assert photos.keys == ("runs/g/1.png",)
+    assert [b.data for b in photos.buttons] == ["more:studio", "another:"]
+
+
+# --------------------------------------------------------------------------------------------- admin
+def admin(*args: str, attachment: OfferedFile | None = None) -> Command:
+    return Command("admin", args, text=" ".join(args), attachment=attachment)
+
+
+LORA = OfferedFile("lora", 5_000_000, "application/octet-stream", "noir.safetensors")
+
+
+@rows(
+    private_chat=Row(IDLE, admin("styles"), BASE, _I, (), "group or server"),
+    not_an_admin=Row(IDLE, admin("enable", "vintage"), GROUP, _I, (), "only admins", not_says="addstyle"),
+    usage=Row(IDLE, admin(), ADMIN_HERE, _I, (), "/admin addstyle"),
+    unknown_subcommand=Row(IDLE, admin("frob"), ADMIN_HERE, _I, (), "admin commands"),
+    list_styles=Row(IDLE, admin("styles"), ADMIN_HERE, _I, (), "vintage: off"),
+    list_styles_on=Row(IDLE, admin("styles"), ADMIN_HERE, _I, (), "studio: on"),
+    enable=Row(
+        IDLE, admin("enable", "vintage"), ADMIN_HERE, _I, (SetStyleEnabled("vintage", True),), "now on"
+    ),
+    disable=Row(
+        IDLE, admin("disable", "Studio"), ADMIN_HERE, _I, (SetStyleEnabled("studio", False),), "now off"
+    ),
+    enable_unknown=Row(IDLE, admin("enable", "nope"), ADMIN_HERE, _I, (), 'no style "nope"'),
+    enable_without_name=Row(IDLE, admin("enable"), ADMIN_HERE, _I, (), "usage: /admin enable"),
+    addstyle=Row(
+        IDLE,
+        Command(
+            "admin",
+            ("addstyle", "film_noir", "black", "and", "white,"),
+            text="addstyle film_noir black and  white,",
+        ),
+        ADMIN_HERE,
+        _I,
+        (AddStyle("film_noir", "black and  white,"),),
+        None,
+    ),
+    addstyle_lowercases=Row(
+        IDLE, admin("addstyle", "Noir2", "dark"), ADMIN_HERE, _I, (AddStyle("noir2", "dark"),), None
+    ),
+    addstyle_with_lora=Row(
+        IDLE,
+        admin("addstyle", "noir", "dark", attachment=LORA),
+        ADMIN_HERE,
+        _I,
+        (AddStyle("noir", "dark", LORA),),
+        None,
+    ),
+    addstyle_bad_name=Row(
+        IDLE, admin("addstyle", "film/noir", "dark"), ADMIN_HERE, _I, (), "1-32 characters"
+    ),
+    addstyle_long_name=Row(IDLE, admin("addstyle", "n" * 33, "dark"), ADMIN_HERE, _I, (), "1-32 characters"),
+    addstyle_no_prompt=Row(IDLE, admin("addstyle", "noir"), ADMIN_HERE, _I, (), "needs a prompt"),
+    addstyle_no_name=Row(IDLE, admin("addstyle"), ADMIN_HERE, _I, (), "usage: /admin addstyle"),
+    addstyle_prompt_too_long=Row(IDLE, admin("addstyle", "x", "a" * 2001), ADMIN_HERE, _I, (), "too long"),
+    addstyle_builtin_name=Row(IDLE, admin("addstyle", "studio", "x"), ADMIN_HERE, _I, (), "built-in"),
+    addstyle_not_safetensors=Row(
+        IDLE,
+        admin("addstyle", "noir", "dark", attachment=OfferedFile("b", 10, None, "noir.ckpt")),
+        ADMIN_HERE,
+        _I,
+        (),
+        ".safetensors",
+    ),
+    addstyle_too_large=Row(
+        IDLE,
+        admin("addstyle", "noir", "dark", attachment=replace(LORA, size=300 * 1024 * 1024)),
+        ADMIN_HERE,
+        _I,
+        (),
+        "too large (the limit is 256 mb)",
+    ),
+    removestyle=Row(IDLE, admin("removestyle", "noir"), ADMIN_HERE, _I, (RemoveStyle("noir"),), "removed"),
+    removestyle_builtin=Row(IDLE, admin("removestyle", "studio"), ADMIN_HERE, _I, (), "built in"),
+    removestyle_unknown=Row(IDLE, admin("removestyle", "nope"), ADMIN_HERE, _I, (), 'no style "nope"'),
+    quota_user=Row(
+        IDLE, admin("quota", "user", "5"), ADMIN_HERE, _I, (SetQuota("user", 5),), "5 portrait runs"
+    ),
+    quota_group_off=Row(
+        IDLE, admin("quota", "group", "off"), ADMIN_HERE, _I, (SetQuota("group", None),), "no daily"
+    ),
+    quota_negative=Row(IDLE, admin("quota", "user", "-1"), ADMIN_HERE, _I, (), "usage: /admin quota"),
+    quota_bad_scope=Row(IDLE, admin("quota", "world", "3"), ADMIN_HERE, _I, (), "usage: /admin quota"),
+    results_direct=Row(
+        IDLE,
+        admin("results", "direct"),
+        ADMIN_HERE,
+        _I,
+        (SetCommunityOption("results_to", "direct"),),
+        "privately",
+    ),
+    results_channel=Row(
+        IDLE,
+        admin("results", "channel"),
+        ADMIN_HERE,
+        _I,
+        (SetCommunityOption("results_to", "channel"),),
+        "here",
+    ),
+    results_bad=Row(IDLE, admin("results", "moon"), ADMIN_HERE, _I, (), "usage: /admin results"),
+    nsfw_on=Row(IDLE, admin("nsfw", "on"), ADMIN_HERE, _I, (SetCommunityOption("nsfw", "on"),), "allowed"),
+    nsfw_off=Row(IDLE, admin("nsfw", "OFF"), ADMIN_HERE, _I, (SetCommunityOption("nsfw", "off"),), "blocked"),
+    nsfw_bad=Row(IDLE, admin("nsfw"), ADMIN_HERE, _I, (), "usage: /admin nsfw"),
+    style_added=Row(IDLE, StyleAdded("noir"), ADMIN_HERE, _I, (), "style noir added"),
+    style_refused=Row(IDLE, StyleAdded("noir", "bad_tensor_names"), ADMIN_HERE, _I, (), "tensor names"),
+    style_exists=Row(IDLE, StyleAdded("studio", "exists_builtin"), ADMIN_HERE, _I, (), "built-in"),
+    style_odd_code=Row(IDLE, StyleAdded("noir", "weird"), ADMIN_HERE, _I, (), "refused (weird)"),
+)
+def test_admin(row: Row) -> None:
+    check(row)
+
+
+def test_admin_table_is_complete() -> None:
+    assert set(ADMIN) == {
+        "styles",
+        "enable",
+        "disable",
+        "addstyle",
+        "removestyle",
+        "quota",
+        "results",
+        "nsfw",
+    }
+
+
+# --------------------------------------------------------------------------------------- invariants
+LONG = "x" * 70
+LONG_STYLES = (StyleInfo(LONG), *STYLES)
+FACT_VARIANTS = {
+    "private": BASE,
+    "group": GROUP,
+    "admin": ADMIN_HERE,
+    "no_model": NO_MODEL,
+    "training": TRAINING,
+    "long_style_names": replace(ADMIN_HERE, styles=LONG_STYLES, all_styles=LONG_STYLES),
+    "long_style_private": replace(BASE, styles=LONG_STYLES, all_styles=LONG_STYLES),
+}
+EVENTS: list[Event] = [
+    *COMMAND_EVENTS.values(),
+    Command("generate"),
+    Command("generate", (LONG,)),
+    Command("admin", ("addstyle", "a", "b")),
+    Command("admin", ("removestyle", LONG)),
+    Command("admin", ("enable", LONG)),
+    PhotosOffered((jpeg(), HEIC, HUGE, PDF)),
+    PhotosOffered(()),
+    saved(OK, SavedPhoto("x", False, None), total=3),
+    *(
+        ButtonPressed(action, value)
+        for action in BUTTONS
+        for value in ("", "yes", "no", "woman", "studio", LONG)
+    ),
+    TextMessage("hi"),
+    RunQueued(RUN, "train"),
+    RunQueued(GEN, "generate", 2, LONG, 4),
+    progress(Stage.TRAINING, 1.0),
+    RunsCancelled(()),
+    StyleAdded(LONG, "exists"),
+    JobFinished(TOO_FEW),
+    JobFinished(train_outcome(lora_key="k/l.safetensors")),
+    JobFinished(generate_outcome(portraits=[Portrait(key="k/1.png", seed=1)]), style=LONG),
+    JobFinished(GenerateOutcome(run_id=GEN, style=LONG, portraits=[Portrait(key="k/1.png", seed=1)])),
+    JobFinished(GenerateOutcome(run_id=GEN, style=LONG, error=ErrorCode.NO_USABLE_PORTRAIT)),
+]
+
+
+@pytest.mark.parametrize("facts", list(FACT_VARIANTS.values()), ids=list(FACT_VARIANTS))
+@pytest.mark.parametrize("mode", list(Mode))
+def test_every_reply_fits_the_platforms(facts: Facts, mode: Mode) -> None:
+    """No event in any mode crashes, and every button's data fits Telegram's 64 bytes."""
+    for event in EVENTS:
+        decision = decide(STATES[mode], event, facts)
+        for button in buttons_of(decision):
+            assert len(button.data.encode()) <= MAX_BUTTON_DATA
+            assert button.action in BUTTONS
+            assert button.label
+        for reply in decision.replies:
+            if isinstance(reply, Text):
+                assert reply.text.strip()
+            if isinstance(reply, Text) and facts.private:
+                assert not reply.private
+
+
+def test_decide_is_deterministic() -> None:
+    for event in EVENTS:
+        for state in STATES.values():
+            assert decide(state, event, BASE) == decide(state, event, BASE)
+
+
+def test_buttons_the_flow_makes_are_buttons_it_understands() -> None:
+    """Pressing any button the flow shows is handled (never the "doesn't work" fallback)."""
+    shown: set[tuple[str, str]] = set()
+    for event in EVENTS:
+        for state in STATES.values():
+            shown.update((b.action, b.value) for b in buttons_of(decide(state, event, BASE)))
+    assert {a for a, _ in shown} == set(BUTTONS)
+    for action, value in shown:
+        decision = decide(CONFIRMING if action == "forget" else ASKING, ButtonPressed(action, value), BASE)
+        assert "doesn't work any more" not in text_of(decision)
+
+
+def test_bot_side_reasons_have_their_own_words() -> None:
+    for reason in BotRejectReason:
+        decision = decide(COLLECTING, saved(SavedPhoto("x", False, reason), total=3), BASE)
+        assert "couldn't be used" not in text_of(decision), reason
+
+
+@pytest.mark.parametrize(
+    "phrase",
+    [
+        "3 to 10 photos",
+        "a few minutes",
+        "keep your photos and your face model until you send /forget",
+        "/status",
+    ],
+)
+def test_start_explains_what_where_and_what_is_kept(phrase: str) -> None:
+    decision = decide(IDLE, Command("start"), replace(BASE, limits=Limits(min_photos=3, max_photos=10)))
+    assert phrase in text_of(decision)
+    assert "\n\n" in text_of(decision)

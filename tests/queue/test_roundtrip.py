@@ -1,0 +1,282 @@
+"""The queue, both ways, against a real Redis, real arq workers in burst mode and a real SQLite file.
+
+Only the GPU stages are replaced (by :class:`ScriptedRunner`): these tests are about the queue. The
+bot side enqueues through the conversation service, a worker consumes the job and sends the outcome
+back as a job on the bot's queue, and the bot's outcome worker records it in SQLite and tells the user.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import random
+import threading
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from arq.connections import ArqRedis
+from PIL import Image
+
+from bot.core.events import ButtonPressed, Command, OfferedFile, PhotosOffered
+from bot.core.replies import EditProgress, Photos, ProgressMessage, Reply, Text
+from bot.queue import ArqJobQueue, build_outcome_worker, create_redis
+from bot.service import ConversationService, Origin, StyleEntry
+from pipeline import jobs
+from pipeline.config import WorkerSettings
+from pipeline.worker import StageControl, run_worker
+from storage.blobs import BlobStore
+from storage.db import open_database
+from storage.models import Delivery, ModelStatus, Platform, RunStatus
+from storage.repositories import Repositories
+
+STYLES = {
+    "Business": StyleEntry(jobs.StyleSpec(name="Business", prompt="a person in a business suit")),
+    "Watercolor": StyleEntry(jobs.StyleSpec(name="Watercolor", prompt="watercolor painting")),
+}
+ALICE = Origin(platform=Platform.TELEGRAM, user_id="1001", chat_id="1001", private=True, display_name="Alice")
+
+
+@dataclass
+class ScriptedRunner:
+    """Stands in for the GPU stages: writes small outputs to the blob store like the real ones do."""
+
+    blobs: BlobStore
+    calls: list[str] = field(default_factory=list)
+    #: Block inside the stage until released (to test cancel and timeout of a running job).
+    hold: threading.Event | None = None
+    started: threading.Event = field(default_factory=threading.Event)
+
+    def _wait(self, control: StageControl) -> None:
+        self.started.set()
+        while self.hold is not None and not self.hold.is_set():
+            control.check()
+            self.hold.wait(0.05)
+
+    def train(self, request: jobs.TrainRequest, control: StageControl) -> jobs.TrainOutcome:
+        self.calls.append(f"train:{request.run_id}")
+        for step in range(3):
+            control.report(jobs.Stage.TRAINING, (step + 1) / 3, "")
+        self._wait(control)
+        prefix = jobs.run_prefix(request.run_id)
+        self.blobs.put_bytes(f"{prefix}/face_lora.safetensors", b"lora")
+        self.blobs.put_bytes(f"{prefix}/template.png", b"template")
+        assert request.subject is not None
+        return jobs.TrainOutcome(
+            run_id=request.run_id,
+            lora_key=f"{prefix}/face_lora.safetensors",
+            template_key=f"{prefix}/template.png",
+            subject=request.subject,
+            trigger=f"{jobs.TRIGGER_TOKEN}, {jobs.TRIGGER_PHRASES[request.subject]}",
+            used_photos=list(request.photo_keys),
+            steps=3,
+        )
+
+    def generate(self, request: jobs.GenerateRequest, control: StageControl) -> jobs.GenerateOutcome:
+        self.calls.append(f"generate:{request.run_id}")
+        self._wait(control)
+        portraits = []
+        for i in range(request.count):
+            key = f"{jobs.run_prefix(request.run_id)}/portrait_{i}.jpg"
+            self.blobs.put_bytes(key, _jpeg(seed=100 + i))
+            portraits.append(jobs.Portrait(key=key, seed=1000 + i, score=0.9 - i / 10))
+        return jobs.GenerateOutcome(run_id=request.run_id, style=request.style.name, portraits=portraits)
+
+
+@dataclass
+class RecordingNotifier:
+    """The outermost edge on the bot side: what would be sent to the chat platform."""
+
+    sent: list[tuple[Delivery, Reply]] = field(default_factory=list)
+
+    async def deliver(self, delivery: Delivery, replies: Sequence[Reply]) -> Mapping[str, str]:
+        ids = {}
+        for reply in replies:
+            self.sent.append((delivery, reply))
+            if isinstance(reply, ProgressMessage):
+                ids[reply.run_id] = f"m-{reply.run_id}"
+        return ids
+
+
+def _jpeg(seed: int, size: int = 96) -> bytes:
+    rng = random.Random(seed)
+    image = Image.new("RGB", (size, size), tuple(rng.randrange(256) for _ in range(3)))
+    for _ in range(40):
+        x, y = rng.randrange(size), rng.randrange(size)
+        image.putpixel((x, y), tuple(rng.randrange(256) for _ in range(3)))
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG")
+    return buffer.getvalue()
+
+
+@dataclass
+class Bench:
+    service: ConversationService
+    repos: Repositories
+    blobs: BlobStore
+    redis: ArqRedis
+    notifier: RecordingNotifier
+    runner: ScriptedRunner
+    settings: WorkerSettings
+    redis_url: str
+    files: dict[str, bytes]
+
+    async def send(self, event: Any, origin: Origin = ALICE) -> list[Reply]:
+        async def download(offered: OfferedFile) -> bytes:
+            return self.files[offered.ref]
+
+        replies = await self.service.handle(origin, event, download)
+        for reply in replies:
+            if isinstance(reply, ProgressMessage):
+                await self.service.note_progress_message(reply.run_id, f"m-{reply.run_id}")
+        return replies
+
+    async def work(self, **ctx: Any) -> None:
+        """Run the GPU worker in burst mode until its queues are empty."""
+        await asyncio.wait_for(run_worker(self.settings, burst=True, ctx={"runner": self.runner, **ctx}), timeout=60)
+
+    async def deliver(self) -> None:
+        """Run the bot's outcome worker in burst mode until the bot queue is empty."""
+        worker = build_outcome_worker(self.redis_url, self.service.on_outcome, burst=True)
+        try:
+            await asyncio.wait_for(worker.async_run(), timeout=30)
+        finally:
+            await worker.close()
+
+    async def train_alice(self) -> str:
+        await self.send(Command("train"))
+        self.files.update({f"p{i}": _jpeg(seed=i) for i in range(4)})
+        offered = tuple(OfferedFile(ref=f"p{i}", size=len(self.files[f"p{i}"]), mime="image/jpeg") for i in range(4))
+        await self.send(PhotosOffered(files=offered))
+        await self.send(Command("done"))
+        replies = await self.send(ButtonPressed("subject", "woman"))
+        progress = [r for r in replies if isinstance(r, ProgressMessage)]
+        assert len(progress) == 1, replies
+        return progress[0].run_id
+
+
+@pytest.fixture
+async def bench(tmp_path: Path, redis_url: str) -> AsyncIterator[Bench]:
+    db = await open_database(tmp_path / "data" / "facechain.sqlite3")
+    redis = await create_redis(redis_url)
+    blobs = BlobStore(tmp_path / "data" / "blobs")
+    repos = Repositories(db)
+    service = ConversationService(repos, blobs, ArqJobQueue(redis), STYLES, WorkerSettingsLimits, candidates=4)
+    notifier = RecordingNotifier()
+    service.register_notifier(Platform.TELEGRAM, notifier)
+    settings = WorkerSettings(data_dir=tmp_path / "data", redis_url=redis_url, generate_timeout_s=10)
+    try:
+        yield Bench(service, repos, blobs, redis, notifier, ScriptedRunner(blobs), settings, redis_url, {})
+    finally:
+        await redis.aclose()
+        await db.close()
+
+
+from bot.core.limits import Limits  # noqa: E402
+
+WorkerSettingsLimits = Limits(min_photos=3, max_photos=10, default_count=2, max_count=4)
+
+
+async def test_train_then_generate_round_trip(bench: Bench) -> None:
+    run_id = await bench.train_alice()
+    queued = await bench.repos.runs.get(run_id)
+    assert queued is not None and queued.status is RunStatus.QUEUED
+
+    await bench.work()
+    assert bench.runner.calls == [f"train:{run_id}"]
+    await bench.deliver()
+
+    run = await bench.repos.runs.get(run_id)
+    assert run is not None and run.status is RunStatus.DONE
+    model = await bench.repos.models.latest_ready(run.user_id)
+    assert model is not None and model.status is ModelStatus.READY
+    assert model.lora_key == f"runs/{run_id}/face_lora.safetensors"
+    assert model.trigger == "<fcsks>, a beautiful woman"
+    told = [r for _, r in bench.notifier.sent]
+    assert any(isinstance(r, EditProgress) and r.final and r.run_id == run_id for r in told)
+    assert any(isinstance(r, Text) and r.buttons for r in told), "the user is offered styles when ready"
+
+    replies = await bench.send(Command("generate", ("Watercolor", "3")))
+    gen_id = next(r.run_id for r in replies if isinstance(r, ProgressMessage))
+    await bench.work()
+    await bench.deliver()
+    photos = [r for _, r in bench.notifier.sent if isinstance(r, Photos)]
+    assert len(photos) == 1 and len(photos[0].keys) == 3
+    assert all(bench.blobs.exists(k) for k in photos[0].keys)
+    assert "Watercolor" in photos[0].caption
+    stored = await bench.repos.portraits.for_run(gen_id)
+    assert [p.seed for p in stored] == [1000, 1001, 1002]
+    gen = await bench.repos.runs.get(gen_id)
+    assert gen is not None and gen.status is RunStatus.DONE
+
+
+async def test_a_job_run_twice_does_the_work_once_and_the_result_is_recorded_once(bench: Bench) -> None:
+    run_id = await bench.train_alice()
+    await bench.work()
+    # arq runs a job at least once: enqueue the very same payload again under a new attempt id.
+    request = jobs.TrainRequest(
+        run_id=run_id, user_id=1, model_id=1, photo_keys=["users/1/photos/1/x"], subject=jobs.Subject.WOMAN
+    )
+    await ArqJobQueue(bench.redis).submit(request, attempt=2)
+    await bench.work()
+    assert bench.runner.calls == [f"train:{run_id}"], "the second attempt found the done marker"
+    await bench.deliver()
+    finals = [r for _, r in bench.notifier.sent if isinstance(r, EditProgress) and r.final]
+    assert len(finals) == 1
+
+
+async def test_a_malformed_job_is_answered_with_bad_payload_and_nothing_is_lost(bench: Bench) -> None:
+    run_id = await bench.train_alice()
+    # Corrupt the queued job's payload the way a buggy or forged producer would.
+    await bench.redis.enqueue_job(
+        jobs.GENERATE_JOB, {"run_id": run_id, "kind": "generate", "count": "lots"},
+        _queue_name=jobs.GENERATE_QUEUE, _job_id="forged.1",
+    )  # fmt: skip
+    await bench.work()
+    await bench.deliver()
+    # The forged job reported bad_payload for the run it named; that outcome did not match the run's
+    # kind and was dropped, and the real training's outcome still got through.
+    run = await bench.repos.runs.get(run_id)
+    assert run is not None and run.status is RunStatus.DONE
+    assert bench.runner.calls == [f"train:{run_id}"]
+
+
+async def test_cancel_a_queued_training_never_reaches_the_gpu(bench: Bench) -> None:
+    run_id = await bench.train_alice()
+    replies = await bench.send(Command("cancel"))
+    assert replies
+    run = await bench.repos.runs.get(run_id)
+    assert run is not None and run.status is RunStatus.CANCELLED
+    await bench.work()
+    assert bench.runner.calls == []
+    # The photos are kept: the user can /done again.
+    state_replies = await bench.send(Command("status"))
+    assert any("4" in r.text for r in state_replies if isinstance(r, Text))
+
+
+async def test_cancel_a_running_training_stops_the_stage(bench: Bench) -> None:
+    bench.runner.hold = threading.Event()
+    run_id = await bench.train_alice()
+    worker = asyncio.create_task(bench.work())
+    await asyncio.to_thread(bench.runner.started.wait, 10)
+    await bench.send(Command("cancel"))
+    await asyncio.wait_for(worker, 30)
+    await bench.deliver()
+    run = await bench.repos.runs.get(run_id)
+    assert run is not None and run.status is RunStatus.CANCELLED
+    assert run.error_code == jobs.ErrorCode.CANCELLED.value
+
+
+async def test_a_stage_over_its_timeout_is_stopped_and_reported(bench: Bench) -> None:
+    bench.runner.hold = threading.Event()
+    bench.settings = bench.settings.model_copy(update={"train_timeout_s": 1})
+    run_id = await bench.train_alice()
+    await bench.work()
+    await bench.deliver()
+    run = await bench.repos.runs.get(run_id)
+    assert run is not None and run.status is RunStatus.FAILED
+    assert run.error_code == jobs.ErrorCode.TIMEOUT.value
+    told = [r for _, r in bench.notifier.sent if isinstance(r, Text)]
+    assert told, "the user hears that training failed"
