@@ -15,8 +15,6 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 from arq.connections import ArqRedis, RedisSettings, create_pool
@@ -25,7 +23,10 @@ from pydantic import ValidationError
 
 from pipeline import jobs
 from pipeline.config import WorkerSettings
+from pipeline.control import StageCancelled, StageControl
 from storage.blobs import BlobStore
+
+__all__ = ["StageCancelled", "StageControl", "StageRunner", "run_worker"]
 
 log = logging.getLogger("facechain.worker")
 
@@ -33,26 +34,6 @@ log = logging.getLogger("facechain.worker")
 CANCEL_POLL_S = 0.5
 #: Seconds between two published progress notes of one run (the last one of a stage always goes).
 PROGRESS_INTERVAL_S = 1.0
-
-
-class StageCancelled(Exception):
-    """Raised inside a stage when the run was cancelled or timed out."""
-
-
-@dataclass
-class StageControl:
-    """What a blocking stage gets to report progress and to learn it should stop."""
-
-    report: Callable[[jobs.Stage, float, str], None]
-    stop_event: threading.Event
-
-    def should_stop(self) -> bool:
-        return self.stop_event.is_set()
-
-    def check(self) -> None:
-        """Raise :class:`StageCancelled` if the run should stop (call between steps)."""
-        if self.stop_event.is_set():
-            raise StageCancelled()
 
 
 class StageRunner(Protocol):

@@ -63,9 +63,7 @@ def test_outcomes_are_discriminated_by_kind_and_carry_typed_errors() -> None:
     failed = jobs.TrainOutcome(
         run_id="t20261125abcdef",
         error=jobs.ErrorCode.TOO_FEW_PHOTOS,
-        rejections=[
-            jobs.PhotoRejection(photo_key="users/7/photos/1/a.jpg", reason=jobs.RejectReason.NO_FACE)
-        ],
+        rejections=[jobs.PhotoRejection(photo_key="users/7/photos/1/a.jpg", reason=jobs.RejectReason.NO_FACE)],
     )
     back = jobs.parse_outcome(json.loads(failed.model_dump_json()))
     assert isinstance(back, jobs.TrainOutcome)

@@ -1,0 +1,89 @@
+"""Which device and dtype the GPU stages run on, and what to do when the device runs out of memory.
+
+``settings.device`` / ``settings.dtype`` may be ``auto``: CUDA when available, with bf16 for training
+(no loss scaling needed, same range as fp32) and fp16 for inference (SD 1.5's own release dtype);
+on CPU everything is fp32, since half precision there is slow or unsupported.
+"""
+
+from __future__ import annotations
+
+import gc
+from typing import Literal
+
+import torch
+
+from pipeline.config import WorkerSettings
+from pipeline.jobs import ErrorCode
+
+Purpose = Literal["train", "infer"]
+
+_DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+class DeviceOutOfMemory(RuntimeError):
+    """The accelerator ran out of memory; memory was freed before this was raised."""
+
+    error_code = ErrorCode.OUT_OF_MEMORY
+
+
+def pick_device(settings: WorkerSettings) -> torch.device:
+    """The device from ``settings.device``: ``auto`` picks the first CUDA device, else the CPU."""
+    name = settings.device.strip().lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"FACECHAIN_DEVICE={settings.device} but torch sees no CUDA device")
+    return device
+
+
+def pick_dtype(settings: WorkerSettings, device: torch.device, purpose: Purpose) -> torch.dtype:
+    """The dtype for ``purpose`` on ``device``; an explicit ``settings.dtype`` wins over ``auto``."""
+    if settings.dtype != "auto":
+        return _DTYPES[settings.dtype]
+    if device.type != "cuda":
+        return torch.float32
+    if purpose == "train":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float16
+
+
+def configure_backends(device: torch.device) -> None:
+    """Enable TF32 matmuls on CUDA (the fp32 parts of training: LoRA params, loss, optimizer)."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True for an accelerator out-of-memory error (CUDA, or an older torch's generic RuntimeError)."""
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def free_memory() -> None:
+    """Collect garbage and hand cached accelerator blocks back to the driver."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+        torch.cuda.ipc_collect()
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    """Classify ``exc``; when it is an out-of-memory error, free what can be freed and return True.
+
+    Tensors still referenced by the exception's traceback are only released once the ``except``
+    block ends, so callers should call :func:`free_memory` once more after leaving it (the stages in
+    this package do, then raise :class:`DeviceOutOfMemory`).
+    """
+    if not is_out_of_memory(exc):
+        return False
+    free_memory()
+    return True
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued kernels (for honest timings)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

@@ -1,0 +1,488 @@
+"""Where the weights come from, and loading the Stable Diffusion 1.5 base pipeline once.
+
+``FACECHAIN_BASE_MODEL`` accepts three things:
+
+* a diffusers folder (one with ``model_index.json``, or with one below it);
+* a single-file ``.safetensors`` checkpoint in the original (LDM / A1111) layout. Its component
+  configs and tokenizer come from a local diffusers folder of the same architecture, never from the
+  network (see :func:`find_single_file_config`);
+* a hub id, ``owner/name`` (ModelScope or Hugging Face), optionally ``modelscope:``/``hf:``-prefixed,
+  with ``@revision`` and a sub path: ``modelscope:ly261666/cv_portrait_model@v2.0/film/film``. It is
+  looked up where ``facechain-bot models fetch`` writes it: ``<models_dir>/<owner>/<name>``.
+
+Model references inside styles (a style LoRA file) use the same syntax with a scheme, so they can
+never be mistaken for blob keys (which have no colon): ``modelscope:YorickHe/fairy_lora/fairy.safetensors``,
+``hf:owner/name/file.safetensors`` or ``file:/abs/path.safetensors``.
+
+Importing this module does not import torch or diffusers (``models fetch`` runs without them).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from pipeline.config import WorkerSettings
+from pipeline.jobs import ErrorCode
+
+if TYPE_CHECKING:
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+Hub = Literal["modelscope", "huggingface"]
+
+#: Where a hub repo keeps its diffusers folder, when it holds several (FaceChain's base model does).
+BASE_MODEL_SUBFOLDERS: dict[str, str] = {"ly261666/cv_portrait_model": "film/film"}
+#: Revisions FaceChain pins; used by ``models fetch`` when a reference names none.
+DEFAULT_REVISIONS: dict[str, str] = {"ly261666/cv_portrait_model": "v2.0"}
+#: Owners whose bare ``owner/name`` ids live on ModelScope (FaceChain's home); others: Hugging Face.
+MODELSCOPE_OWNERS: frozenset[str] = frozenset({"ly261666", "YorickHe", "damo", "iic", "Cherrytest"})
+#: Local diffusers folders of the SD 1.5 architecture a single-file checkpoint can borrow configs from.
+SD15_CONFIG_REPOS: tuple[str, ...] = (
+    "stable-diffusion-v1-5/stable-diffusion-v1-5",
+    "runwayml/stable-diffusion-v1-5",
+    "ly261666/cv_portrait_model",
+)
+
+_SCHEMES: dict[str, Hub] = {
+    "modelscope": "modelscope",
+    "ms": "modelscope",
+    "hf": "huggingface",
+    "huggingface": "huggingface",
+}
+_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_FETCH_IGNORE = ["*.ckpt", "*.msgpack", "*.onnx", "*.onnx_data", "*.h5", "*.ot", "*.pb", "*.tflite"]
+
+
+class ModelsMissingError(FileNotFoundError):
+    """A weight the worker needs is not on this machine."""
+
+    error_code = ErrorCode.MODEL_MISSING
+
+    def __init__(self, what: str, looked_at: Path | Sequence[Path], hint: str = "") -> None:
+        paths = [looked_at] if isinstance(looked_at, Path) else list(looked_at)
+        where = ", ".join(str(p) for p in paths)
+        message = (
+            f"{what} not found (looked at {where}). Run `facechain-bot models fetch` on a machine with "
+            f"internet access to download it into FACECHAIN_MODELS_DIR, or point FACECHAIN_BASE_MODEL at "
+            f"a local diffusers folder or .safetensors checkpoint."
+        )
+        super().__init__(message + (f" {hint}" if hint else ""))
+        self.looked_at = paths
+
+
+class UnsupportedModelFormat(ValueError):
+    """A local model file in a format this worker refuses to load (e.g. a pickled ``.ckpt``)."""
+
+    error_code = ErrorCode.MODEL_MISSING
+
+
+@dataclass(frozen=True)
+class HubRef:
+    """A model on ModelScope or Hugging Face: repo, optional revision, optional path inside it."""
+
+    hub: Hub
+    repo: str
+    revision: str | None = None
+    subpath: str = ""
+
+    def local_dir(self, models_dir: Path) -> Path:
+        """The folder ``models fetch`` downloads this repo into."""
+        owner, name = self.repo.split("/")
+        return models_dir / owner / name
+
+    def __str__(self) -> str:
+        scheme = "modelscope" if self.hub == "modelscope" else "hf"
+        revision = f"@{self.revision}" if self.revision else ""
+        subpath = f"/{self.subpath}" if self.subpath else ""
+        return f"{scheme}:{self.repo}{revision}{subpath}"
+
+
+def parse_hub_ref(value: str) -> HubRef | None:
+    """Parse ``[scheme:]owner/name[@revision][/sub/path]``; None when it is not that shape."""
+    text = value.strip()
+    hub: Hub | None = None
+    scheme, colon, rest = text.partition(":")
+    if colon:
+        hub = _SCHEMES.get(scheme.lower())
+        if hub is None:
+            return None
+        text = rest
+    parts = text.strip("/").split("/")
+    if len(parts) < 2:
+        return None
+    owner, name_rev, *sub = parts
+    name, _, revision = name_rev.partition("@")
+    if not (_PART.match(owner) and _PART.match(name)) or any(p in ("", ".", "..") for p in sub):
+        return None
+    if hub is None:
+        hub = "modelscope" if owner in MODELSCOPE_OWNERS else "huggingface"
+    return HubRef(hub=hub, repo=f"{owner}/{name}", revision=revision or None, subpath="/".join(sub))
+
+
+def is_model_reference(value: str) -> bool:
+    """True for a scheme-prefixed model reference (``modelscope:``, ``hf:``, ``file:``), not a blob key."""
+    scheme, colon, _ = value.partition(":")
+    return bool(colon) and (scheme.lower() in _SCHEMES or scheme.lower() == "file")
+
+
+def _find_diffusers_dir(root: Path) -> Path | None:
+    """``root`` if it is a diffusers pipeline folder, else the shallowest one below it."""
+    if (root / "model_index.json").is_file():
+        return root
+    if not root.is_dir():
+        return None
+    found = [
+        p.parent
+        for p in root.rglob("model_index.json")
+        if not any(part.startswith(".") for part in p.relative_to(root).parts)
+    ]
+    found.sort(key=lambda p: (len(p.parts), str(p)))
+    return found[0] if found else None
+
+
+def _local_model(path: Path, what: str) -> Path:
+    if path.is_dir():
+        found = _find_diffusers_dir(path)
+        if found is None:
+            raise ModelsMissingError(f"{what}: a diffusers pipeline (model_index.json)", path)
+        return found
+    if path.is_file():
+        if path.suffix == ".safetensors":
+            return path
+        raise UnsupportedModelFormat(
+            f"{path}: only diffusers folders and .safetensors checkpoints are loaded (pickled "
+            f"{path.suffix} files can execute code); convert it to .safetensors first"
+        )
+    raise ModelsMissingError(what, path)
+
+
+def resolve_base_model(settings: WorkerSettings) -> Path:
+    """The local diffusers folder or ``.safetensors`` file that ``settings.base_model`` names.
+
+    Raises :class:`ModelsMissingError` naming the path looked at when it is not there.
+    """
+    value = settings.base_model.strip()
+    if value.startswith("file:"):
+        return _local_model(Path(value[5:]).expanduser(), "base model")
+    path = Path(value).expanduser()
+    ref = None if path.exists() else parse_hub_ref(value)
+    if ref is None:
+        return _local_model(path, "base model")
+    root = ref.local_dir(settings.models_dir)
+    subpath = ref.subpath or BASE_MODEL_SUBFOLDERS.get(ref.repo, "")
+    if subpath:
+        candidate = root / subpath
+        if (candidate / "model_index.json").is_file():
+            return candidate
+        if candidate.is_file() and candidate.suffix == ".safetensors":
+            return candidate
+    found = _find_diffusers_dir(root)
+    if found is None:
+        looked = root / subpath if subpath else root
+        raise ModelsMissingError(f"base model {ref}", looked)
+    return found
+
+
+def resolve_model_file(settings: WorkerSettings, reference: str) -> Path:
+    """The local file a model reference names (``modelscope:``/``hf:`` repo + path, or ``file:``)."""
+    if reference.startswith("file:"):
+        path = Path(reference[5:]).expanduser()
+        if not path.is_file():
+            raise ModelsMissingError(f"model file {reference}", path)
+        return path
+    ref = parse_hub_ref(reference)
+    if ref is None or not ref.subpath:
+        raise ValueError(f"not a model file reference: {reference!r} (expected scheme:owner/name/file)")
+    root = ref.local_dir(settings.models_dir)
+    path = root / ref.subpath
+    if path.is_file():
+        return path
+    if root.is_dir():
+        # ModelScope repos sometimes nest files one level deeper than the reference says.
+        matches = sorted(p for p in root.rglob(Path(ref.subpath).name) if p.is_file())
+        if matches:
+            return matches[0]
+    raise ModelsMissingError(f"model file {ref}", path)
+
+
+def find_single_file_config(checkpoint: Path, settings: WorkerSettings) -> Path:
+    """A local diffusers folder whose configs and tokenizer describe ``checkpoint``'s architecture.
+
+    ``from_single_file`` otherwise downloads them from the hub. Looked for, in order: the checkpoint's
+    own folder (when it holds ``model_index.json``), a folder named like the checkpoint beside it
+    (``model.safetensors`` → ``model/``), then an SD 1.5 diffusers folder fetched into ``models_dir``
+    (:data:`SD15_CONFIG_REPOS`).
+    """
+    if (checkpoint.parent / "model_index.json").is_file():
+        return checkpoint.parent
+    # The checkpoint's own folder is only checked directly: it may be a big shared models folder.
+    candidates = [checkpoint.with_suffix(""), *(settings.models_dir / repo for repo in SD15_CONFIG_REPOS)]
+    for candidate in candidates:
+        found = _find_diffusers_dir(candidate)
+        if found is not None:
+            return found
+    candidates.insert(1, checkpoint.parent)
+    raise ModelsMissingError(
+        f"a diffusers config folder for the single-file checkpoint {checkpoint.name}",
+        candidates,
+        hint="Any SD 1.5 diffusers folder works (only its configs and tokenizer are read).",
+    )
+
+
+def load_base_pipeline(
+    settings: WorkerSettings, device: torch.device | str, dtype: torch.dtype
+) -> StableDiffusionPipeline:
+    """Load the base SD 1.5 pipeline from local files only, on ``device`` in ``dtype``.
+
+    The safety checker is left out (a separate NSFW check runs on the results) and the scheduler is
+    DPM-Solver++ (multistep) built from the model's own noise schedule. All weights are frozen.
+    """
+    from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
+
+    source = resolve_base_model(settings)
+    common = {
+        "dtype": dtype,
+        "safety_checker": None,
+        "feature_extractor": None,
+        "requires_safety_checker": False,
+        "local_files_only": True,
+    }
+    if source.is_dir():
+        pipe = StableDiffusionPipeline.from_pretrained(source, **common)
+    else:
+        config = find_single_file_config(source, settings)
+        pipe = StableDiffusionPipeline.from_single_file(str(source), config=str(config), **common)
+    pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
+    pipe = pipe.to(device)
+    for module in (pipe.unet, pipe.vae, pipe.text_encoder):
+        module.requires_grad_(False)
+        module.eval()
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+# ------------------------------------------------------------------------------------------ fetching
+def default_model_names(settings: WorkerSettings) -> list[str]:
+    """What ``models fetch`` downloads by default: the base model and every style's LoRA repo."""
+    from pipeline.styles import load_styles
+
+    names: list[str] = []
+    base = settings.base_model.strip()
+    if not Path(base).expanduser().exists() and parse_hub_ref(base) is not None:
+        names.append(base)
+    for style in load_styles(settings).values():
+        if style.lora is not None and parse_hub_ref(style.lora) is not None:
+            names.append(style.lora)
+    return list(dict.fromkeys(names))
+
+
+def fetch_models(settings: WorkerSettings, names: Iterable[str] | None = None) -> list[Path]:
+    """Download hub models into ``<models_dir>/<owner>/<name>``; returns the local folders.
+
+    ``names`` are hub references (see :func:`parse_hub_ref`); a reference with a file sub path
+    (``…/file.safetensors``) downloads just that file. Needs internet and ``modelscope`` or
+    ``huggingface_hub``; files already present are not downloaded again.
+    """
+    targets: list[Path] = []
+    for name in names if names is not None else default_model_names(settings):
+        ref = parse_hub_ref(name)
+        if ref is None:
+            raise ValueError(f"not a hub model id: {name!r}")
+        target = ref.local_dir(settings.models_dir)
+        target.mkdir(parents=True, exist_ok=True)
+        revision = ref.revision or DEFAULT_REVISIONS.get(ref.repo)
+        is_file = Path(ref.subpath).suffix != ""
+        allow = [ref.subpath] if is_file else ([f"{ref.subpath}/*"] if ref.subpath else None)
+        if ref.hub == "modelscope":
+            from modelscope.hub.snapshot_download import snapshot_download as ms_download
+
+            ms_download(
+                ref.repo,
+                revision=revision,
+                local_dir=str(target),
+                allow_patterns=allow,
+                ignore_patterns=_FETCH_IGNORE,
+            )
+        else:
+            from huggingface_hub import snapshot_download as hf_download
+
+            hf_download(
+                ref.repo,
+                revision=revision,
+                local_dir=target,
+                allow_patterns=allow,
+                ignore_patterns=_FETCH_IGNORE,
+            )
+        targets.append(target)
+    return targets
+
+
+# -------------------------------------------------------------------------------------- tiny models
+#: Words the tiny tokenizer learns merges for, so common prompt words become single tokens.
+_TINY_WORDS = (
+    "a", "man", "woman", "boy", "girl", "person", "portrait", "photo", "the", "of", "in", "with",
+    "handsome", "beautiful", "children", "quality", "best", "high", "low", "suit", "business",
+)  # fmt: skip
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2/CLIP byte-level BPE alphabet: every byte mapped to a printable character."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    chars = list(keep)
+    extra = 0
+    for byte in range(256):
+        if byte not in keep:
+            keep.append(byte)
+            chars.append(256 + extra)
+            extra += 1
+    return {byte: chr(c) for byte, c in zip(keep, chars, strict=True)}
+
+
+def write_tiny_clip_tokenizer(folder: Path) -> int:
+    """Write a small CLIP BPE tokenizer (vocab.json, merges.txt, configs); returns the vocab size.
+
+    The vocabulary holds all 256 byte-level symbols, alone and word-final (``</w>``), so any text
+    tokenizes; a few merges make common prompt words whole tokens, like the real CLIP vocabulary.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    symbols = list(_bytes_to_unicode().values())
+    vocab: dict[str, int] = {}
+    for symbol in [*symbols, *(s + "</w>" for s in symbols)]:
+        vocab[symbol] = len(vocab)
+    merges: list[str] = []
+    for word in _TINY_WORDS:
+        pieces = list(word)
+        pieces[-1] += "</w>"
+        while len(pieces) > 1:
+            merge = f"{pieces[0]} {pieces[1]}"
+            if merge not in merges:
+                merges.append(merge)
+            pieces = [pieces[0] + pieces[1], *pieces[2:]]
+            vocab.setdefault(pieces[0], len(vocab))
+    specials = {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>"}
+    for token in specials.values():
+        vocab[token] = len(vocab)
+    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
+    tokens = {**specials, "unk_token": "<|endoftext|>", "pad_token": "<|endoftext|>"}
+    (folder / "special_tokens_map.json").write_text(json.dumps(tokens), encoding="utf-8")
+    config = {"tokenizer_class": "CLIPTokenizer", "model_max_length": 77, "do_lower_case": True, **tokens}
+    (folder / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
+    return len(vocab)
+
+
+def make_tiny_pipeline(folder: Path, seed: int = 0) -> Path:
+    """Write a tiny random-weight SD 1.5-shaped pipeline to ``folder`` (diffusers layout); returns it.
+
+    Same component classes and on-disk format as the real model (cross-attention UNet, 8× KL VAE,
+    CLIP text tower and BPE tokenizer, DPM-Solver scheduler), a few hundred thousand parameters: for
+    tests and for trying the whole bot on a machine without the real weights (64 px images).
+    """
+    return make_random_pipeline(folder, full_size=False, seed=seed)
+
+
+#: SD 1.5's architecture (UNet 859.5 M, VAE 83.7 M, CLIP ViT-L/14 text tower 123.1 M parameters).
+_SD15_UNET = {
+    "sample_size": 64,
+    "layers_per_block": 2,
+    "block_out_channels": (320, 640, 1280, 1280),
+    "down_block_types": ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+    "up_block_types": ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+    "cross_attention_dim": 768,
+    "attention_head_dim": 8,
+}
+_TINY_UNET = {
+    "sample_size": 8, "layers_per_block": 1, "block_out_channels": (32, 64),
+    "down_block_types": ("CrossAttnDownBlock2D", "DownBlock2D"), "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D"),
+    "cross_attention_dim": 32, "attention_head_dim": 8,
+}  # fmt: skip
+
+
+def make_random_pipeline(folder: Path, *, full_size: bool = False, seed: int = 0) -> Path:
+    """Write a random-weight pipeline in diffusers' layout: tiny (tests) or SD 1.5's full size.
+
+    The full-size one has SD 1.5's exact architecture, for GPU benchmarks and smoke tests: speed and
+    memory do not depend on weight values. Its images are noise, like the tiny one's.
+    """
+    import torch
+    from diffusers import (
+        AutoencoderKL,
+        DPMSolverMultistepScheduler,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    folder = Path(folder)
+    vocab_size = write_tiny_clip_tokenizer(folder / "tokenizer")
+    tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel(
+            in_channels=4, out_channels=4, norm_num_groups=32, **(_SD15_UNET if full_size else _TINY_UNET)
+        )
+        vae = AutoencoderKL(
+            in_channels=3,
+            out_channels=3,
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+            block_out_channels=(128, 256, 512, 512) if full_size else (32, 32, 32, 32),
+            layers_per_block=2 if full_size else 1,
+            latent_channels=4,
+            norm_num_groups=32,
+            sample_size=512 if full_size else 64,
+            scaling_factor=0.18215,
+        )
+        width = 768 if full_size else 32
+        text_encoder = CLIPTextModel(
+            CLIPTextConfig(
+                vocab_size=max(vocab_size, 49408) if full_size else vocab_size,
+                hidden_size=width,
+                intermediate_size=3072 if full_size else 37,
+                num_hidden_layers=12 if full_size else 2,
+                num_attention_heads=12 if full_size else 4,
+                max_position_embeddings=77,
+                projection_dim=width,
+                hidden_act="quick_gelu",
+                bos_token_id=tokenizer.bos_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+        )
+        # A trained CLIP's final layer norm has a learned offset; a fresh one outputs zero-mean
+        # tokens, which no real text encoder does (and which prompt weighting cannot rescale).
+        # (transformers ≥ 5.6 flattened CLIPTextModel; older versions wrap it in .text_model)
+        norm = getattr(text_encoder, "text_model", text_encoder).final_layer_norm
+        with torch.no_grad():
+            norm.weight.add_(torch.randn_like(norm.weight) * 0.2)
+            norm.bias.copy_(torch.randn_like(norm.bias) * 0.2 + 0.1)
+    # SD 1.5's own noise schedule.
+    scheduler = DPMSolverMultistepScheduler(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        steps_offset=1,
+        prediction_type="epsilon",
+    )
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(folder, safe_serialization=True)
+    # save_pretrained writes the tokenizer as tokenizer.json; the real SD 1.5 folders ship
+    # vocab.json + merges.txt instead, so keep that layout (and that loading path) exercised.
+    (folder / "tokenizer" / "tokenizer.json").unlink(missing_ok=True)
+    write_tiny_clip_tokenizer(folder / "tokenizer")
+    return folder

@@ -1,0 +1,242 @@
+"""The real GPU stages behind the worker's jobs: the FaceChain recipe end to end.
+
+Training: photos from the blob store → preprocessing (detect, keep one dominant face, align, crop)
+→ face LoRA training on the resident pipeline → LoRA and template face back to the blob store.
+Generation: style + face LoRA on the resident pipeline → candidates → face filter and ranking by
+similarity to the template face → NSFW check → the best portraits to the blob store.
+
+Models are loaded once (in the worker's on_startup); each method is one blocking job.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from pipeline import jobs
+from pipeline.config import WorkerSettings
+from pipeline.control import StageCancelled, StageControl
+from pipeline.devices import DeviceOutOfMemory, pick_device, pick_dtype
+from pipeline.faces import FaceAnalyzer, cosine, load_face_analyzer
+from pipeline.generate import GenerationCancelled, PortraitGenerator
+from pipeline.models import ModelsMissingError, load_base_pipeline, resolve_model_file
+from pipeline.nsfw import NsfwChecker
+from pipeline.optional_models import OptionalStages, load_optional_stages
+from pipeline.preprocess import caption, preprocess_photos
+from pipeline.train import TrainArgs, TrainingCancelled, train_lora
+from storage.blobs import BlobStore
+
+log = logging.getLogger("facechain.runner")
+
+#: A candidate's face must be at least this fraction of the image side to count as a portrait.
+MIN_PORTRAIT_FACE = 0.08
+PORTRAIT_JPEG_QUALITY = 92
+
+
+class PipelineRunner:
+    """Implements :class:`pipeline.worker.StageRunner` with the real stages."""
+
+    def __init__(self, settings: WorkerSettings, blobs: BlobStore) -> None:
+        self.settings = settings
+        self.blobs = blobs
+        self.analyzer: FaceAnalyzer = load_face_analyzer(settings)
+        self.stages: OptionalStages = load_optional_stages(settings)
+        self.nsfw: NsfwChecker | None = NsfwChecker() if settings.nsfw_check else None
+        self.device = pick_device(settings)
+        # Training and generation may run at once in one process (one arq worker per queue), so
+        # each has its own pipeline: training adds an adapter to its UNet while it runs.
+        self.generator: PortraitGenerator | None = None
+        self.train_pipe = None
+        if "generate" in settings.queues:
+            self.generator = PortraitGenerator.load(settings)
+        if "train" in settings.queues:
+            self.train_pipe = load_base_pipeline(settings, self.device, pick_dtype(settings, self.device, "train"))
+        self._train_lock = threading.Lock()
+        self._generate_lock = threading.Lock()
+
+    # ---------------------------------------------------------------------------------- train
+    def train(self, request: jobs.TrainRequest, control: StageControl) -> jobs.TrainOutcome:
+        started = time.perf_counter()
+        if self.train_pipe is None:
+            raise RuntimeError("this worker does not serve the train queue")
+        prefix = jobs.run_prefix(request.run_id)
+
+        def photo_progress(done: int, total: int) -> None:
+            control.check()
+            control.report(jobs.Stage.PREPARING, done / max(total, 1), f"{done}/{total} photos")
+
+        photos = [(key, self.blobs.get_bytes(key)) for key in request.photo_keys]
+        prepared = preprocess_photos(
+            photos, self.analyzer, self.settings, subject=request.subject, stages=self.stages, progress=photo_progress
+        )
+        rejections = [
+            jobs.PhotoRejection(photo_key=r.key, reason=r.reason, detail=r.detail) for r in prepared.rejections
+        ]
+        used = [k.key for k in prepared.kept]
+        if len(prepared.kept) < request.min_photos:
+            return jobs.TrainOutcome(
+                run_id=request.run_id,
+                error=jobs.ErrorCode.NO_FACE if not prepared.kept else jobs.ErrorCode.TOO_FEW_PHOTOS,
+                message=f"{len(prepared.kept)} usable photo(s), {request.min_photos} needed",
+                rejections=rejections,
+                used_photos=used,
+            )
+        subject = request.subject or prepared.subject
+        if subject is None:
+            return jobs.TrainOutcome(run_id=request.run_id, needs_subject=True, rejections=rejections, used_photos=used)
+
+        text = caption(subject)
+        template_key = f"{prefix}/template.png"
+        if prepared.template is not None:
+            self.blobs.put_bytes(template_key, _png(prepared.template))
+        args = TrainArgs.from_settings(
+            self.settings,
+            max_train_steps=request.max_train_steps or self.settings.max_train_steps,
+            seed=request.seed,
+        )
+
+        def step_progress(step: int, total: int, loss: float) -> None:
+            control.report(jobs.Stage.TRAINING, step / max(total, 1), f"step {step}/{total}")
+
+        with self._train_lock, tempfile.TemporaryDirectory(prefix="facechain-train-") as tmp:
+            out = Path(tmp) / "face_lora.safetensors"
+            try:
+                result = train_lora(
+                    self.train_pipe, [k.image for k in prepared.kept], text, args, out,
+                    on_progress=step_progress, should_stop=control.should_stop,
+                )  # fmt: skip
+            except TrainingCancelled:
+                raise StageCancelled() from None
+            except DeviceOutOfMemory:
+                return jobs.TrainOutcome(
+                    run_id=request.run_id, error=jobs.ErrorCode.OUT_OF_MEMORY, rejections=rejections
+                )
+            control.report(jobs.Stage.SAVING, 1.0, "")
+            lora_key = f"{prefix}/face_lora.safetensors"
+            self.blobs.put_file(lora_key, out)
+        return jobs.TrainOutcome(
+            run_id=request.run_id,
+            lora_key=lora_key,
+            template_key=template_key if prepared.template is not None else None,
+            subject=subject,
+            trigger=text,
+            used_photos=used,
+            rejections=rejections,
+            steps=result.steps,
+            seconds=round(time.perf_counter() - started, 2),
+        )
+
+    # ------------------------------------------------------------------------------- generate
+    def generate(self, request: jobs.GenerateRequest, control: StageControl) -> jobs.GenerateOutcome:
+        started = time.perf_counter()
+        if self.generator is None:
+            raise RuntimeError("this worker does not serve the generate queue")
+        face_lora = self.blobs.path(request.lora_key)
+        try:
+            style_lora = self._style_lora(request.style.lora)
+        except ModelsMissingError as exc:
+            log.error("style %s: %s", request.style.name, exc)
+            return jobs.GenerateOutcome(
+                run_id=request.run_id, error=jobs.ErrorCode.MODEL_MISSING, style=request.style.name, message=str(exc)
+            )
+
+        def step_progress(done: int, total: int) -> None:
+            control.report(jobs.Stage.GENERATING, done / max(total, 1), "")
+
+        with self._generate_lock:
+            try:
+                candidates = self.generator.generate(
+                    face_lora, request.style, style_lora, request.trigger, request.count, request.candidates,
+                    seed=request.seed, on_progress=step_progress, should_stop=control.should_stop,
+                )  # fmt: skip
+            except GenerationCancelled:
+                raise StageCancelled() from None
+            except DeviceOutOfMemory:
+                return jobs.GenerateOutcome(run_id=request.run_id, error=jobs.ErrorCode.OUT_OF_MEMORY)
+
+        control.report(jobs.Stage.RANKING, 0.0, "")
+        ranked: list[tuple[Image.Image, int, float | None]]
+        dropped = 0
+        if self.settings.rank_faces:
+            template = self._template_embedding(request.template_key)
+            ranked = []
+            for candidate in candidates:
+                score = self._portrait_score(candidate.image, template)
+                if score is None:
+                    dropped += 1
+                else:
+                    ranked.append((candidate.image, candidate.seed, score))
+            ranked.sort(key=lambda item: item[2] if item[2] is not None else 0.0, reverse=True)
+        else:
+            ranked = [(c.image, c.seed, None) for c in candidates]
+
+        portraits: list[jobs.Portrait] = []
+        blocked = 0
+        prefix = jobs.run_prefix(request.run_id)
+        for image, seed, score in ranked:
+            if len(portraits) == request.count:
+                break
+            if (
+                self.nsfw is not None
+                and not request.allow_nsfw
+                and self.nsfw.is_blocked(image, self.settings.nsfw_threshold)
+            ):
+                blocked += 1
+                continue
+            key = f"{prefix}/portrait_{len(portraits)}.jpg"
+            self.blobs.put_bytes(key, _jpeg(image))
+            portraits.append(jobs.Portrait(key=key, seed=seed, score=None if score is None else round(score, 4)))
+        seconds = round(time.perf_counter() - started, 2)
+        if not portraits:
+            return jobs.GenerateOutcome(
+                run_id=request.run_id, error=jobs.ErrorCode.NO_USABLE_PORTRAIT, style=request.style.name,
+                blocked=blocked, dropped=dropped, seconds=seconds,
+            )  # fmt: skip
+        return jobs.GenerateOutcome(
+            run_id=request.run_id, style=request.style.name, portraits=portraits, blocked=blocked,
+            dropped=dropped, seconds=seconds,
+        )  # fmt: skip
+
+    def _style_lora(self, reference: str | None) -> Path | None:
+        """A style LoRA: an admin upload in the blob store, or a model file of a built-in style."""
+        if not reference:
+            return None
+        if self.blobs.exists(reference):
+            return self.blobs.path(reference)
+        return resolve_model_file(self.settings, reference)
+
+    def _template_embedding(self, key: str | None) -> np.ndarray | None:
+        if key is None or not self.blobs.exists(key):
+            return None
+        image = np.asarray(Image.open(io.BytesIO(self.blobs.get_bytes(key))).convert("RGB"))
+        faces = self.analyzer.detect(image)
+        return self.analyzer.embed(image, faces[0]) if faces else None
+
+    def _portrait_score(self, image: Image.Image, template: np.ndarray | None) -> float | None:
+        """Similarity to the template face; None when the candidate lacks exactly one sensible face."""
+        pixels = np.asarray(image.convert("RGB"))
+        faces = self.analyzer.detect(pixels)
+        if len(faces) != 1 or faces[0].side < MIN_PORTRAIT_FACE * min(image.size):
+            return None
+        if template is None:
+            return float(faces[0].score)
+        return cosine(self.analyzer.embed(pixels, faces[0]), template)
+
+
+def _png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def _jpeg(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, "JPEG", quality=PORTRAIT_JPEG_QUALITY)
+    return buffer.getvalue()

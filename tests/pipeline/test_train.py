@@ -1,0 +1,212 @@
+"""Face LoRA training on the tiny pipeline: 2-3 real optimizer steps through the production code."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from pipeline.config import WorkerSettings
+from pipeline.devices import DeviceOutOfMemory
+from pipeline.lora_files import validate_lora_file
+from pipeline.train import (
+    TrainArgs,
+    TrainingCancelled,
+    _square_views,
+    has_adapters,
+    main,
+    parse_args,
+    train_lora,
+)
+from tests.pipeline.tiny import face_images, random_lora_file
+
+CAPTION = "<fcsks>, a handsome man"
+
+
+def _args(settings: WorkerSettings, **overrides: object) -> TrainArgs:
+    # A large learning rate so that three steps move the LoRA measurably; two crops keep it quick.
+    values: dict[str, object] = {"learning_rate": 1e-2, "crops_per_image": 2}
+    values.update(overrides)
+    return TrainArgs.from_settings(settings, **values)
+
+
+def _unet_output(pipe: object) -> torch.Tensor:
+    unet = pipe.unet  # type: ignore[attr-defined]
+    sample = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    context = torch.randn(1, 77, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        return unet(sample, 500, context).sample
+
+
+def _assert_clean(pipe: object) -> None:
+    unet = pipe.unet  # type: ignore[attr-defined]
+    assert not has_adapters(unet)
+    assert not getattr(unet, "peft_config", None)
+    assert not unet.training
+    assert not any(p.requires_grad for p in unet.parameters())
+
+
+def test_training_writes_a_lora_that_loads_and_changes_the_unet(
+    tiny_pipe: object, tiny_env: WorkerSettings, tmp_path: Path
+) -> None:
+    before = _unet_output(tiny_pipe)
+    progress: list[tuple[int, int, float]] = []
+    out = tmp_path / "loras" / "face.safetensors"
+
+    result = train_lora(
+        tiny_pipe,  # type: ignore[arg-type]
+        face_images(3),
+        CAPTION,
+        _args(tiny_env),
+        out,
+        on_progress=lambda step, total, loss: progress.append((step, total, loss)),
+    )
+
+    assert result.steps == 3 and result.lora_path == out and out.is_file()
+    assert math.isfinite(result.final_loss) and result.seconds > 0
+    assert [(s, t) for s, t, _ in progress] == [(1, 3), (2, 3), (3, 3)]
+    assert all(math.isfinite(loss) for _, _, loss in progress)
+    assert progress[-1][2] == result.final_loss
+    # The resident UNet is exactly as before: no adapter, same function.
+    _assert_clean(tiny_pipe)
+    assert torch.equal(_unet_output(tiny_pipe), before)
+    # The file is a diffusers LoRA of rank 4 on q/k/v/out that the bot's validator accepts.
+    validate_lora_file(out, max_bytes=10_000_000)
+    weights = load_file(out)
+    assert all(k.startswith("unet.") for k in weights)
+    for target in ("attn1.to_q", "attn1.to_k", "attn2.to_v", "attn2.to_out.0"):
+        assert any(f"{target}.lora.down.weight" in k for k in weights), target
+    assert {w.shape[0] for k, w in weights.items() if k.endswith("lora.down.weight")} == {4}
+    # ... and the real loader reads it, changing the UNet's output; unloading restores it.
+    pipe = tiny_pipe
+    pipe.load_lora_weights(str(out.parent), weight_name=out.name, adapter_name="trained")  # type: ignore[attr-defined]
+    try:
+        with_lora = _unet_output(pipe)
+        assert (with_lora - before).abs().max() > 1e-4
+    finally:
+        pipe.unload_lora_weights()  # type: ignore[attr-defined]
+    assert torch.equal(_unet_output(pipe), before)
+
+
+def test_lora_alpha_is_recorded_in_the_file(tiny_pipe: object, tiny_env: WorkerSettings, tmp_path: Path) -> None:
+    out = tmp_path / "face.safetensors"
+    train_lora(tiny_pipe, face_images(1), CAPTION, _args(tiny_env, alpha=8.0, max_train_steps=1), out)  # type: ignore[arg-type]
+
+    with safe_open(str(out), "pt") as handle:
+        metadata = handle.metadata()
+    assert '"unet.lora_alpha": 8.0' in metadata["lora_adapter_metadata"]
+    assert '"unet.r": 4' in metadata["lora_adapter_metadata"]
+
+
+def test_should_stop_cancels_between_steps(tiny_pipe: object, tiny_env: WorkerSettings, tmp_path: Path) -> None:
+    polls: list[int] = []
+
+    def should_stop() -> bool:
+        polls.append(1)
+        return len(polls) >= 2  # let one step run, stop before the second
+
+    out = tmp_path / "face.safetensors"
+    with pytest.raises(TrainingCancelled) as caught:
+        train_lora(tiny_pipe, face_images(2), CAPTION, _args(tiny_env), out, should_stop=should_stop)  # type: ignore[arg-type]
+
+    assert caught.value.steps_done == 1
+    assert caught.value.error_code == "cancelled"
+    assert not out.exists() and not list(tmp_path.glob("*.partial"))
+    _assert_clean(tiny_pipe)
+
+
+def test_initial_face_lora_seeds_the_adapter(tiny_pipe: object, tiny_env: WorkerSettings, tmp_path: Path) -> None:
+    init = random_lora_file(tiny_pipe, tmp_path / "generic_face.safetensors", seed=3)
+    out = tmp_path / "face.safetensors"
+
+    # With a zero learning rate (and so no weight decay either) training must save the start point.
+    train_lora(
+        tiny_pipe,  # type: ignore[arg-type]
+        face_images(1),
+        CAPTION,
+        _args(tiny_env, learning_rate=0.0, max_train_steps=2, init_lora=init),
+        out,
+    )
+
+    start, saved = load_file(init), load_file(out)
+    assert saved.keys() == start.keys()
+    assert all(torch.equal(saved[k], start[k]) for k in start)
+    _assert_clean(tiny_pipe)
+
+
+def test_training_refuses_a_pipeline_that_still_has_adapters(
+    tiny_pipe: object, tiny_env: WorkerSettings, tmp_path: Path
+) -> None:
+    lora = random_lora_file(tiny_pipe, tmp_path / "leftover.safetensors", seed=4)
+    tiny_pipe.load_lora_weights(str(lora.parent), weight_name=lora.name, adapter_name="leftover")  # type: ignore[attr-defined]
+    try:
+        with pytest.raises(RuntimeError, match="already carries"):
+            train_lora(tiny_pipe, face_images(1), CAPTION, _args(tiny_env), tmp_path / "x.safetensors")  # type: ignore[arg-type]
+    finally:
+        tiny_pipe.unload_lora_weights()  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(("photos", "expected"), [(1, 200), (3, 600), (4, 800), (10, 800)])
+def test_step_budget_is_200_a_photo_capped(photos: int, expected: int) -> None:
+    assert TrainArgs().total_steps(photos) == expected
+
+
+def test_augmented_views_are_flips_and_crops_at_the_resolution() -> None:
+    image = face_images(1, size=96)[0]
+    rng = torch.Generator().manual_seed(0)
+
+    views = _square_views(image, TrainArgs(resolution=32, crops_per_image=3), rng)
+    plain = _square_views(image, TrainArgs(resolution=32, random_flip=False, random_crop=False), rng)
+
+    assert len(views) == 6 and all(v.size == (32, 32) for v in views)
+    assert (
+        views[3].tobytes() == views[0].transpose(Image.Transpose.FLIP_LEFT_RIGHT).tobytes()
+    )  # second half: the mirrors
+    assert len(plain) == 1 and plain[0].tobytes() == views[0].tobytes()  # the full centre square
+    assert views[1].tobytes() != views[0].tobytes()
+
+
+def test_script_entry_trains_like_the_diffusers_example(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i, image in enumerate(face_images(2)):
+        image.save(photos / f"{i}.png")
+    monkeypatch.chdir(tmp_path)  # no stray .env
+    monkeypatch.setenv("FACECHAIN_DEVICE", "cpu")
+    monkeypatch.setenv("FACECHAIN_DTYPE", "fp32")
+    out = tmp_path / "out" / "face.safetensors"
+
+    args = parse_args(
+        [
+            "--base_model", str(tiny_model_dir), "--images_dir", str(photos), "--caption", CAPTION,
+            "--output", str(out), "--resolution", "64", "--max_train_steps", "2", "--no-random_flip",
+            "--crops_per_image", "1",
+        ]
+    )  # fmt: skip
+    assert args.random_flip is False and args.rank is None
+    result = main(args)
+
+    assert result.steps == 2 and out.is_file()
+
+
+def test_out_of_memory_becomes_a_typed_error_and_leaves_the_unet_clean(
+    tiny_pipe: object, tiny_env: WorkerSettings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def exhausted(*args: object, **kwargs: object) -> None:
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(tiny_pipe.unet, "forward", exhausted)  # type: ignore[attr-defined]
+    with pytest.raises(DeviceOutOfMemory) as caught:
+        train_lora(tiny_pipe, face_images(1), CAPTION, _args(tiny_env), tmp_path / "face.safetensors")  # type: ignore[arg-type]
+
+    assert caught.value.error_code == "out_of_memory"
+    assert caught.value.__cause__ is None and caught.value.__context__ is None  # the traceback is let go
+    monkeypatch.undo()
+    _assert_clean(tiny_pipe)

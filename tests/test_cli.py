@@ -1,0 +1,91 @@
+"""The command line as an operator uses it: doctor, models make-tiny, and script-mode train/generate."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from bot.cli import main
+from tests.pipeline import photos
+
+
+@pytest.fixture
+def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, redis_url: str) -> Path:
+    for name in [n for n in os.environ if n.startswith("FACECHAIN_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("FACECHAIN_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("FACECHAIN_MODELS_DIR", str(tmp_path / "models"))
+    monkeypatch.setenv("FACECHAIN_REDIS_URL", redis_url)
+    return tmp_path
+
+
+def test_help_names_every_command(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["--help"])
+    assert exited.value.code == 0
+    out = capsys.readouterr().out
+    for command in ("bot", "worker", "doctor", "models", "styles", "train", "generate"):
+        assert f"    {command} " in out
+
+
+def test_doctor_passes_on_a_bot_machine_with_redis(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["doctor", "--no-gpu"]) == 0
+    out = capsys.readouterr().out
+    assert "[ ok ] redis" in out and "[ ok ] database" in out
+    assert "no token" in out, "a missing chat token is reported as a warning"
+
+
+def test_doctor_fails_and_says_how_when_redis_is_down(
+    env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("FACECHAIN_REDIS_URL", "redis://:hunter2@127.0.0.1:1/0")
+    assert main(["doctor", "--no-gpu"]) == 1
+    out = capsys.readouterr().out
+    assert "[ ERR] redis" in out and "FACECHAIN_REDIS_URL" in out
+    assert "hunter2" not in out, "the Redis password is never printed"
+
+
+def test_doctor_reports_a_missing_base_model(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["doctor"]) == 1
+    out = capsys.readouterr().out
+    assert "[ ERR] base model" in out and "models fetch" in out
+
+
+def test_the_bot_refuses_to_start_without_any_platform(env: Path) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["bot"])
+    assert "FACECHAIN_TELEGRAM_TOKEN" in str(exited.value.code)
+
+
+@pytest.mark.slow
+def test_script_mode_trains_and_generates_with_a_tiny_model(
+    env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["models", "make-tiny", "--dir", str(env / "tiny")]) == 0
+    for name, value in {
+        "BASE_MODEL": str(env / "tiny"), "DEVICE": "cpu", "DTYPE": "fp32", "RESOLUTION": "64",
+        "MAX_TRAIN_STEPS": "2", "INFERENCE_STEPS": "2", "RANK_FACES": "false", "CANDIDATES": "2",
+    }.items():  # fmt: skip
+        monkeypatch.setenv(f"FACECHAIN_{name}", value)
+    shots = env / "shots"
+    shots.mkdir()
+    for i, image in enumerate(photos.same_person_set(photos.astronaut())[:3]):
+        (shots / f"{i}.png").write_bytes(photos.encode(image))
+    (shots / "notes.txt").write_text("not a photo, and ignored")
+    assert main(["train", str(shots), "--name", "eileen", "--subject", "woman"]) == 0
+    assert "trained 'eileen' on 3 photos" in capsys.readouterr().out
+
+    out = env / "out"
+    assert main(["generate", "eileen", "--style", "watercolor", "--count", "2", "--seed", "5", "--out", str(out)]) == 0
+    written = sorted(out.glob("*.jpg"))
+    assert [p.name for p in written] == ["eileen-watercolor-0-seed5.jpg", "eileen-watercolor-1-seed6.jpg"]
+    assert Image.open(written[0]).size == (64, 64)
+
+
+def test_generate_for_an_unknown_name_says_how_to_train(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["generate", "nobody", "--style", "watercolor", "--out", str(env / "o")]) == 2
+    assert "facechain-bot train" in capsys.readouterr().err
