@@ -1,0 +1,147 @@
+"""Updates → the conversation service → replies. Decides nothing about the conversation: it builds the
+origin and the event, calls :meth:`ConversationService.handle`, and shows what comes back."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from telegram import Bot, CallbackQuery, Message, Update
+from telegram.constants import ChatMemberStatus
+from telegram.error import TelegramError
+
+from bot.core import texts
+from bot.core.events import Command, Event
+from bot.core.replies import Reply, Text
+from bot.service import ConversationService, Downloader, Origin
+from bot.telegram_adapter import translate
+from bot.telegram_adapter.retry import with_retries
+from bot.telegram_adapter.sender import TelegramSender
+from pipeline.jobs import ErrorCode
+
+log = logging.getLogger("facechain.telegram")
+
+#: Longest text an answerCallbackQuery alert shows.
+MAX_ALERT = 200
+_ADMIN_STATUSES = frozenset({ChatMemberStatus.OWNER, ChatMemberStatus.ADMINISTRATOR})
+
+
+class UpdateRouter:
+    """Handles one update (or one album) of one chat; :class:`ChatLanes` calls it in order per chat."""
+
+    def __init__(self, bot: Bot, service: ConversationService, sender: TelegramSender, download: Downloader) -> None:
+        self._bot = bot
+        self._service = service
+        self._sender = sender
+        self._download = download
+
+    async def handle(self, update: Update) -> None:
+        if update.callback_query is not None:
+            await self._button(update.callback_query)
+        elif update.message is not None:
+            await self._message(update.message)
+
+    async def handle_album(self, updates: list[Update]) -> None:
+        messages = [u.message for u in updates if u.message is not None]
+        if not messages:
+            return
+        first = min(messages, key=lambda m: m.message_id)
+        who = translate.sender_key(first)
+        if who is None:
+            return
+        origin = translate.origin(*who, first.chat, direct_chat_id=_direct_chat(first))
+        await self._run(origin, translate.album_event(messages), first)
+
+    # ------------------------------------------------------------------------------------ kinds
+    async def _message(self, message: Message) -> None:
+        if message.is_automatic_forward:
+            return
+        who = translate.sender_key(message)
+        event = translate.message_event(message, self._bot.username)
+        if who is None or event is None:
+            return
+        is_admin = False
+        if isinstance(event, Command) and not translate.is_private(message.chat):
+            is_admin = await self._is_admin(message)
+        origin = translate.origin(*who, message.chat, is_admin=is_admin, direct_chat_id=_direct_chat(message))
+        await self._run(origin, event, message)
+
+    async def _button(self, query: CallbackQuery) -> None:
+        alert: str | None = None
+        answered = False
+        try:
+            event = translate.button_event(query)
+            message = query.message
+            if event is None or message is None:
+                return
+            user = query.from_user
+            origin = translate.origin(
+                str(user.id), translate.display_name(user), message.chat, direct_chat_id=str(user.id)
+            )
+            replies = await self._handle(origin, event)
+            if not origin.private:
+                alert, replies = _take_alert(replies)
+            answered = await self._answer(query, alert)
+            reply_to = None if origin.private else message.message_id
+            await self._show(message.chat.id, replies, reply_to)
+        finally:
+            if not answered:
+                await self._answer(query, None)
+
+    # ---------------------------------------------------------------------------------- helpers
+    async def _run(self, origin: Origin, event: Event, message: Message) -> None:
+        replies = await self._handle(origin, event)
+        # In a group, answers are threaded under the message they answer: that shows whom they are for.
+        reply_to = None if origin.private else message.message_id
+        await self._show(message.chat.id, replies, reply_to)
+
+    async def _handle(self, origin: Origin, event: Event) -> list[Reply]:
+        try:
+            return await self._service.handle(origin, event, self._download)
+        except Exception:
+            log.exception("the conversation service failed on a %s", type(event).__name__)
+            return [Text(texts.error_reason(ErrorCode.INTERNAL))]
+
+    async def _show(self, chat_id: int, replies: Sequence[Reply], reply_to: int | None) -> None:
+        sent = await self._sender.send(chat_id, replies, reply_to=reply_to)
+        for run_id, message_id in sent.items():
+            await self._service.note_progress_message(run_id, message_id)
+
+    async def _is_admin(self, message: Message) -> bool:
+        """Ask Telegram whether the sender administers the group; an anonymous admin is the group."""
+        if translate.sent_as_chat(message):
+            return True
+        if message.sender_chat is not None or message.from_user is None:
+            return False
+        chat_id, user_id = message.chat.id, message.from_user.id
+        try:
+            member = await with_retries(lambda: self._bot.get_chat_member(chat_id, user_id), "getChatMember")
+        except TelegramError as exc:
+            log.warning("getChatMember failed in chat %s (%s): treating the sender as no admin", chat_id, exc)
+            return False
+        return member.status in _ADMIN_STATUSES
+
+    async def _answer(self, query: CallbackQuery, alert: str | None) -> bool:
+        try:
+            await with_retries(lambda: query.answer(text=alert, show_alert=alert is not None), "answerCallbackQuery")
+        except TelegramError as exc:
+            # A query older than about 15 minutes can't be answered; nothing is lost but the spinner.
+            log.debug("answerCallbackQuery failed: %s", type(exc).__name__)
+        return True
+
+
+def _take_alert(replies: Sequence[Reply]) -> tuple[str | None, list[Reply]]:
+    """In a group, the first short personal text becomes a pop-up only the presser sees."""
+    rest = list(replies)
+    for index, reply in enumerate(rest):
+        if isinstance(reply, Text) and reply.private and not reply.buttons and len(reply.text) <= MAX_ALERT:
+            del rest[index]
+            return reply.text, rest
+    return None, rest
+
+
+def _direct_chat(message: Message) -> str | None:
+    """A user's private chat with the bot has the user's id (the bot can write there once started)."""
+    if message.sender_chat is not None or message.from_user is None:
+        return None
+    return str(message.from_user.id)

@@ -1,0 +1,124 @@
+"""Telegram objects → core events and origins. Pure functions: no I/O, no flow decisions.
+
+Photos arrive as ``message.photo`` (compressed, several sizes: the largest is used) or as a
+document (byte-exact; a document's thumbnail is never used in its place). Videos and animations
+are passed on as files too, so the core can tell the user why it can't use them.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+from telegram import CallbackQuery, Chat, Message, User
+from telegram.constants import ChatType
+
+from bot.core.events import ButtonPressed, Command, Event, OfferedFile, PhotosOffered, TextMessage
+from bot.core.replies import Button
+from bot.service import Origin
+from storage.models import Platform
+
+_COMMAND = re.compile(r"^/(?P<name>[A-Za-z0-9_]{1,32})(?:@(?P<bot>[A-Za-z0-9_]{1,64}))?(?=\s|$)")
+
+
+def is_private(chat: Chat) -> bool:
+    return chat.type == ChatType.PRIVATE
+
+
+def sent_as_chat(message: Message) -> bool:
+    """The message was sent on behalf of its own group: an anonymous admin wrote it."""
+    return message.sender_chat is not None and message.sender_chat.id == message.chat.id
+
+
+def sender_key(message: Message) -> tuple[str, str] | None:
+    """(user id, display name) of whoever sent the message; None for messages nobody sent.
+
+    A message sent on behalf of a chat (an anonymous admin, a channel) belongs to that chat: its
+    ``from`` is a shared placeholder account, so the chat's own id is the sender's identity.
+    """
+    if message.sender_chat is not None:
+        return str(message.sender_chat.id), message.sender_chat.title or ""
+    if message.from_user is None:
+        return None
+    return str(message.from_user.id), display_name(message.from_user)
+
+
+def display_name(user: User) -> str:
+    return user.full_name or user.username or str(user.id)
+
+
+def origin(user_id: str, name: str, chat: Chat, *, is_admin: bool = False, direct_chat_id: str | None = None) -> Origin:
+    """The core's Origin for a sender in a chat. A user's private chat id equals their user id."""
+    private = is_private(chat)
+    return Origin(
+        platform=Platform.TELEGRAM,
+        user_id=user_id,
+        chat_id=str(chat.id),
+        private=private,
+        display_name=name,
+        community_id=None if private else str(chat.id),
+        is_admin=is_admin and not private,
+        direct_chat_id=direct_chat_id,
+    )
+
+
+def parse_command(text: str, bot_username: str | None) -> Command | None:
+    """``/name@bot args`` → Command, or None when the text is no command or is meant for another bot."""
+    match = _COMMAND.match(text)
+    if match is None:
+        return None
+    target = match.group("bot")
+    if target is not None and (bot_username is None or target.casefold() != bot_username.casefold()):
+        return None
+    rest = text[match.end() :].strip()
+    return Command(name=match.group("name").lower(), args=tuple(rest.split()), text=rest)
+
+
+def offered_file(message: Message) -> OfferedFile | None:
+    """The file a message carries, described before any download; None when it carries none."""
+    if message.document is not None:
+        doc = message.document
+        return OfferedFile(
+            ref=doc.file_id, size=doc.file_size, mime=doc.mime_type, filename=doc.file_name, compressed=False
+        )
+    if message.photo:
+        largest = max(message.photo, key=lambda p: (p.width * p.height, p.file_size or 0))
+        return OfferedFile(ref=largest.file_id, size=largest.file_size, mime="image/jpeg", compressed=True)
+    if message.video is not None:
+        video = message.video
+        return OfferedFile(ref=video.file_id, size=video.file_size, mime=video.mime_type or "video/mp4")
+    if message.animation is not None:
+        anim = message.animation
+        return OfferedFile(ref=anim.file_id, size=anim.file_size, mime=anim.mime_type or "video/mp4")
+    return None
+
+
+def message_event(message: Message, bot_username: str | None) -> Event | None:
+    """The core event of one message (an album's parts are combined by :func:`album_event`)."""
+    attached = offered_file(message)
+    if message.caption and message.document is not None:
+        # An admin's style LoRA comes as a document whose caption is the /admin command.
+        command = parse_command(message.caption, bot_username)
+        if command is not None:
+            return Command(command.name, command.args, command.text, attachment=attached)
+    if attached is not None:
+        return PhotosOffered(files=(attached,))
+    if message.text is None:
+        return None
+    if message.text.startswith("/"):
+        return parse_command(message.text, bot_username)
+    return TextMessage(message.text)
+
+
+def album_event(messages: Iterable[Message]) -> PhotosOffered:
+    """One event for all parts of an album, in the order the user arranged them."""
+    ordered = sorted(messages, key=lambda m: m.message_id)
+    files = tuple(f for f in (offered_file(m) for m in ordered) if f is not None)
+    return PhotosOffered(files=files)
+
+
+def button_event(query: CallbackQuery) -> ButtonPressed | None:
+    if not query.data:
+        return None
+    action, value = Button.parse(query.data)
+    return ButtonPressed(action=action, value=value)

@@ -1,0 +1,95 @@
+"""Groups: /generate and /styles for users who trained in private, admin commands checked with
+getChatMember (anonymous admins included), quotas, and no training photos in a group."""
+
+from __future__ import annotations
+
+from tests.telegram.conftest import Harness
+from tests.telegram.fake_bot_api import ANONYMOUS_ADMIN_ID, FakeBotApi
+from tests.telegram.media import face_photos, tiny_lora
+from tests.telegram.users import TgUser
+
+GROUP = -100_500
+
+
+async def test_a_group_with_an_admin_and_a_member(bot: Harness, api: FakeBotApi, alice: TgUser) -> None:
+    await bot.train(alice)
+    api.add_group(GROUP, "Portrait Club")
+    ann = TgUser(api, 2001, "Ann").in_chat(GROUP)
+    bob = TgUser(api, 2002, "Bob").in_chat(GROUP)
+    api.set_member(GROUP, ann.user_id, "administrator")
+    group_alice = alice.in_chat(GROUP)
+
+    refused = bob.say("/admin disable watercolor")
+    answer = await bob.expect("Only admins of this group can use /admin.")
+    assert answer.reply_to == refused.message_id, "threaded under the message it answers"
+
+    ann.say("/admin disable watercolor")
+    await ann.expect("watercolor is now off here.")
+
+    # An anonymous admin writes as the group itself: no getChatMember, and it is an admin.
+    checks = len(api.calls_of("getChatMember"))
+    ann.say("/admin quota user 1", as_chat=True)
+    await ann.expect("Daily limit for each member: 1 portrait run.")
+    asked = [c.params["user_id"] for c in api.calls_of("getChatMember")[checks:]]
+    assert str(ANONYMOUS_ADMIN_ID) not in asked
+
+    group_alice.say("/styles")
+    styles = await group_alice.expect("Styles you can use")
+    assert "watercolor" not in styles.shown and "cyberpunk" in styles.shown
+
+    group_alice.say("/generate")
+    picker = await group_alice.expect("Pick a style")
+    assert "watercolor" not in picker.labels
+    group_alice.press("cyberpunk", picker)
+    making = await group_alice.expect("Making 4 portraits in cyberpunk")
+    await group_alice.expect_edit(making, "Done.", within=20)
+    first = await group_alice.expect("cyberpunk")
+    assert first.chat_id == GROUP and first.media_group_id, "the portraits are posted in the group"
+    more = await group_alice.wait_buttons(["More of this style", "Another style"])
+
+    group_alice.say("/generate cyberpunk")
+    await group_alice.expect("You've used your 1 portrait run for today.")
+
+    # Bob has no model: his press gets a pop-up only he sees, not a message in the group.
+    before = len(bob.replies)
+    bob.press("More of this style", more)
+    alert = await api.wait_for(lambda: [a for a in api.callback_answers if a["show_alert"]])
+    assert "You need a face model first" in alert[-1]["text"]
+    assert len(bob.replies) == before
+
+    group_alice.say("/train")
+    await group_alice.expect("Photos are collected in a private chat")
+    alice.say("/train")
+    await alice.expect("Send me")
+    group_alice.send_photos(face_photos(1))
+    await group_alice.expect("Please send your photos to me in our private chat")
+
+
+async def test_an_admin_adds_a_style_with_a_lora_file(bot: Harness, api: FakeBotApi, alice: TgUser) -> None:
+    await bot.train(alice)
+    api.add_group(GROUP, "Portrait Club")
+    ann = TgUser(api, 2001, "Ann").in_chat(GROUP)
+    api.set_member(GROUP, ann.user_id, "creator")
+
+    ann.send_document(
+        tiny_lora(), "noir.safetensors", None, caption="/admin addstyle noir black and white photo, dramatic light"
+    )
+    await ann.expect("Style noir added and switched on.")
+    ann.send_document(b"PK\x03\x04 a zip", "bad.safetensors", None, caption="/admin addstyle broken some prompt")
+    await ann.expect("I couldn't add broken")
+
+    group_alice = alice.in_chat(GROUP)
+    group_alice.say("/generate noir 2")
+    making = await group_alice.expect("Making 2 portraits in noir")
+    await group_alice.expect_edit(making, "Done.", within=20)
+    await group_alice.wait_buttons(["More of this style", "Another style"])
+
+
+async def test_commands_for_another_bot_are_ignored(bot: Harness, api: FakeBotApi, alice: TgUser) -> None:
+    api.add_group(GROUP, "Portrait Club")
+    group_alice = alice.in_chat(GROUP)
+    group_alice.say("/styles@some_other_bot")
+    group_alice.say("/help@facechain_test_bot")
+    helped = await group_alice.expect("What I can do:")
+    assert all("Styles you can use" not in m.shown for m in group_alice.replies)
+    assert helped.chat_id == GROUP

@@ -1,0 +1,108 @@
+"""Flood control, server errors and webhook mode: nothing is lost and nothing is sent twice."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from tests.telegram.conftest import Harness
+from tests.telegram.fake_bot_api import FakeBotApi
+from tests.telegram.users import TgUser
+
+# PTB itself reads the deprecated RetryAfter.retry_after when it builds the exception.
+pytestmark = pytest.mark.filterwarnings("ignore::telegram.warnings.PTBDeprecationWarning")
+
+
+async def test_a_429_is_waited_out_and_the_message_sent_once(bot: Harness, api: FakeBotApi, alice: TgUser) -> None:
+    api.fail_next("sendMessage", 429, retry_after=1)
+    alice.say("/start")
+    await alice.expect("Hi!")
+    attempts = api.calls_of("sendMessage")
+    assert len(attempts) == 2 and attempts[1].at - attempts[0].at >= 0.95, "retry_after was honoured"
+    assert len(alice.replies) == 1
+
+
+async def test_a_5xx_while_polling_loses_no_update(bot: Harness, api: FakeBotApi, alice: TgUser) -> None:
+    api.fail_next("getUpdates", 500)
+    alice.say("/help")
+    await alice.expect("What I can do:", within=15)
+    assert len(alice.replies) == 1
+
+
+async def test_errors_while_delivering_results_are_retried(bot: Harness, api: FakeBotApi, alice: TgUser) -> None:
+    await bot.train(alice)
+    api.fail_next("sendMediaGroup", 502)
+    api.fail_next("editMessageText", 429, retry_after=1)
+    alice.say("/generate oil_painting 3")
+    making = await alice.expect("Making 3 portraits")
+    await alice.expect_edit(making, "Done.", within=20)
+    await alice.wait_buttons(["More of this style", "Another style"])
+    assert len([m for m in alice.replies if m.photo]) == 3, "sent once, after the retry"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+def webhook(request: pytest.FixtureRequest) -> str:
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}/telegram-hook"
+    request.node.add_marker(
+        pytest.mark.bot_settings(
+            telegram_webhook_url=url,
+            telegram_webhook_listen=f"127.0.0.1:{port}",
+            telegram_webhook_secret="s3cret_Token",
+        )
+    )
+    return url
+
+
+async def test_webhook_mode_takes_updates_with_the_secret_only(
+    webhook: str, bot: Harness, api: FakeBotApi, alice: TgUser
+) -> None:
+    assert api.webhook == {
+        "url": webhook,
+        "secret_token": "s3cret_Token",
+        "allowed_updates": ["message", "callback_query"],
+    }
+    assert not api.calls_of("getUpdates")
+    update = {
+        "update_id": 1,
+        "message": {
+            "message_id": 1, "date": 0, "text": "/help", "chat": api.chats[alice.user_id],
+            "from": api.users[alice.user_id], "entities": [{"type": "bot_command", "offset": 0, "length": 5}],
+        },
+    }  # fmt: skip
+    api.started.add(alice.user_id)
+    async with aiohttp.ClientSession() as http:
+        async with http.post(webhook, json=update, headers={"X-Telegram-Bot-Api-Secret-Token": "wrong"}) as resp:
+            assert resp.status == 403
+        async with http.post(webhook, json=update, headers={"X-Telegram-Bot-Api-Secret-Token": "s3cret_Token"}) as resp:
+            assert resp.status == 200
+    await alice.expect("What I can do:")
+    assert len(alice.replies) == 1
+
+
+async def test_a_rejected_token_stops_the_adapter_with_a_clear_error(api: FakeBotApi, tmp_path: Path) -> None:
+    from bot.config import BotSettings
+    from bot.telegram_adapter import TelegramAdapter, TelegramStartupError
+
+    wrong = "5550001234:AAH-not-the-right-token-000000000000000"
+    settings = BotSettings(
+        _env_file=None,
+        data_dir=tmp_path / "data",
+        telegram_token=wrong,
+        telegram_api_url=api.root,
+    )
+    adapter = TelegramAdapter(settings, service=None)  # type: ignore[arg-type]
+    with pytest.raises(TelegramStartupError) as stopped:
+        await asyncio.wait_for(adapter.run(), 10)
+    assert wrong not in str(stopped.value) and "FACECHAIN_TELEGRAM_TOKEN" in str(stopped.value)

@@ -1,0 +1,99 @@
+"""Training from the chat: rejected photos, more photos and /done again, /cancel while it runs, /forget."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+
+from storage.blobs import BlobStore
+from tests.telegram.conftest import Harness
+from tests.telegram.fake_bot_api import FakeBotApi
+from tests.telegram.gpu import ScriptedGpu
+from tests.telegram.media import face_photos, not_a_face
+from tests.telegram.users import TgUser
+
+
+async def test_too_few_usable_photos_then_more_then_trained(bot: Harness, alice: TgUser) -> None:
+    alice.say("/train")
+    await alice.expect("Send me")
+    alice.send_photos([*face_photos(2), not_a_face()])
+    await alice.expect("Got 3 photos (3 of 10)")
+    alice.say("/done")
+    await alice.expect("Who is in these photos?")
+    alice.press("A man")
+    progress = await alice.expect("Training queued")
+
+    told = await alice.expect("I could only use 2 photos; I need at least 3.", within=20)
+    assert "Photo 3: no face found" in told.shown, told.shown
+    assert "Photo 1" not in told.shown and "Photo 2" not in told.shown
+    await alice.expect_edit(progress, "Training stopped.")
+
+    alice.send_photos(face_photos(1, start=5))
+    added = await alice.expect("Got 1 photo (3 of 10)")
+    assert "/done" in added.shown, "the two good photos were kept, the bad one dropped"
+    alice.say("/done")
+    await alice.expect("Who is in these photos?")
+    alice.press("A man")
+    second = await alice.expect("Training queued")
+    await alice.expect_edit(second, "Training done.", within=20)
+    await alice.expect("Your face model is ready!")
+
+
+async def test_cancel_while_training_stops_it_and_keeps_the_photos(bot: Harness, alice: TgUser) -> None:
+    gpu = bot.gpu
+    assert isinstance(gpu, ScriptedGpu)
+    gpu.hold = threading.Event()
+    alice.say("/train")
+    await alice.expect("Send me")
+    alice.send_photos(face_photos(4))
+    await alice.expect("Got 4 photos")
+    alice.say("/done")
+    await alice.expect("Who is in these photos?")
+    alice.press("A woman")
+    progress = await alice.expect("Training queued")
+    assert await asyncio.to_thread(gpu.started.wait, 15), "training started on the GPU"
+
+    alice.say("/cancel")
+    await alice.expect("Cancelling 1 job")
+    await alice.expect("Training cancelled. Your photos are kept", within=20)
+    # "Cancelling…" is an intermediate edit: within 3 s of the last one it waits, and the final edit wins.
+    await alice.expect_edit(progress, "Training stopped.")
+    assert progress.shown == "Training stopped."
+    assert "Training done." not in progress.history
+
+    alice.say("/status")
+    status = await alice.expect("Face model:")
+    assert "Photo set: 4 of 10" in status.shown, status.shown
+
+
+async def test_forget_deletes_everything_after_a_confirmation(bot: Harness, api: FakeBotApi, alice: TgUser) -> None:
+    await bot.train(alice)
+    alice.say("/generate watercolor 2")
+    making = await alice.expect("Making 2 portraits")
+    await alice.expect_edit(making, "Done.", within=20)
+    await alice.wait_buttons(["More of this style", "Another style"])
+    blobs = BlobStore(bot.settings.blob_dir)
+    assert blobs.list("users") and blobs.list("runs")
+
+    alice.say("/forget")
+    question = await alice.expect("This deletes everything I keep about you")
+    assert question.labels == ["Yes, delete everything", "No, keep it"]
+    alice.press("Yes, delete everything")
+    await alice.expect("Done: everything I had about you is deleted.")
+    assert [a["id"] for a in api.callback_answers][-1], "the button press was answered"
+
+    assert blobs.list("users") == [] and blobs.list("runs") == []
+    with sqlite3.connect(bot.settings.database_path) as db:
+        assert db.execute("SELECT count(*) FROM identities WHERE platform_user_id = '1001'").fetchone() == (0,)
+        assert db.execute("SELECT count(*) FROM users").fetchone() == (0,)
+
+    alice.say("/generate")
+    await alice.expect("You need a face model first")
+
+
+async def test_forget_declined_keeps_everything(bot: Harness, alice: TgUser) -> None:
+    alice.say("/forget")
+    await alice.expect("Delete it all?")
+    alice.press("No, keep it")
+    await alice.expect("Okay, nothing was deleted.")

@@ -1,0 +1,202 @@
+"""The adapter's small parts on their own: translation, keyboards, throttling, retries, downloads."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, cast
+
+import pytest
+from telegram import Bot, CallbackQuery, Message
+from telegram.error import BadRequest, RetryAfter, TimedOut
+
+from bot.core.events import ButtonPressed, Command, OfferedFile, PhotosOffered, TextMessage
+from bot.core.replies import Button
+from bot.service import DownloadError
+from bot.telegram_adapter import translate
+from bot.telegram_adapter.app import parse_listen
+from bot.telegram_adapter.commands import admin_menu, default_menu, parse_menu
+from bot.telegram_adapter.downloads import CLOUD_DOWNLOAD_LIMIT, make_downloader
+from bot.telegram_adapter.retry import with_retries
+from bot.telegram_adapter.sender import keyboard, split_text
+from bot.telegram_adapter.throttle import EditThrottle
+
+pytestmark = pytest.mark.filterwarnings("ignore::telegram.warnings.PTBDeprecationWarning")
+
+PRIVATE = {"id": 42, "type": "private", "first_name": "Alice"}
+GROUP = {"id": -100_7, "type": "supergroup", "title": "Club"}
+ALICE = {"id": 42, "is_bot": False, "first_name": "Alice", "last_name": "Liddell"}
+
+
+def _message(chat: dict[str, Any] = PRIVATE, **fields: Any) -> Message:
+    data = {"message_id": 5, "date": 0, "chat": chat, "from": ALICE, **fields}
+    message = Message.de_json(data, None)
+    assert message is not None
+    return message
+
+
+# ------------------------------------------------------------------------------------- translate
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("/start", Command("start")),
+        ("/Generate watercolor 2", Command("generate", ("watercolor", "2"), "watercolor 2")),
+        ("/generate@FaceChain_Test_Bot business suit", Command("generate", ("business", "suit"), "business suit")),
+        ("/generate@other_bot watercolor", None),
+        ("/admin addstyle noir  black, white", Command("admin", ("addstyle", "noir", "black,", "white"),
+                                                       "addstyle noir  black, white")),
+        ("/path/to/file", None),
+        ("hello", None),
+    ],
+)  # fmt: skip
+def test_parse_command(text: str, expected: Command | None) -> None:
+    assert translate.parse_command(text, "facechain_test_bot") == expected
+
+
+def test_a_photo_is_offered_at_its_largest_size() -> None:
+    sizes = [
+        {"file_id": "small", "file_unique_id": "s", "width": 90, "height": 90, "file_size": 900},
+        {"file_id": "big", "file_unique_id": "b", "width": 1280, "height": 960, "file_size": 90_000},
+        {"file_id": "mid", "file_unique_id": "m", "width": 320, "height": 240, "file_size": 9_000},
+    ]
+    event = translate.message_event(_message(photo=sizes), "bot")
+    assert event == PhotosOffered((OfferedFile("big", 90_000, "image/jpeg", compressed=True),))
+
+
+def test_a_document_is_offered_byte_exact_not_its_thumbnail() -> None:
+    doc = {
+        "file_id": "doc", "file_unique_id": "d", "file_name": "me.png", "mime_type": "image/png", "file_size": 5000,
+        "thumbnail": {"file_id": "thumb", "file_unique_id": "t", "width": 90, "height": 90},
+    }  # fmt: skip
+    event = translate.message_event(_message(document=doc), "bot")
+    assert event == PhotosOffered((OfferedFile("doc", 5000, "image/png", "me.png", compressed=False),))
+
+
+def test_a_document_captioned_with_a_command_is_its_attachment() -> None:
+    doc = {"file_id": "lora", "file_unique_id": "l", "file_name": "noir.safetensors", "file_size": 10}
+    event = translate.message_event(_message(GROUP, document=doc, caption="/admin addstyle noir moody"), "bot")
+    assert isinstance(event, Command) and event.name == "admin" and event.args[:2] == ("addstyle", "noir")
+    assert event.attachment == OfferedFile("lora", 10, None, "noir.safetensors")
+
+
+def test_text_and_nothing() -> None:
+    assert translate.message_event(_message(text="hi there"), "bot") == TextMessage("hi there")
+    assert translate.message_event(_message(), "bot") is None
+
+
+def test_an_album_is_one_event_in_the_users_order() -> None:
+    parts = [
+        _message(message_id=n, media_group_id="g", document={"file_id": f"f{n}", "file_unique_id": f"u{n}"})
+        for n in (12, 10, 11)
+    ]
+    assert [f.ref for f in translate.album_event(parts).files] == ["f10", "f11", "f12"]
+
+
+def test_origins_in_private_in_a_group_and_for_an_anonymous_admin() -> None:
+    private = _message(text="/start")
+    who = translate.sender_key(private)
+    assert who == ("42", "Alice Liddell")
+    origin = translate.origin(*who, private.chat, is_admin=True, direct_chat_id="42")
+    assert origin.private and origin.community_id is None and not origin.is_admin and origin.chat_id == "42"
+
+    group = _message(GROUP, text="/generate")
+    origin = translate.origin("42", "Alice", group.chat, is_admin=True, direct_chat_id="42")
+    assert not origin.private and origin.community_id == str(GROUP["id"]) and origin.is_admin
+
+    anonymous = _message(GROUP, text="/admin styles", sender_chat=GROUP)
+    assert translate.sent_as_chat(anonymous)
+    assert translate.sender_key(anonymous) == (str(GROUP["id"]), "Club")
+
+
+def test_button_data_round_trips() -> None:
+    button = Button("Business suit", "style", "business_suit")
+    cq = CallbackQuery.de_json({"id": "1", "from": ALICE, "chat_instance": "c", "data": button.data}, None)
+    assert cq is not None and translate.button_event(cq) == ButtonPressed("style", "business_suit")
+
+
+# -------------------------------------------------------------------------------- sender helpers
+def test_keyboard_rows_hold_up_to_three_short_buttons() -> None:
+    buttons = [Button(name, "style", name) for name in ("hanfu", "wedding", "cyberpunk", "watercolor", "superhero")]
+    markup = keyboard(buttons)
+    assert markup is not None
+    assert [len(row) for row in markup.inline_keyboard] == [3, 2]
+    long = keyboard([Button("Yes, delete everything", "forget", "yes"), Button("No, keep it", "forget", "no")])
+    assert long is not None and [len(row) for row in long.inline_keyboard] == [1, 1]
+    assert keyboard([]) is None
+
+
+def test_long_text_is_split_at_lines() -> None:
+    text = "\n".join(f"line {i} " + "x" * 90 for i in range(100))
+    pieces = split_text(text)
+    assert len(pieces) == 3 and all(len(p) <= 4096 for p in pieces)
+    assert "\n".join(pieces) == text
+
+
+def test_command_menus_come_from_the_core_help() -> None:
+    assert [c.command for c in default_menu()][:3] == ["train", "done", "generate"]
+    assert "admin" in [c.command for c in admin_menu()]
+    assert [c.command for c in parse_menu("Intro\n/generate [style] [count] - make portraits")] == ["generate"]
+
+
+def test_parse_listen() -> None:
+    assert parse_listen("0.0.0.0:8443") == ("0.0.0.0", 8443)
+    assert parse_listen("[::]:443") == ("::", 443)
+    with pytest.raises(ValueError):
+        parse_listen("8443")
+
+
+# -------------------------------------------------------------------------------------- throttle
+async def test_intermediate_edits_coalesce_and_the_final_one_wins() -> None:
+    sent: list[tuple[int, int, str]] = []
+
+    async def edit(chat: int, message: int, text: str) -> None:
+        sent.append((chat, message, text))
+
+    throttle: EditThrottle[str] = EditThrottle(edit, interval=0.3)
+    await throttle.submit(1, 10, "10%")
+    await throttle.submit(1, 10, "20%")
+    await throttle.submit(1, 10, "30%")
+    await throttle.submit(2, 20, "other chat")
+    assert sent == [(1, 10, "10%"), (2, 20, "other chat")]
+    await asyncio.sleep(0.45)
+    assert sent[-1] == (1, 10, "30%"), "the latest waiting text went out after the interval"
+
+    await throttle.submit(1, 10, "40%")
+    await throttle.submit(1, 10, "done", final=True)
+    await throttle.submit(1, 10, "50% (late)")
+    await asyncio.sleep(0.45)
+    assert [t for c, _, t in sent if c == 1] == ["10%", "30%", "done"]
+    await throttle.aclose()
+
+
+# ---------------------------------------------------------------------------------------- retries
+async def test_retry_after_is_honoured_and_bad_requests_are_not_retried() -> None:
+    calls: list[str] = []
+
+    async def flaky() -> str:
+        calls.append("x")
+        if len(calls) == 1:
+            raise RetryAfter(0)
+        if len(calls) == 2:
+            raise TimedOut()
+        return "ok"
+
+    assert await with_retries(flaky, "test", backoff_s=0.01) == "ok" and len(calls) == 3
+
+    async def bad() -> str:
+        calls.append("bad")
+        raise BadRequest("Chat not found")
+
+    with pytest.raises(BadRequest):
+        await with_retries(bad, "test", backoff_s=0.01)
+    assert calls.count("bad") == 1
+
+
+async def test_the_cloud_limit_refuses_before_get_file() -> None:
+    class NoCalls:
+        async def get_file(self, ref: str) -> None:
+            raise AssertionError("getFile must not be called")
+
+    download = make_downloader(cast(Bot, NoCalls()), CLOUD_DOWNLOAD_LIMIT)
+    with pytest.raises(DownloadError) as refused:
+        await download(OfferedFile("big", CLOUD_DOWNLOAD_LIMIT + 1, "image/jpeg"))
+    assert refused.value.reason == "too_large"

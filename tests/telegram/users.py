@@ -1,0 +1,90 @@
+"""Simulated Telegram users: they write, send photos and press buttons through the fake server, and
+wait for what the bot shows in their chat."""
+
+from __future__ import annotations
+
+from tests.telegram.fake_bot_api import ChatMessage, FakeBotApi
+
+
+class TgUser:
+    """A user in one chat (their private chat by default; :meth:`in_chat` for a group)."""
+
+    def __init__(self, api: FakeBotApi, user_id: int, name: str, chat_id: int | None = None) -> None:
+        self.api = api
+        self.user_id = user_id
+        self.name = name
+        self.chat_id = user_id if chat_id is None else chat_id
+        self._cursor = 0
+        if user_id not in api.users:
+            api.add_user(user_id, name)
+
+    def in_chat(self, chat_id: int) -> TgUser:
+        return TgUser(self.api, self.user_id, self.name, chat_id)
+
+    # ------------------------------------------------------------------------------------ acting
+    def say(self, text: str, *, as_chat: bool = False) -> ChatMessage:
+        return self.api.push_text(self.chat_id, self.user_id, text, as_chat=as_chat)
+
+    def send_photos(self, datas: list[bytes], *, album: bool = True, as_documents: bool = False) -> list[ChatMessage]:
+        """Photos as one album (2-10) or as separate messages; compressed photos or image documents."""
+        group = self.api.new_album_id() if album and len(datas) > 1 else None
+        sent = []
+        for index, data in enumerate(datas, start=1):
+            if as_documents:
+                sent.append(
+                    self.api.push_document(
+                        self.chat_id, self.user_id, data, f"IMG_{index:04d}.jpg", "image/jpeg", media_group_id=group
+                    )
+                )
+            else:
+                sent.append(self.api.push_photo(self.chat_id, self.user_id, data, media_group_id=group))
+        return sent
+
+    def send_document(
+        self, data: bytes, name: str, mime: str | None, *, size: int | None = None, caption: str | None = None
+    ) -> ChatMessage:
+        return self.api.push_document(self.chat_id, self.user_id, data, name, mime, size=size, caption=caption)
+
+    def press(self, label: str, message: ChatMessage | None = None) -> str:
+        """Press the button labelled ``label`` under ``message`` (default: the latest bot message that has it)."""
+        if message is None:
+            message = next(m for m in reversed(self.replies) if label in m.labels)
+        button = next(b for b in message.buttons if b["text"] == label)
+        return self.api.push_callback(self.chat_id, self.user_id, message, button["callback_data"])
+
+    # ----------------------------------------------------------------------------------- looking
+    @property
+    def replies(self) -> list[ChatMessage]:
+        """Everything the bot sent in this chat, in order."""
+        return self.api.bot_messages(self.chat_id)
+
+    async def expect(self, fragment: str, within: float = 10.0) -> ChatMessage:
+        """The next bot message (after the last one expected) that shows or showed ``fragment``."""
+
+        def find() -> ChatMessage | None:
+            for index, message in enumerate(self.replies[self._cursor :], start=self._cursor):
+                if any(fragment in text for text in message.history):
+                    self._cursor = index + 1
+                    return message
+            return None
+
+        found: ChatMessage = await self.api.wait_for(find, within, f"{fragment!r} in chat {self.chat_id}")
+        return found
+
+    async def expect_edit(self, message: ChatMessage, fragment: str, within: float = 10.0) -> None:
+        """Wait until ``message`` was edited to show ``fragment``."""
+        await self.api.wait_for(
+            lambda: any(fragment in text for _, text in message.edits), within, f"edit {fragment!r}"
+        )
+
+    async def wait_buttons(self, labels: list[str], within: float = 10.0) -> ChatMessage:
+        """The latest bot message whose buttons are exactly ``labels``."""
+
+        def find() -> ChatMessage | None:
+            return next((m for m in reversed(self.replies) if m.labels == labels), None)
+
+        found: ChatMessage = await self.api.wait_for(find, within, f"buttons {labels}")
+        return found
+
+    def texts(self) -> list[str]:
+        return [m.shown for m in self.replies]
