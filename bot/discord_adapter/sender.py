@@ -1,0 +1,240 @@
+"""Core replies as messages sent with the bot token (not an interaction's token, which dies after 15
+minutes): progress messages and their edits, portraits, and texts outside an interaction.
+
+- Text → a channel message (split at 2000 characters), buttons under the last piece.
+- Photos → messages of at most 10 files, each under the channel's upload limit (re-encoded to JPEG
+  when too big), the caption on the first, the buttons under the last.
+- ProgressMessage → a channel message; its id, as ``<channel id>/<message id>``, is what the service
+  stores, so an edit finds the message wherever it was posted (a results-to-DMs server posts the
+  progress in the server channel and the portraits in the DM).
+- EditProgress → a message edit through :class:`EditThrottle`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import aiohttp
+import discord
+
+from bot.core.replies import Button, EditProgress, Photos, ProgressMessage, Reply, Text
+from bot.discord_adapter.media import CannotFit, Upload, fit_upload
+from bot.discord_adapter.throttle import EDIT_INTERVAL_S, EditThrottle
+from bot.discord_adapter.views import button_view
+from storage.blobs import BlobNotFound, BlobStore
+
+log = logging.getLogger("facechain.discord")
+
+#: Discord's limits: characters of a message, files of a message.
+MAX_TEXT = 2000
+MAX_FILES = 10
+#: How long an edit waits for its run's progress message, still being sent, to get an id.
+PROGRESS_WAIT_S = 30.0
+#: Runs whose progress message is kept in memory (the database keeps them for good).
+_PROGRESS_MEMORY = 10_000
+#: Channels whose upload limit is remembered from their interactions.
+_LIMIT_MEMORY = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class MessageRef:
+    """A message by channel and id; ``str()`` is the form stored as a run's progress message id."""
+
+    channel_id: int
+    message_id: int
+
+    def __str__(self) -> str:
+        return f"{self.channel_id}/{self.message_id}"
+
+    @classmethod
+    def parse(cls, value: str | None, channel_id: int | None = None) -> MessageRef | None:
+        """Read a stored id: ``channel/message``, or a bare message id in ``channel_id``."""
+        if not value:
+            return None
+        channel, _, message = value.rpartition("/")
+        if channel.isdigit() and message.isdigit():
+            return cls(int(channel), int(message))
+        if not channel and message.isdigit() and channel_id is not None:
+            return cls(channel_id, int(message))
+        return None
+
+
+def split_text(text: str, limit: int = MAX_TEXT) -> list[str]:
+    """Pieces Discord accepts, cut at line breaks where possible."""
+    pieces: list[str] = []
+    rest = text or "…"
+    while len(rest) > limit:
+        cut = rest.rfind("\n", 0, limit)
+        if cut <= 0:
+            cut = limit
+        pieces.append(rest[:cut])
+        rest = rest[cut:].lstrip("\n")
+    pieces.append(rest)
+    return pieces
+
+
+class ChannelSender:
+    """Sends core replies to channels with the bot token. One per client; safe for any number of chats."""
+
+    def __init__(self, client: discord.Client, blobs: BlobStore, *, edit_interval: float = EDIT_INTERVAL_S) -> None:
+        self._client = client
+        self._blobs = blobs
+        self._throttle = EditThrottle(self._edit, edit_interval)
+        self._progress: OrderedDict[str, asyncio.Future[MessageRef | None]] = OrderedDict()
+        self._limits: OrderedDict[int, int] = OrderedDict()
+
+    # ------------------------------------------------------------------------------ public API
+    def note_upload_limit(self, channel_id: int, limit: int) -> None:
+        """Remember a channel's upload limit (every interaction tells it) for later deliveries there."""
+        self._limits[channel_id] = limit
+        self._limits.move_to_end(channel_id)
+        while len(self._limits) > _LIMIT_MEMORY:
+            self._limits.popitem(last=False)
+
+    def upload_limit(self, channel_id: int) -> int:
+        return self._limits.get(channel_id, discord.utils.DEFAULT_FILE_SIZE_LIMIT_BYTES)
+
+    async def send(
+        self, channel_id: int, replies: Sequence[Reply], *, progress_message_id: str | None = None
+    ) -> dict[str, str]:
+        """Show ``replies`` in order in a channel; return run_id → stored id of each progress message sent.
+
+        ``progress_message_id`` is the stored id of the run's progress message (from the database, for
+        runs this process has not seen, as after a restart). A channel the bot may not post in ends
+        the batch; another failure is logged and the next reply still goes out.
+        """
+        sent: dict[str, str] = {}
+        progress = MessageRef.parse(progress_message_id, channel_id)
+        for reply in replies:
+            try:
+                match reply:
+                    case Text():
+                        await self.text(channel_id, reply.text, reply.buttons)
+                    case Photos():
+                        reference = progress if progress is not None and progress.channel_id == channel_id else None
+                        await self.photos(channel_id, reply, reference=reference)
+                    case ProgressMessage():
+                        ref = await self.progress(channel_id, reply)
+                        if ref is not None:
+                            sent[reply.run_id] = str(ref)
+                    case EditProgress():
+                        await self.edit_progress(reply, progress)
+            except discord.Forbidden as exc:
+                log.info("channel %s does not accept messages from the bot (%s)", channel_id, exc.text)
+                break
+            except discord.NotFound as exc:
+                log.info("channel %s is gone (%s)", channel_id, exc.text)
+                break
+            except discord.HTTPException as exc:
+                log.warning(
+                    "a %s reply to channel %s failed: %s %s", type(reply).__name__, channel_id, exc.status, exc.text
+                )
+            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                # The service has recorded the run already: raising would not bring this reply back.
+                log.warning("a %s reply to channel %s failed: %r", type(reply).__name__, channel_id, exc)
+        return sent
+
+    async def text(self, channel_id: int, text: str, buttons: Sequence[Button] = ()) -> discord.Message:
+        """A plain message (pieces of 2000 characters), the buttons under the last piece."""
+        channel = self._client.get_partial_messageable(channel_id)
+        pieces = split_text(text)
+        message: discord.Message | None = None
+        for index, piece in enumerate(pieces):
+            view = button_view(buttons) if index == len(pieces) - 1 else None
+            if view is None:
+                message = await channel.send(piece)
+            else:
+                message = await channel.send(piece, view=view)
+        assert message is not None
+        return message
+
+    async def progress(self, channel_id: int, reply: ProgressMessage) -> MessageRef | None:
+        """Post a run's progress message; edits of the run that arrive meanwhile wait for its id."""
+        waiting: asyncio.Future[MessageRef | None] = asyncio.get_running_loop().create_future()
+        self._remember(reply.run_id, waiting)
+        try:
+            message = await self.text(channel_id, reply.text, reply.buttons)
+        except BaseException:
+            waiting.set_result(None)
+            raise
+        ref = MessageRef(channel_id, message.id)
+        waiting.set_result(ref)
+        return ref
+
+    async def photos(self, channel_id: int, reply: Photos, *, reference: MessageRef | None = None) -> None:
+        """Post portraits as files, at most 10 a message, each under the channel's upload limit."""
+        uploads = await asyncio.to_thread(self._uploads, reply.keys, self.upload_limit(channel_id))
+        if not uploads:
+            return
+        channel = self._client.get_partial_messageable(channel_id)
+        caption = split_text(reply.caption)[0] if reply.caption else None
+        batches = [uploads[i : i + MAX_FILES] for i in range(0, len(uploads), MAX_FILES)]
+        for index, batch in enumerate(batches):
+            files = [discord.File(io.BytesIO(u.data), filename=u.filename) for u in batch]
+            last = index == len(batches) - 1
+            view = button_view(reply.buttons) if last else None
+            kwargs: dict[str, object] = {}
+            if view is not None:
+                kwargs["view"] = view
+            if index == 0 and reference is not None:
+                kwargs["reference"] = discord.MessageReference(
+                    message_id=reference.message_id, channel_id=reference.channel_id, fail_if_not_exists=False
+                )
+            await channel.send(caption if index == 0 else None, files=files, **kwargs)  # type: ignore[call-overload]
+
+    async def edit_progress(self, reply: EditProgress, fallback: MessageRef | None = None) -> None:
+        """Edit a run's progress message (throttled), found in memory or at ``fallback``."""
+        target: MessageRef | None = None
+        waiting = self._progress.get(reply.run_id)
+        if waiting is not None:
+            try:
+                target = await asyncio.wait_for(asyncio.shield(waiting), PROGRESS_WAIT_S)
+            except TimeoutError:
+                target = None
+        target = target or fallback
+        if target is None:
+            log.debug("no progress message known for run %s; edit skipped", reply.run_id)
+            return
+        if reply.final:
+            self._progress.pop(reply.run_id, None)
+        await self._throttle.submit(target.channel_id, target.message_id, reply.text, final=reply.final)
+
+    async def aclose(self) -> None:
+        await self._throttle.aclose()
+
+    # ------------------------------------------------------------------------------- helpers
+    def _uploads(self, keys: Sequence[str], limit: int) -> list[Upload]:
+        uploads: list[Upload] = []
+        for key in keys:
+            try:
+                data = self._blobs.get_bytes(key)
+            except BlobNotFound:
+                log.warning("portrait %s is missing from the blob store", key)
+                continue
+            try:
+                uploads.append(fit_upload(data, key.rsplit("/", 1)[-1], limit))
+            except CannotFit as exc:
+                log.warning("portrait %s not sent: %s", key, exc)
+        return uploads
+
+    async def _edit(self, channel_id: int, message_id: int, text: str, final: bool) -> None:
+        message = self._client.get_partial_messageable(channel_id).get_partial_message(message_id)
+        try:
+            if final:
+                # A finished run's message keeps no buttons.
+                await message.edit(content=split_text(text)[0], view=None)
+            else:
+                await message.edit(content=split_text(text)[0])
+        except discord.NotFound:
+            log.info("progress message %s in channel %s is gone", message_id, channel_id)
+
+    def _remember(self, run_id: str, waiting: asyncio.Future[MessageRef | None]) -> None:
+        self._progress[run_id] = waiting
+        self._progress.move_to_end(run_id)
+        while len(self._progress) > _PROGRESS_MEMORY:
+            self._progress.popitem(last=False)

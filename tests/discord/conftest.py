@@ -1,0 +1,38 @@
+"""Fixtures of the Discord adapter tests: the fake Discord, and the bot behind it with a scripted GPU worker
+(the real stages are in test_journey.py, which alone loads them)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import WorkerSettings
+from storage.blobs import BlobStore
+from tests.discord.fake_discord import FakeDiscord
+from tests.discord.harness import OPTIONS, ScriptedRunner, Stack, bot_settings
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeDiscord]:
+    server = FakeDiscord()
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.close()
+
+
+@pytest.fixture
+async def scripted(fake: FakeDiscord, tmp_path: Path, redis_url: str) -> AsyncIterator[Stack]:
+    """The bot and a GPU worker whose stages are scripted (fast; for tests about the chat side)."""
+    settings = bot_settings(fake, tmp_path, redis_url)
+    worker = WorkerSettings(_env_file=None, data_dir=tmp_path / "data", redis_url=redis_url)  # type: ignore[call-arg]
+    stack = Stack(fake, settings, worker, ScriptedRunner(BlobStore(settings.blob_dir)), OPTIONS)
+    await stack.start_bot()
+    await stack.start_worker()
+    try:
+        yield stack
+    finally:
+        await stack.close()

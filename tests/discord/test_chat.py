@@ -1,0 +1,315 @@
+"""The adapter over real HTTP and websocket against the fake Discord, with the real service stack and
+an arq GPU worker whose stages are scripted (these tests are about the chat side)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from pathlib import Path
+
+import pytest
+
+from bot.app import configured_adapters, run_bot
+from bot.core import texts
+from bot.core.replies import Button, Photos
+from bot.discord_adapter import FacechainClient, intents
+from bot.discord_adapter.app import discord_endpoints, run_sync_command
+from storage.blobs import BlobStore
+from tests.discord.fake_discord import ANSWER_DEADLINE_S, TOKEN, FakeDiscord, Interaction, Message, User
+from tests.discord.harness import Stack, bot_settings, jpeg
+
+
+def _answered_in_time(fake: FakeDiscord) -> None:
+    late = [
+        (i.type, i.answered_in) for i in fake.interactions.values() if not (i.answered_in or 99) < ANSWER_DEADLINE_S
+    ]
+    assert not late, f"interactions answered late or never: {late}"
+
+
+async def _reply(fake: FakeDiscord, interaction: Interaction, wait_s: float = 5.0) -> Message:
+    message: Message = await fake.wait_for(lambda: next(iter(interaction.messages()), None), wait_s, "a reply")
+    return message
+
+
+async def _trained(stack: Stack, user: User, seed: int = 0) -> None:
+    uploads = [stack.fake.upload(f"p{i}.jpg", jpeg(seed * 10 + i), "image/jpeg") for i in range(3)]
+    await stack.train_in_dm(user, uploads)
+
+
+async def test_an_upload_that_is_not_an_image_is_refused_and_nothing_is_trained(scripted: Stack) -> None:
+    fake = scripted.fake
+    ann = fake.user("ann")
+    dm = fake.dm_channel(ann)
+    notes = fake.upload("notes.txt", b"just some text", "text/plain")
+    fake_jpeg = fake.upload("holiday.jpg", b"\x00definitely not a JPEG" * 20, "image/jpeg")
+    await fake.dm(ann, files=[notes, fake_jpeg])
+
+    refused = await fake.wait_message(ann, dm, "I can't use this file")
+    assert "Photo 1 (notes.txt): not a JPEG, PNG or WebP image" in refused.content
+    unreadable = await fake.wait_message(ann, dm, "No new photos saved")
+    assert "not an image I can read" in unreadable.content
+
+    done = await fake.slash(ann, "done")
+    answer = await _reply(fake, done)
+    assert answer.content == texts.need_more_photos(0, 3)
+    assert scripted.runner.calls == []
+    assert not [m for m in fake.channel_messages(dm) if m.files], "no file is ever posted back"
+    _answered_in_time(fake)
+
+
+async def test_an_admin_enables_a_style_then_a_member_uses_it(scripted: Stack) -> None:
+    fake = scripted.fake
+    admin = fake.user("olga", admin=True)
+    member = fake.user("mia")
+    await _trained(scripted, member)
+
+    before = await fake.autocomplete(member, "generate", "style", fake.general, style="super")
+    assert before == [], "superhero is off by default"
+    offered = await fake.autocomplete(admin, "facechain-admin", "style", fake.general, sub="enable", style="super")
+    assert [c["value"] for c in offered] == ["superhero"]
+
+    enable = await fake.slash(admin, "facechain-admin", fake.general, sub="enable", style="superhero")
+    confirmation = await _reply(fake, enable)
+    assert confirmation.content == texts.style_switched("superhero", True)
+    assert confirmation.ephemeral and not confirmation.visible_to(member)
+
+    after = await fake.autocomplete(member, "generate", "style", fake.general, style="super")
+    assert [c["value"] for c in after] == ["superhero"]
+    _, posted = await scripted.generate_in(member, fake.general, "superhero", 3)
+    assert len(posted.files) == 3
+    assert not posted.ephemeral, "results go to the channel where they were asked"
+    _answered_in_time(fake)
+
+
+async def test_a_member_without_manage_server_is_refused(scripted: Stack) -> None:
+    fake = scripted.fake
+    member = fake.user("max")
+    attempt = await fake.slash(member, "facechain-admin", fake.general, sub="enable", style="superhero")
+    refusal = await _reply(fake, attempt)
+    assert refusal.content == texts.admin_only()
+    assert refusal.ephemeral, "only the member sees the refusal"
+    styles = await fake.slash(member, "styles", fake.general)
+    listing = await _reply(fake, styles)
+    assert "superhero" not in listing.content
+
+    # The menu is hidden from members (default_permissions) and offered in servers only.
+    [admin_group] = [c for c in fake.commands["global"] if c["name"] == "facechain-admin"]
+    assert int(admin_group["default_member_permissions"]) == 1 << 5
+    assert admin_group["contexts"] == [0]
+    _answered_in_time(fake)
+
+
+async def test_a_button_pressed_after_a_restart_still_works(scripted: Stack) -> None:
+    fake = scripted.fake
+    fake.upload_limit = 120_000
+    scripted.runner.portrait_format = "png"  # noise PNGs of ~200 kB: over this channel's limit
+    kim = fake.user("kim")
+    await _trained(scripted, kim)
+    _, posted = await scripted.generate_in(kim, fake.general, "watercolor", 2)
+    assert [f.filename for f in posted.files] == ["portrait_0.jpg", "portrait_1.jpg"], "re-encoded to JPEG"
+    assert all(len(f.data) <= fake.upload_limit and f.data[:3] == b"\xff\xd8\xff" for f in posted.files)
+    syncs = len(fake.command_puts)
+
+    await scripted.stop_bot()
+    await scripted.start_bot()
+    assert len(fake.command_puts) == syncs, "unchanged commands are not uploaded again"
+
+    before = {m.id for m in fake.channel_messages(fake.general)}
+    pressed = await fake.press(kim, posted, texts.more_label())
+    more = await fake.wait_for(
+        lambda: next(
+            (m for m in fake.channel_messages(fake.general) if m.id not in before and m.files),
+            None,
+        ),
+        10.0,
+        "more portraits",
+    )
+    assert "watercolor" in more.content
+    assert pressed.callback_type == 6, "the press was acknowledged silently; the channel shows the progress"
+    _answered_in_time(fake)
+
+
+async def test_results_go_to_dms_when_the_server_says_so(scripted: Stack) -> None:
+    fake = scripted.fake
+    admin = fake.user("ada", admin=True)
+    lea = fake.user("lea")
+    await _trained(scripted, lea)
+    switched = await fake.slash(admin, "facechain-admin", fake.general, sub="results", where="direct")
+    await _reply(fake, switched)
+
+    await fake.slash(lea, "generate", fake.general, style="watercolor")
+    dm = fake.dm_channel(lea)
+    posted = await fake.wait_for(lambda: next((m for m in fake.channel_messages(dm) if m.files), None), 10.0, "DM")
+    assert "watercolor" in posted.content
+    assert not [m for m in fake.channel_messages(fake.general) if m.files], "nothing posted in the server"
+    progress = await fake.wait_message(lea, fake.general, texts.generate_done_edit())
+    assert progress.via == "bot", "progress is edited in the channel where it was asked"
+
+
+async def test_nsfw_is_honoured_only_in_age_restricted_channels(scripted: Stack) -> None:
+    fake = scripted.fake
+    admin = fake.user("nora", admin=True)
+    await _trained(scripted, admin)
+    switched = await fake.slash(admin, "facechain-admin", fake.general, sub="nsfw", value="on")
+    await _reply(fake, switched)
+    requests: list[bool] = []
+    original = scripted.runner.generate
+
+    def spy(request, control):  # type: ignore[no-untyped-def]
+        requests.append(request.allow_nsfw)
+        return original(request, control)
+
+    scripted.runner.generate = spy  # type: ignore[method-assign]
+    await scripted.generate_in(admin, fake.general, "watercolor", 1)
+    await scripted.generate_in(admin, fake.adult, "watercolor", 1)
+    assert requests == [False, True]
+
+
+async def test_forget_asks_with_buttons_and_deletes_after_yes(scripted: Stack) -> None:
+    fake = scripted.fake
+    zoe = fake.user("zoe")
+    await _trained(scripted, zoe)
+    forget = await fake.slash(zoe, "forget", fake.general)
+    question = await _reply(fake, forget)
+    assert question.ephemeral
+    pressed = await fake.press(zoe, question, texts.forget_yes_label())
+    gone = await _reply(fake, pressed)
+    assert gone.content == texts.forgotten()
+    status = await fake.slash(zoe, "generate", fake.general, style="watercolor")
+    assert (await _reply(fake, status)).content == texts.no_model()
+
+
+async def test_fifty_users_at_once(scripted: Stack) -> None:
+    fake = scripted.fake
+    # Five GPUs' worth of workers: each serves one job at a time, as in production.
+    await scripted.start_worker(copies=4)
+    users = [fake.user(f"user{i}") for i in range(50)]
+
+    await asyncio.gather(*(_trained(scripted, user, seed=i) for i, user in enumerate(users)))
+    asked = await asyncio.gather(*(fake.slash(u, "generate", fake.general, style="oil_painting") for u in users))
+
+    def portraits() -> list[Message]:
+        return [m for m in fake.channel_messages(fake.general) if m.files]
+
+    await fake.wait_for(lambda: len(portraits()) == 50, 60.0, "50 portrait messages")
+    progress = {m.id: m for m in fake.channel_messages(fake.general) if m.via == "bot" and not m.files}
+    assert len(progress) == 50
+    assert {m.reference for m in portraits()} == set(progress), "every user's portraits answer their progress"
+    assert all(m.content == texts.generate_done_edit() for m in progress.values())
+    for user in users:
+        dm = fake.dm_channel(user)
+        assert [m.content for m in fake.seen_by(user, dm)].count(texts.train_done_edit()) == 1
+    assert len(asked) == 50
+    _answered_in_time(fake)
+
+
+async def test_discord_rate_limits_are_waited_out(scripted: Stack) -> None:
+    fake = scripted.fake
+    rae = fake.user("rae")
+    fake.rate_limit_next("POST", "/channels/", retry_after=0.4)
+    asked = time.monotonic()
+    await fake.dm(rae, content="hello")
+    answer = await fake.wait_message(rae, fake.dm_channel(rae), texts.idle_hint(has_model=False))
+    assert len(fake.rate_limited) == 1
+    assert answer.created - asked >= 0.4, "discord.py waited for the bucket to reset, then sent"
+
+
+async def test_the_bot_asks_for_no_privileged_intent_and_reads_dm_commands(scripted: Stack) -> None:
+    fake = scripted.fake
+    assert fake.identifies[-1]["intents"] == intents().value == (1 << 0) | (1 << 12)
+    tom = fake.user("tom")
+    await fake.dm(tom, content="/status")
+    await fake.wait_message(tom, fake.dm_channel(tom), "Face model:")
+
+
+async def test_the_token_never_reaches_the_logs(
+    fake: FakeDiscord, scripted: Stack, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    await scripted.stop_bot()
+    await scripted.start_bot()
+    user = fake.user("lou")
+    await _trained(scripted, user)
+    await scripted.generate_in(user, fake.general, "watercolor", 1)
+    assert caplog.records
+    for record in caplog.records:
+        text = record.getMessage() + (record.exc_text or "")
+        assert TOKEN not in text, f"token in a log record of {record.name}"
+        assert TOKEN.split(".")[0] not in text
+
+
+async def test_discord_sync_uploads_the_commands_and_prints_the_invite(
+    scripted: Stack, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake = scripted.fake
+    before = len(fake.command_puts)
+    assert await run_sync_command(scripted.settings, force=True) == 0
+    assert await run_sync_command(scripted.settings, force=False) == 0
+    assert await run_sync_command(scripted.settings, force=False, guild_id=fake.guild_id) == 0
+    scopes = [scope for scope, _ in fake.command_puts[before:]]
+    assert scopes == ["global", f"guild:{fake.guild_id}"], "forced, then unchanged, then a new scope"
+    out = capsys.readouterr().out
+    assert f"client_id={fake.app_id}" in out and "applications.commands" in out
+    names = {c["name"] for c in fake.commands["global"]}
+    assert names == {"start", "help", "train", "done", "generate", "styles", "status", "cancel", "forget",
+                     "facechain-admin"}  # fmt: skip
+
+
+async def test_the_bot_process_runs_the_discord_adapter(fake: FakeDiscord, tmp_path: Path, redis_url: str) -> None:
+    settings = bot_settings(fake, tmp_path, redis_url)
+    assert list(configured_adapters(settings)) == ["discord"]
+    bot = asyncio.create_task(run_bot(settings))
+    try:
+        await fake.connected()
+        ivy = fake.user("ivy")
+        start = await fake.slash(ivy, "start", fake.general)
+        welcome = await _reply(fake, start)
+        assert "selfies" in welcome.content and not welcome.ephemeral
+    finally:
+        bot.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await bot
+
+
+async def test_a_run_in_flight_across_a_restart_finishes_in_its_progress_message(scripted: Stack) -> None:
+    fake = scripted.fake
+    pat = fake.user("pat")
+    await _trained(scripted, pat)
+    await scripted.stop_worker()  # the GPUs are busy elsewhere: the run waits in the queue
+    await fake.slash(pat, "generate", fake.general, style="cyberpunk", count=1)
+    queued = await fake.wait_message(pat, fake.general, "Making 1 portrait in cyberpunk")
+
+    await scripted.stop_bot()
+    await scripted.start_bot()
+    await scripted.start_worker()
+
+    posted = await fake.wait_for(
+        lambda: next((m for m in fake.channel_messages(fake.general) if m.files), None), 10.0, "portraits"
+    )
+    assert posted.reference == queued.id
+    await fake.wait_for(lambda: queued.content == texts.generate_done_edit(), 5.0, "the old message edited")
+
+
+async def test_more_than_ten_portraits_go_out_in_messages_of_ten(
+    fake: FakeDiscord, tmp_path: Path, redis_url: str
+) -> None:
+    settings = bot_settings(fake, tmp_path, redis_url)
+    blobs = BlobStore(settings.blob_dir)
+    keys = []
+    for i in range(12):
+        keys.append(f"runs/g1/portrait_{i}.jpg")
+        blobs.put_bytes(keys[-1], jpeg(i))
+    client = FacechainClient(settings, None)  # HTTP only, like `facechain-bot discord-sync`
+    with discord_endpoints(settings):
+        await client.login(TOKEN)
+        try:
+            buttons = (Button(texts.more_label(), "more", "watercolor"),)
+            await client.channels.photos(fake.general, Photos(tuple(keys), "watercolor", buttons))
+        finally:
+            await client.close()
+    first, second = fake.channel_messages(fake.general)
+    assert (len(first.files), len(second.files)) == (10, 2)
+    assert (first.content, second.content) == ("watercolor", "")
+    assert (first.custom_ids(), second.custom_ids()) == ([], ["fc:more:watercolor"])

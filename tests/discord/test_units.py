@@ -1,0 +1,159 @@
+"""The adapter's small parts on their own: edit throttling, fitting portraits under the upload limit,
+typed DM commands, stored progress-message ids, message splitting, the command fingerprint."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import random
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from bot.config import BotSettings
+from bot.core.events import Command
+from bot.discord_adapter import FacechainClient
+from bot.discord_adapter.media import CannotFit, fit_upload
+from bot.discord_adapter.sender import MAX_TEXT, MessageRef, split_text
+from bot.discord_adapter.sync import command_payload, fingerprint, invite_url
+from bot.discord_adapter.throttle import EditThrottle
+from bot.discord_adapter.translate import command_from_text, direct_chat_id, dm_user_id
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.edits: list[tuple[int, int, str, bool, float]] = []
+
+    async def __call__(self, channel_id: int, message_id: int, text: str, final: bool) -> None:
+        self.edits.append((channel_id, message_id, text, final, time.monotonic()))
+
+
+async def test_throttle_coalesces_edits_and_keeps_an_interval_per_channel() -> None:
+    sent = Recorder()
+    throttle = EditThrottle(sent, interval=0.3)
+    started = time.monotonic()
+    for step in range(1, 6):
+        await throttle.submit(1, 10, f"step {step}")  # arrive together: only the latest goes
+    await asyncio.sleep(0.05)
+    await throttle.submit(1, 10, "step 6")
+    await throttle.submit(1, 10, "step 7")
+    await throttle.submit(2, 20, "other channel")
+    await asyncio.sleep(0.45)
+    assert [(c, t) for c, _, t, _, _ in sent.edits] == [(1, "step 5"), (2, "other channel"), (1, "step 7")]
+    assert sent.edits[0][4] - started < 0.05, "the first edit goes at once"
+    assert sent.edits[1][4] - started < 0.1, "another channel does not wait"
+    assert sent.edits[2][4] - sent.edits[0][4] >= 0.29, "one edit per interval per channel"
+    await throttle.aclose()
+
+
+async def test_throttle_delivers_a_final_edit_at_once_and_drops_later_ones() -> None:
+    sent = Recorder()
+    throttle = EditThrottle(sent, interval=5.0)
+    await throttle.submit(1, 10, "10%")
+    await asyncio.sleep(0.02)
+    await throttle.submit(1, 10, "50%")  # waits for its turn
+    await throttle.submit(1, 10, "Done.", final=True)  # replaces it, at once
+    await throttle.submit(1, 10, "90%")  # late: the run is over
+    await asyncio.sleep(0.05)
+    assert [(t, f) for _, _, t, f, _ in sent.edits] == [("10%", False), ("Done.", True)]
+    await throttle.aclose()
+
+
+async def test_a_failing_edit_does_not_stop_the_next() -> None:
+    calls: list[str] = []
+
+    async def flaky(channel_id: int, message_id: int, text: str, final: bool) -> None:
+        calls.append(text)
+        if text == "boom":
+            raise RuntimeError("discord said no")
+
+    throttle = EditThrottle(flaky, interval=0.0)
+    await throttle.submit(1, 10, "boom", final=True)
+    await throttle.submit(1, 11, "fine", final=True)
+    assert calls == ["boom", "fine"]
+
+
+def _noise_png(size: int) -> bytes:
+    rng = random.Random(size)
+    image = Image.frombytes("RGB", (size, size), bytes(rng.randrange(256) for _ in range(size * size * 3)))
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def test_a_portrait_under_the_limit_is_sent_as_it_is() -> None:
+    data = _noise_png(64)
+    upload = fit_upload(data, "portrait_0.png", len(data))
+    assert (upload.filename, upload.data) == ("portrait_0.png", data)
+
+
+def test_a_png_over_the_limit_becomes_a_jpeg_that_fits() -> None:
+    data = _noise_png(300)
+    upload = fit_upload(data, "portrait_0.png", 60_000)
+    assert upload.filename == "portrait_0.jpg"
+    assert len(upload.data) <= 60_000 and upload.data[:3] == b"\xff\xd8\xff"
+    with Image.open(io.BytesIO(upload.data)) as image:
+        assert min(image.size) >= 64
+
+
+def test_what_cannot_fit_is_refused() -> None:
+    with pytest.raises(CannotFit):
+        fit_upload(_noise_png(300), "portrait_0.png", 500)
+    with pytest.raises(CannotFit):
+        fit_upload(b"not an image at all" * 100, "portrait_0.png", 100)
+
+
+@pytest.mark.parametrize(
+    ("typed", "expected"),
+    [
+        ("/done", Command("done")),
+        ("  /Generate water color 2 ", Command("generate", ("water", "color", "2"), "water color 2")),
+        ("/facechain-admin styles", Command("facechain-admin", ("styles",), "styles")),
+        ("hello /done", None),
+        ("/", None),
+        ("/ done", None),
+        ("/???", None),
+    ],
+)
+def test_a_command_typed_into_a_dm(typed: str, expected: Command | None) -> None:
+    assert command_from_text(typed) == expected
+
+
+def test_stored_progress_message_ids() -> None:
+    ref = MessageRef(123, 456)
+    assert MessageRef.parse(str(ref)) == ref
+    assert MessageRef.parse("456", channel_id=123) == ref
+    assert MessageRef.parse("456") is None
+    assert MessageRef.parse("dm:1/2") is None
+    assert MessageRef.parse(None) is None
+
+
+def test_dm_chat_ids() -> None:
+    assert dm_user_id(direct_chat_id(42)) == 42
+    assert dm_user_id("42") is None
+    assert dm_user_id("dm:x") is None
+
+
+def test_long_texts_are_split_at_line_breaks() -> None:
+    text = "\n".join(f"line {i} " + "x" * 90 for i in range(60))
+    pieces = split_text(text)
+    assert len(pieces) > 1 and all(len(p) <= MAX_TEXT for p in pieces)
+    assert "\n".join(pieces) == text
+    assert split_text("y" * 4500) == ["y" * 2000, "y" * 2000, "y" * 500]
+
+
+async def test_the_command_fingerprint_changes_only_with_the_commands(tmp_path: Path) -> None:
+    def payload(max_count: int) -> str:
+        settings = BotSettings(_env_file=None, data_dir=tmp_path, discord_token="x", max_count=max_count)  # type: ignore[call-arg]
+        return fingerprint(command_payload(FacechainClient(settings, None).tree))
+
+    assert payload(4) == payload(4)
+    assert payload(4) != payload(6)
+
+
+def test_the_invite_link_asks_for_the_bot_and_its_commands() -> None:
+    url = invite_url(1234)
+    assert "client_id=1234" in url and "scope=bot+applications.commands" in url
+    assert "permissions=" in url
