@@ -35,7 +35,7 @@ async def _guard(name: str, probe: Callable[[], Awaitable[Check]], required: boo
     try:
         return await probe()
     except Exception as exc:
-        return Check(name, False, f"{type(exc).__name__}: {str(exc)[:200]}", required)
+        return Check(name, False, f"{type(exc).__name__}: {str(exc)[:600]}", required)
 
 
 async def run_doctor(*, gpu: bool = True, print_line: Callable[[str], None] = print) -> int:

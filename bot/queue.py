@@ -11,7 +11,7 @@ from datetime import timedelta
 from typing import Any, Protocol
 
 from arq.connections import ArqRedis, RedisSettings, create_pool
-from arq.worker import Worker, func
+from arq.worker import Retry, Worker, func
 from pydantic import ValidationError
 
 from pipeline import jobs
@@ -98,7 +98,14 @@ async def _deliver_outcome(ctx: dict[str, Any], payload: Any) -> str:
         log.warning("dropped a malformed outcome: %s", str(exc)[:300])
         return "malformed"
     handler: OutcomeHandler = ctx["on_outcome"]
-    await handler(outcome)
+    try:
+        await handler(outcome)
+    except Exception as exc:
+        # The result is recorded but the user has not seen it (the platform was down, say):
+        # arq runs the job again later, and the service sends it then.
+        tries = int(ctx.get("job_try", 1))
+        log.warning("delivering run %s failed (try %d): %s", outcome.run_id, tries, exc)
+        raise Retry(defer=min(5 * tries, 60)) from exc
     return "ok"
 
 
@@ -109,7 +116,7 @@ def build_outcome_worker(redis_url: str, on_outcome: OutcomeHandler, *, burst: b
     Delivery may run twice (arq runs jobs at least once); the service ignores a run already finished.
     """
     return Worker(
-        functions=[func(_deliver_outcome, name=jobs.DELIVER_JOB, max_tries=5)],
+        functions=[func(_deliver_outcome, name=jobs.DELIVER_JOB, max_tries=8)],
         queue_name=jobs.BOT_QUEUE,
         redis_settings=RedisSettings.from_dsn(redis_url),
         burst=burst,

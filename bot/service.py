@@ -29,6 +29,7 @@ from bot.core.events import (
     RunsCancelled,
     SavedPhoto,
     StyleAdded,
+    TextMessage,
 )
 from bot.core.flow import Decision, decide
 from bot.core.limits import Limits
@@ -80,6 +81,9 @@ class Origin:
     is_admin: bool = False
     #: Where a "results go to DMs" community sends portraits for this user (adapter-specific id).
     direct_chat_id: str | None = None
+    #: The platform marks this chat age-restricted (a Discord NSFW channel); None where the platform
+    #: has no such mark. A community's NSFW switch is honoured only where this is not False.
+    age_restricted: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +126,8 @@ class ConversationService:
         self._clock = clock
         self._locks: weakref.WeakValueDictionary[int, asyncio.Lock] = weakref.WeakValueDictionary()
         self._notifiers: dict[Platform, Notifier] = {}
+        #: Runs whose result is being sent right now (a duplicate outcome must not send it twice).
+        self._delivering: set[str] = set()
 
     # ------------------------------------------------------------------------------- public API
     def register_notifier(self, platform: Platform, notifier: Notifier) -> None:
@@ -129,9 +135,20 @@ class ConversationService:
 
     async def handle(self, origin: Origin, event: Event, download: Downloader | None = None) -> list[Reply]:
         """Run one event (and the follow-ups its effects produce) for the sender; return the replies."""
+        if not origin.private and isinstance(event, TextMessage):
+            # Group chatter is never answered: don't create a user record for every bystander.
+            return []
         user = await self._repos.users.get_or_create(origin.platform, origin.user_id, origin.display_name)
         async with self._lock(user.id):
             return await self._run(user.id, origin, event, download)
+
+    async def styles_for(self, origin: Origin, *, every: bool = False) -> tuple[StyleInfo, ...]:
+        """The styles enabled where ``origin`` is (or every style known there): for an adapter's autocomplete.
+
+        The flow is not involved and no user state is touched (the community row may be created).
+        """
+        enabled, known = await self._available_styles(await self._community(origin))
+        return known if every else enabled
 
     async def note_progress_message(self, run_id: str, message_id: str) -> None:
         """An adapter sent a ProgressMessage for a run: remember it, so later edits find it."""
@@ -166,16 +183,27 @@ class ConversationService:
             log.warning("a %s outcome for %s run %s dropped", outcome.kind, run.kind.value, run.id)
             return
         async with self._lock(run.user_id):
-            if isinstance(outcome, jobs.TrainOutcome):
-                recorded = await self._record_training(run, outcome)
-            else:
-                recorded = await self._record_generation(run, outcome)
-            if not recorded:
-                log.info("outcome for run %s already handled", run.id)
+            fresh = await self._repos.runs.get(run.id)
+            if fresh is None:
                 return
-            origin = await self._origin_of(run)
-            replies = await self._run(run.user_id, origin, JobFinished(outcome=outcome, style=run.style), None)
-        await self._notify(run, replies)
+            if fresh.status.active:
+                if isinstance(outcome, jobs.TrainOutcome):
+                    await self._record_training(fresh, outcome)
+                else:
+                    await self._record_generation(fresh, outcome)
+            elif fresh.delivered_at is not None or fresh.id in self._delivering:
+                log.info("outcome for run %s already delivered", run.id)
+                return
+            # Ended but not delivered: a retry after a failed send shows it again.
+            self._delivering.add(fresh.id)
+            origin = await self._origin_of(fresh)
+            replies = await self._run(fresh.user_id, origin, JobFinished(outcome=outcome, style=fresh.style), None)
+        try:
+            # A failure to send raises: arq retries the outcome job and the user still gets the result.
+            await self._notify(fresh, replies)
+            await self._repos.runs.mark_delivered(fresh.id)
+        finally:
+            self._delivering.discard(fresh.id)
 
     # ------------------------------------------------------------------------------ the loop
     def _lock(self, user_id: int) -> asyncio.Lock:
@@ -426,7 +454,7 @@ class ConversationService:
             style=entry.spec,
             count=count,
             candidates=max(self._candidates, count),
-            allow_nsfw=bool(community and community.nsfw_allowed),
+            allow_nsfw=bool(community and community.nsfw_allowed) and origin.age_restricted is not False,
         )
         position = await self._queue.submit(request, run.attempt)
         return RunQueued(run_id=run_id, kind="generate", queue_position=position, style=entry.spec.name, count=count)
@@ -474,6 +502,8 @@ class ConversationService:
             else:
                 outcome = jobs.GenerateOutcome(run_id=run.id, error=jobs.ErrorCode.CANCELLED)
                 await self._record_generation(run, outcome)
+            # The user hears about it in the replies to this very /cancel.
+            await self._repos.runs.mark_delivered(run.id)
             closed.append(JobFinished(outcome=outcome, style=run.style))
         return tuple(asked), closed
 
@@ -512,7 +542,7 @@ class ConversationService:
 
     # --------------------------------------------------------------------------------- outcomes
     async def _record_training(self, run: Run, outcome: jobs.TrainOutcome) -> bool:
-        """Store a training outcome; False if the run was already finished (a duplicate delivery)."""
+        """Store a training outcome; False if the run had already ended (nothing is changed)."""
         code = None if outcome.ok and outcome.lora_key else (outcome.error or jobs.ErrorCode.INTERNAL)
         if not await self._repos.runs.finish(run.id, _run_status(code), code and code.value, outcome.message):
             return False

@@ -132,6 +132,8 @@ class Run:
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    #: When the result reached the user (None: not yet, or the run is still active).
+    delivered_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -113,14 +113,10 @@ class CommunitiesRepository(Repository):
 
     async def set_results_to(self, community_id: int, results_to: ResultsTo) -> None:
         """Where /generate results go: the channel, or the member's direct messages."""
-        await self._update(
-            community_id, "UPDATE communities SET results_to = ? WHERE id = ?", (ResultsTo(results_to),)
-        )
+        await self._update(community_id, "UPDATE communities SET results_to = ? WHERE id = ?", (ResultsTo(results_to),))
 
     async def set_nsfw_allowed(self, community_id: int, allowed: bool) -> None:
-        await self._update(
-            community_id, "UPDATE communities SET nsfw_allowed = ? WHERE id = ?", (int(allowed),)
-        )
+        await self._update(community_id, "UPDATE communities SET nsfw_allowed = ? WHERE id = ?", (int(allowed),))
 
     async def add_custom_style(
         self,
@@ -176,9 +172,7 @@ class CommunitiesRepository(Repository):
         return None if previous is None else _style(previous)
 
     async def custom_style(self, community_id: int, name: str) -> CustomStyle | None:
-        row = await self._one(
-            "SELECT * FROM custom_styles WHERE community_id = ? AND name = ?", (community_id, name)
-        )
+        row = await self._one("SELECT * FROM custom_styles WHERE community_id = ? AND name = ?", (community_id, name))
         return None if row is None else _style(row)
 
     async def remove_custom_style(self, community_id: int, name: str) -> CustomStyle | None:
@@ -193,7 +187,5 @@ class CommunitiesRepository(Repository):
 
     async def custom_styles(self, community_id: int) -> list[CustomStyle]:
         """The community's own styles, by name."""
-        rows = await self._all(
-            "SELECT * FROM custom_styles WHERE community_id = ? ORDER BY name", (community_id,)
-        )
+        rows = await self._all("SELECT * FROM custom_styles WHERE community_id = ? ORDER BY name", (community_id,))
         return [_style(row) for row in rows]

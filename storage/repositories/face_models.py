@@ -55,16 +55,12 @@ class FaceModelsRepository(Repository):
 
     async def for_user(self, user_id: int) -> list[FaceModel]:
         """Every model of the user, newest version first."""
-        rows = await self._all(
-            "SELECT * FROM face_models WHERE user_id = ? ORDER BY version DESC", (user_id,)
-        )
+        rows = await self._all("SELECT * FROM face_models WHERE user_id = ? ORDER BY version DESC", (user_id,))
         return [_model(row) for row in rows]
 
     async def latest(self, user_id: int) -> FaceModel | None:
         """The newest model of the user, whatever its status."""
-        row = await self._one(
-            "SELECT * FROM face_models WHERE user_id = ? ORDER BY version DESC LIMIT 1", (user_id,)
-        )
+        row = await self._one("SELECT * FROM face_models WHERE user_id = ? ORDER BY version DESC LIMIT 1", (user_id,))
         return None if row is None else _model(row)
 
     async def latest_ready(self, user_id: int) -> FaceModel | None:
@@ -97,9 +93,7 @@ class FaceModelsRepository(Repository):
             )
         )
 
-    async def mark_failed(
-        self, model_id: int, error_code: str, status: ModelStatus = ModelStatus.FAILED
-    ) -> bool:
+    async def mark_failed(self, model_id: int, error_code: str, status: ModelStatus = ModelStatus.FAILED) -> bool:
         """End a model without a LoRA (failed or cancelled); False when it already ended."""
         status = ModelStatus(status)
         if status not in (ModelStatus.FAILED, ModelStatus.CANCELLED):

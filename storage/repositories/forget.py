@@ -77,7 +77,5 @@ async def purge_blob_deletions(db: Database, blobs: BlobStore) -> int:
             await execute(conn, "DELETE FROM blob_deletions WHERE key = ?", (key,))
         done += 1
     if failures:
-        raise StorageError(
-            f"{len(failures)} blob deletions failed and stay queued: {failures[0]}"
-        ) from failures[0]
+        raise StorageError(f"{len(failures)} blob deletions failed and stay queued: {failures[0]}") from failures[0]
     return done

@@ -46,9 +46,7 @@ class UsersRepository(Repository):
         )
         return None if row is None else _user(row)
 
-    async def get_or_create(
-        self, platform: Platform | str, platform_user_id: str, display_name: str = ""
-    ) -> User:
+    async def get_or_create(self, platform: Platform | str, platform_user_id: str, display_name: str = "") -> User:
         """The user behind a chat account, created on first contact.
 
         A non-empty ``display_name`` refreshes the one stored for this account.
@@ -99,9 +97,7 @@ class UsersRepository(Repository):
             )
             if existing is not None:
                 if existing["user_id"] != user_id:
-                    raise IdentityTaken(
-                        f"{platform} account {platform_user_id!r} is already linked to another user"
-                    )
+                    raise IdentityTaken(f"{platform} account {platform_user_id!r} is already linked to another user")
                 return _identity(existing)
             if await fetch_one(conn, "SELECT 1 FROM users WHERE id = ?", (user_id,)) is None:
                 raise NotFound(f"no user {user_id}")

@@ -115,9 +115,7 @@ class PhotosRepository(Repository):
 
     async def contains(self, set_id: int, sha256: str) -> bool:
         """Whether the set already holds an upload with this SHA-256 (check before storing a blob)."""
-        row = await self._one(
-            "SELECT 1 FROM photos WHERE set_id = ? AND sha256 = ?", (set_id, sha256.lower())
-        )
+        row = await self._one("SELECT 1 FROM photos WHERE set_id = ? AND sha256 = ?", (set_id, sha256.lower()))
         return row is not None
 
     async def photos(self, set_id: int) -> list[Photo]:
@@ -161,7 +159,5 @@ class PhotosRepository(Repository):
         """
         async with self._db.transaction() as conn:
             rows = await fetch_all(conn, "DELETE FROM photos WHERE set_id = ? RETURNING blob_key", (set_id,))
-            await execute(
-                conn, "UPDATE photo_sets SET status = ? WHERE id = ?", (PhotoSetStatus.DISCARDED, set_id)
-            )
+            await execute(conn, "UPDATE photo_sets SET status = ? WHERE id = ?", (PhotoSetStatus.DISCARDED, set_id))
         return sorted(row["blob_key"] for row in rows)

@@ -38,6 +38,7 @@ def _run(row: sqlite3.Row) -> Run:
         created_at=from_db(row["created_at"]),
         started_at=opt_from_db(row["started_at"]),
         finished_at=opt_from_db(row["finished_at"]),
+        delivered_at=opt_from_db(row["delivered_at"]),
     )
 
 
@@ -96,17 +97,14 @@ class RunsRepository(Repository):
 
     async def set_progress_message(self, run_id: str, message_id: str) -> None:
         """Remember the chat message that shows this run's progress (edited as it advances)."""
-        if not await self._write(
-            "UPDATE runs SET progress_message_id = ? WHERE id = ?", (message_id, run_id)
-        ):
+        if not await self._write("UPDATE runs SET progress_message_id = ? WHERE id = ?", (message_id, run_id)):
             raise NotFound(f"no run {run_id!r}")
 
     async def mark_running(self, run_id: str) -> bool:
         """queued → running; False when the run is not queued."""
         return bool(
             await self._write(
-                "UPDATE runs SET status = ?, started_at = coalesce(started_at, ?)"
-                " WHERE id = ? AND status = ?",
+                "UPDATE runs SET status = ?, started_at = coalesce(started_at, ?) WHERE id = ? AND status = ?",
                 (RunStatus.RUNNING, self._now(), run_id, RunStatus.QUEUED),
             )
         )
@@ -159,6 +157,15 @@ class RunsRepository(Repository):
             )
         )
 
+    async def mark_delivered(self, run_id: str) -> bool:
+        """Record that an ended run's result reached the user; False if it was already recorded."""
+        return bool(
+            await self._write(
+                f"UPDATE runs SET delivered_at = ? WHERE id = ? AND delivered_at IS NULL AND NOT {_IN_ACTIVE}",
+                (self._now(), run_id, *_ACTIVE),
+            )
+        )
+
     async def next_attempt(self, run_id: str) -> int:
         """Start another attempt of a run (after a worker crash or a failure) and return its number.
 
@@ -196,9 +203,7 @@ class RunsRepository(Repository):
 
     async def by_status(self, status: RunStatus) -> list[Run]:
         """Every run in ``status``, oldest first."""
-        rows = await self._all(
-            "SELECT * FROM runs WHERE status = ? ORDER BY created_at, rowid", (RunStatus(status),)
-        )
+        rows = await self._all("SELECT * FROM runs WHERE status = ? ORDER BY created_at, rowid", (RunStatus(status),))
         return [_run(row) for row in rows]
 
     async def queue_position(self, run_id: str) -> int | None:

@@ -37,9 +37,7 @@ class UsageRepository(Repository):
         assert row is not None
         return int(row["n"])
 
-    async def count_user(
-        self, user_id: int, day: date, community_id: int | None = None, kind: str = GENERATE
-    ) -> int:
+    async def count_user(self, user_id: int, day: date, community_id: int | None = None, kind: str = GENERATE) -> int:
         """The user's count that day in this community, or in private chats when ``community_id`` is None."""
         row = await self._one(
             "SELECT coalesce(sum(n), 0) AS n FROM usage_counters"
@@ -61,8 +59,7 @@ class UsageRepository(Repository):
     async def count_community(self, community_id: int, day: date, kind: str = GENERATE) -> int:
         """Everyone's count that day in this community."""
         row = await self._one(
-            "SELECT coalesce(sum(n), 0) AS n FROM usage_counters"
-            " WHERE community_id = ? AND day = ? AND kind = ?",
+            "SELECT coalesce(sum(n), 0) AS n FROM usage_counters WHERE community_id = ? AND day = ? AND kind = ?",
             (community_id, day.isoformat(), kind),
         )
         assert row is not None

@@ -119,8 +119,7 @@ def matches(effects: tuple[Effect, ...], expected: tuple[type[Any] | Effect, ...
     if len(effects) != len(expected):
         return False
     return all(
-        isinstance(e, want) if isinstance(want, type) else e == want
-        for e, want in zip(effects, expected, strict=True)
+        isinstance(e, want) if isinstance(want, type) else e == want for e, want in zip(effects, expected, strict=True)
     )
 
 
@@ -219,9 +218,7 @@ def test_forget_remembers_where_to_return(mode: Mode) -> None:
     assert {b.data for b in buttons_of(decision)} == {"forget:yes", "forget:no"}
 
 
-@pytest.mark.parametrize(
-    ("command", "mode"), list(itertools.product(COMMAND_EVENTS, Mode)), ids=lambda v: str(v)
-)
+@pytest.mark.parametrize(("command", "mode"), list(itertools.product(COMMAND_EVENTS, Mode)), ids=lambda v: str(v))
 def test_group_commands_never_collect_photos(command: str, mode: Mode) -> None:
     state = STATES[mode]
     decision = decide(state, COMMAND_EVENTS[command], GROUP)
@@ -307,9 +304,7 @@ TELEGRAM_PHOTO = OfferedFile("tg", 90_000, None, None, compressed=True)
         "too large (the limit is 20 mb)",
         replies=1,
     ),
-    unsupported_type=Row(
-        COLLECTING, PhotosOffered((PDF,)), BASE, _C, (), "photo 1 (cv.pdf): not a jpeg, png or webp"
-    ),
+    unsupported_type=Row(COLLECTING, PhotosOffered((PDF,)), BASE, _C, (), "photo 1 (cv.pdf): not a jpeg, png or webp"),
     all_refused_opens_no_set=Row(IDLE, PhotosOffered((HEIC,)), NO_MODEL, _I, (), "send it as a photo"),
     set_fills_up=Row(
         COLLECTING,
@@ -326,9 +321,7 @@ TELEGRAM_PHOTO = OfferedFile("tg", 90_000, None, None, compressed=True)
     compressed_photo_without_type_is_taken=Row(
         COLLECTING, PhotosOffered((TELEGRAM_PHOTO,)), BASE, _C, (SavePhotos((TELEGRAM_PHOTO,)),), None
     ),
-    photos_while_asking_go_back_to_collecting=Row(
-        ASKING, PhotosOffered((jpeg(),)), BASE, _C, (SavePhotos,), None
-    ),
+    photos_while_asking_go_back_to_collecting=Row(ASKING, PhotosOffered((jpeg(),)), BASE, _C, (SavePhotos,), None),
     photos_drop_the_forget_question=Row(CONFIRMING, PhotosOffered((jpeg(),)), BASE, _C, (SavePhotos,), None),
     empty_album=Row(IDLE, PhotosOffered(()), BASE, _I, (), None),
     group_photos_ignored=Row(IDLE, PhotosOffered((jpeg(),)), GROUP, _I, (), None),
@@ -371,9 +364,7 @@ OK = SavedPhoto("f", stored=True)
         (),
         "photo 2 (scan.png): not an image",
     ),
-    bot_side_reason=Row(
-        COLLECTING, saved(SavedPhoto("x", False, "set_full"), total=10), BASE, _C, (), "already full"
-    ),
+    bot_side_reason=Row(COLLECTING, saved(SavedPhoto("x", False, "set_full"), total=10), BASE, _C, (), "already full"),
     too_few_so_far=Row(COLLECTING, saved(OK, OK, total=2), BASE, _C, (), "send 1 more"),
     enough_says_done=Row(COLLECTING, saved(OK, total=3), BASE, _C, (), "/done"),
     full_says_done=Row(COLLECTING, saved(OK, total=10), BASE, _C, (), "the most i can use"),
@@ -397,9 +388,7 @@ def test_photos_saved(row: Row) -> None:
     subject_starts_training=Row(
         ASKING, ButtonPressed("subject", "woman"), BASE, _I, (StartTraining(Subject.WOMAN),), None
     ),
-    bad_subject_asks_again=Row(
-        ASKING, ButtonPressed("subject", "cat"), BASE, _A, (), "who is in these photos"
-    ),
+    bad_subject_asks_again=Row(ASKING, ButtonPressed("subject", "cat"), BASE, _A, (), "who is in these photos"),
     subject_after_the_fact=Row(IDLE, ButtonPressed("subject", "man"), BASE, _I, (), "expired"),
     subject_after_forget_question=Row(
         UserState(Mode.CONFIRMING_FORGET, resume=Mode.ASKING_SUBJECT),
@@ -438,9 +427,7 @@ def test_photos_saved(row: Row) -> None:
         (),
         "training: running, 45%\nportraits (studio): waiting, number 3 in line",
     ),
-    status_quota=Row(
-        IDLE, Command("status"), replace(BASE, user_quota=5, generations_today=2), _I, (), "2 of 5"
-    ),
+    status_quota=Row(IDLE, Command("status"), replace(BASE, user_quota=5, generations_today=2), _I, (), "2 of 5"),
     styles_hint_for_admins=Row(IDLE, Command("styles"), ADMIN_HERE, _I, (), "/admin styles"),
     styles_no_hint_for_members=Row(IDLE, Command("styles"), GROUP, _I, (), "suit and tie", not_says="/admin"),
     text_while_collecting=Row(COLLECTING, TextMessage("hi"), BASE, _C, (), "5 of 10 so far"),
@@ -460,12 +447,8 @@ def test_subject_buttons_offer_every_subject() -> None:
 
 # ------------------------------------------------------------------------------------------ generate
 @rows(
-    style_and_count=Row(
-        IDLE, Command("generate", ("studio", "3")), BASE, _I, (StartGeneration("studio", 3),), None
-    ),
-    default_count=Row(
-        IDLE, Command("generate", ("Studio",)), BASE, _I, (StartGeneration("studio", 4),), None
-    ),
+    style_and_count=Row(IDLE, Command("generate", ("studio", "3")), BASE, _I, (StartGeneration("studio", 3),), None),
+    default_count=Row(IDLE, Command("generate", ("Studio",)), BASE, _I, (StartGeneration("studio", 4),), None),
     spaced_style_name=Row(
         IDLE,
         Command("generate", ("business", "suit", "2")),
@@ -478,9 +461,7 @@ def test_subject_buttons_offer_every_subject() -> None:
     count_zero=Row(IDLE, Command("generate", ("studio", "0")), BASE, _I, (), "from 1 to 4"),
     count_not_a_number=Row(IDLE, Command("generate", ("studio", "many")), BASE, _I, (), "from 1 to 4"),
     no_style_asks=Row(IDLE, Command("generate"), BASE, _I, (), "pick a style"),
-    count_only_asks_and_says_so=Row(
-        IDLE, Command("generate", ("2",)), BASE, _I, (), "the buttons make 4; for 2"
-    ),
+    count_only_asks_and_says_so=Row(IDLE, Command("generate", ("2",)), BASE, _I, (), "the buttons make 4; for 2"),
     count_only_out_of_range=Row(IDLE, Command("generate", ("7",)), BASE, _I, (), "from 1 to 4"),
     disabled_style=Row(IDLE, Command("generate", ("vintage",)), BASE, _I, (), "switched off here"),
     unknown_style_lists_enabled=Row(
@@ -494,9 +475,7 @@ def test_subject_buttons_offer_every_subject() -> None:
     no_styles_at_all=Row(IDLE, Command("generate"), replace(BASE, styles=()), _I, (), "no styles"),
     still_training=Row(IDLE, Command("generate", ("studio",)), TRAINING, _I, (), "still training"),
     no_model=Row(IDLE, Command("generate", ("studio",)), NO_MODEL, _I, (), "/train"),
-    failed_model=Row(
-        IDLE, Command("generate"), replace(NO_MODEL, model=ModelState.FAILED), _I, (), "didn't work"
-    ),
+    failed_model=Row(IDLE, Command("generate"), replace(NO_MODEL, model=ModelState.FAILED), _I, (), "didn't work"),
     ready_model_while_retraining=Row(
         IDLE,
         Command("generate", ("studio",)),
@@ -529,9 +508,7 @@ def test_subject_buttons_offer_every_subject() -> None:
         (StartGeneration,),
         None,
     ),
-    unlimited=Row(
-        IDLE, Command("generate", ("studio",)), replace(BASE, generations_today=999), _I, _GEN, None
-    ),
+    unlimited=Row(IDLE, Command("generate", ("studio",)), replace(BASE, generations_today=999), _I, _GEN, None),
     in_a_group=Row(IDLE, Command("generate", ("studio",)), GROUP, _I, (StartGeneration("studio", 4),), None),
     style_button=Row(
         IDLE, ButtonPressed("style", "business_suit"), BASE, _I, (StartGeneration("business_suit", 4),), None
@@ -624,9 +601,7 @@ TOO_FEW = train_outcome(
 
 
 @rows(
-    model_ready=Row(
-        IDLE, JobFinished(train_outcome(lora_key="runs/x/lora.safetensors")), BASE, _I, (), "ready"
-    ),
+    model_ready=Row(IDLE, JobFinished(train_outcome(lora_key="runs/x/lora.safetensors")), BASE, _I, (), "ready"),
     too_few_photos=Row(
         IDLE,
         JobFinished(TOO_FEW),
@@ -743,9 +718,7 @@ def test_generation_failure_is_not_charged(code: ErrorCode) -> None:
 
 def test_ready_model_offers_styles() -> None:
     many = tuple(StyleInfo(f"s{i}") for i in range(11))
-    decision = decide(
-        IDLE, JobFinished(train_outcome(lora_key="k/l.safetensors")), replace(BASE, styles=many)
-    )
+    decision = decide(IDLE, JobFinished(train_outcome(lora_key="k/l.safetensors")), replace(BASE, styles=many))
     assert len(buttons_of(decision)) == MAX_STYLE_BUTTONS
     assert all(b.action == "style" for b in buttons_of(decision))
     assert "/generate" in text_of(decision)
@@ -774,12 +747,8 @@ LORA = OfferedFile("lora", 5_000_000, "application/octet-stream", "noir.safetens
     unknown_subcommand=Row(IDLE, admin("frob"), ADMIN_HERE, _I, (), "admin commands"),
     list_styles=Row(IDLE, admin("styles"), ADMIN_HERE, _I, (), "vintage: off"),
     list_styles_on=Row(IDLE, admin("styles"), ADMIN_HERE, _I, (), "studio: on"),
-    enable=Row(
-        IDLE, admin("enable", "vintage"), ADMIN_HERE, _I, (SetStyleEnabled("vintage", True),), "now on"
-    ),
-    disable=Row(
-        IDLE, admin("disable", "Studio"), ADMIN_HERE, _I, (SetStyleEnabled("studio", False),), "now off"
-    ),
+    enable=Row(IDLE, admin("enable", "vintage"), ADMIN_HERE, _I, (SetStyleEnabled("vintage", True),), "now on"),
+    disable=Row(IDLE, admin("disable", "Studio"), ADMIN_HERE, _I, (SetStyleEnabled("studio", False),), "now off"),
     enable_unknown=Row(IDLE, admin("enable", "nope"), ADMIN_HERE, _I, (), 'no style "nope"'),
     enable_without_name=Row(IDLE, admin("enable"), ADMIN_HERE, _I, (), "usage: /admin enable"),
     addstyle=Row(
@@ -805,9 +774,7 @@ LORA = OfferedFile("lora", 5_000_000, "application/octet-stream", "noir.safetens
         (AddStyle("noir", "dark", LORA),),
         None,
     ),
-    addstyle_bad_name=Row(
-        IDLE, admin("addstyle", "film/noir", "dark"), ADMIN_HERE, _I, (), "1-32 characters"
-    ),
+    addstyle_bad_name=Row(IDLE, admin("addstyle", "film/noir", "dark"), ADMIN_HERE, _I, (), "1-32 characters"),
     addstyle_long_name=Row(IDLE, admin("addstyle", "n" * 33, "dark"), ADMIN_HERE, _I, (), "1-32 characters"),
     addstyle_no_prompt=Row(IDLE, admin("addstyle", "noir"), ADMIN_HERE, _I, (), "needs a prompt"),
     addstyle_no_name=Row(IDLE, admin("addstyle"), ADMIN_HERE, _I, (), "usage: /admin addstyle"),
@@ -832,12 +799,8 @@ LORA = OfferedFile("lora", 5_000_000, "application/octet-stream", "noir.safetens
     removestyle=Row(IDLE, admin("removestyle", "noir"), ADMIN_HERE, _I, (RemoveStyle("noir"),), "removed"),
     removestyle_builtin=Row(IDLE, admin("removestyle", "studio"), ADMIN_HERE, _I, (), "built in"),
     removestyle_unknown=Row(IDLE, admin("removestyle", "nope"), ADMIN_HERE, _I, (), 'no style "nope"'),
-    quota_user=Row(
-        IDLE, admin("quota", "user", "5"), ADMIN_HERE, _I, (SetQuota("user", 5),), "5 portrait runs"
-    ),
-    quota_group_off=Row(
-        IDLE, admin("quota", "group", "off"), ADMIN_HERE, _I, (SetQuota("group", None),), "no daily"
-    ),
+    quota_user=Row(IDLE, admin("quota", "user", "5"), ADMIN_HERE, _I, (SetQuota("user", 5),), "5 portrait runs"),
+    quota_group_off=Row(IDLE, admin("quota", "group", "off"), ADMIN_HERE, _I, (SetQuota("group", None),), "no daily"),
     quota_negative=Row(IDLE, admin("quota", "user", "-1"), ADMIN_HERE, _I, (), "usage: /admin quota"),
     quota_bad_scope=Row(IDLE, admin("quota", "world", "3"), ADMIN_HERE, _I, (), "usage: /admin quota"),
     results_direct=Row(
@@ -904,11 +867,7 @@ EVENTS: list[Event] = [
     PhotosOffered((jpeg(), HEIC, HUGE, PDF)),
     PhotosOffered(()),
     saved(OK, SavedPhoto("x", False, None), total=3),
-    *(
-        ButtonPressed(action, value)
-        for action in BUTTONS
-        for value in ("", "yes", "no", "woman", "studio", LONG)
-    ),
+    *(ButtonPressed(action, value) for action in BUTTONS for value in ("", "yes", "no", "woman", "studio", LONG)),
     TextMessage("hi"),
     RunQueued(RUN, "train"),
     RunQueued(GEN, "generate", 2, LONG, 4),

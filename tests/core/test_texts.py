@@ -89,9 +89,7 @@ def test_every_text_is_used() -> None:
     }
     assert used <= PUBLIC, used - PUBLIC
     texts_tree = ast.parse(Path(inspect.getfile(texts)).read_text())
-    bodies = {
-        node.name: _referenced_names(node) for node in texts_tree.body if isinstance(node, ast.FunctionDef)
-    }
+    bodies = {node.name: _referenced_names(node) for node in texts_tree.body if isinstance(node, ast.FunctionDef)}
     reachable, frontier = set(used), list(used)
     while frontier:
         for name in bodies[frontier.pop()] & set(FUNCTIONS):

@@ -26,7 +26,8 @@ from bot.queue import ArqJobQueue, build_outcome_worker, create_redis
 from bot.service import ConversationService, Origin, StyleEntry
 from pipeline import jobs
 from pipeline.config import WorkerSettings
-from pipeline.worker import StageControl, run_worker
+from pipeline.control import StageControl
+from pipeline.worker import run_worker
 from storage.blobs import BlobStore
 from storage.db import open_database
 from storage.models import Delivery, ModelStatus, Platform, RunStatus
@@ -280,3 +281,30 @@ async def test_a_stage_over_its_timeout_is_stopped_and_reported(bench: Bench) ->
     assert run.error_code == jobs.ErrorCode.TIMEOUT.value
     told = [r for _, r in bench.notifier.sent if isinstance(r, Text)]
     assert told, "the user hears that training failed"
+
+
+@dataclass
+class FlakyNotifier(RecordingNotifier):
+    """The chat platform is down for the first ``failures`` sends."""
+
+    failures: int = 1
+
+    async def deliver(self, delivery: Delivery, replies: Sequence[Reply]) -> Mapping[str, str]:
+        if self.failures > 0:
+            self.failures -= 1
+            raise ConnectionError("platform unreachable")
+        return await super().deliver(delivery, replies)
+
+
+async def test_a_result_that_could_not_be_sent_is_sent_when_the_platform_is_back(bench: Bench) -> None:
+    flaky = FlakyNotifier(failures=1)
+    bench.service.register_notifier(Platform.TELEGRAM, flaky)
+    run_id = await bench.train_alice()
+    await bench.work()
+    # The outcome worker's first send fails; arq runs the job again a few seconds later.
+    await bench.deliver()
+    assert flaky.failures == 0
+    finals = [r for _, r in flaky.sent if isinstance(r, EditProgress) and r.final]
+    assert len(finals) == 1, "delivered once, after the platform came back"
+    run = await bench.repos.runs.get(run_id)
+    assert run is not None and run.delivered_at is not None

@@ -93,9 +93,7 @@ async def populate(repos: Repositories, blobs: BlobStore, name: str, community_i
     return person
 
 
-async def _put_photo(
-    repos: Repositories, blobs: BlobStore, user_id: int, set_id: int, name: str, seed: int
-) -> Any:
+async def _put_photo(repos: Repositories, blobs: BlobStore, user_id: int, set_id: int, name: str, seed: int) -> Any:
     stored = blobs.put_photo(photo_key(user_id, name), jpeg(seed))
     photo = await repos.photos.add_photo(
         set_id,

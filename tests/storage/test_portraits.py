@@ -19,9 +19,7 @@ async def test_portraits_per_run_and_per_user(repos: Repositories, clock: FakeCl
 
     recorded_at = clock.now
     first = await repos.portraits.add("gen_00000001", ada.id, "runs/gen_00000001/0.png", 11, 0.81, "noir")
-    second = await repos.portraits.add(
-        "gen_00000001", ada.id, "runs/gen_00000001/1.png", 2**63 - 1, None, "noir"
-    )
+    second = await repos.portraits.add("gen_00000001", ada.id, "runs/gen_00000001/1.png", 2**63 - 1, None, "noir")
     clock.advance(minutes=1)
     third = await repos.portraits.add("gen_00000002", ada.id, "runs/gen_00000002/0.png", 7, 0.5, "anime")
     await repos.portraits.add("gen_00000003", bob.id, "runs/gen_00000003/0.png", 1, 0.9, "noir")
@@ -38,9 +36,7 @@ async def test_a_redelivered_portrait_is_recorded_once(repos: Repositories) -> N
     await repos.runs.create("gen_00000001", ada.id, RunKind.GENERATE, TG)
     await repos.runs.create("gen_00000002", ada.id, RunKind.GENERATE, TG)
     first = await repos.portraits.add("gen_00000001", ada.id, "runs/gen_00000001/0.png", 11, 0.8, "noir")
-    assert (
-        await repos.portraits.add("gen_00000001", ada.id, "runs/gen_00000001/0.png", 11, 0.8, "noir") == first
-    )
+    assert await repos.portraits.add("gen_00000001", ada.id, "runs/gen_00000001/0.png", 11, 0.8, "noir") == first
     assert len(await repos.portraits.for_run("gen_00000001")) == 1
     with pytest.raises(Conflict):
         await repos.portraits.add("gen_00000002", ada.id, "runs/gen_00000001/0.png", 11, 0.8, "noir")

@@ -161,9 +161,7 @@ def test_pixel_limit_is_configurable(blobs: BlobStore) -> None:
     with pytest.raises(NotAnImage, match="too large"):
         small.put_photo("users/1/photos/a.jpg", encode(two_tone(40, 20), "PNG"))
     assert (
-        BlobStore(blobs.root, max_pixels=800)
-        .put_photo("users/1/photos/a.jpg", encode(two_tone(40, 20), "PNG"))
-        .key
+        BlobStore(blobs.root, max_pixels=800).put_photo("users/1/photos/a.jpg", encode(two_tone(40, 20), "PNG")).key
         == "users/1/photos/a.png"
     )
 

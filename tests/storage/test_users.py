@@ -61,9 +61,7 @@ async def test_linking_an_account_of_another_user_is_refused(repos: Repositories
 
 
 async def test_concurrent_first_contacts_share_the_connection_safely(repos: Repositories) -> None:
-    users = await asyncio.gather(
-        *(repos.users.get_or_create(Platform.TELEGRAM, str(n % 10)) for n in range(40))
-    )
+    users = await asyncio.gather(*(repos.users.get_or_create(Platform.TELEGRAM, str(n % 10)) for n in range(40)))
     assert len({u.id for u in users}) == 10
     for n, user in enumerate(users):
         assert user == users[n % 10]
