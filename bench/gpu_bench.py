@@ -98,7 +98,7 @@ def main() -> None:
             torch.cuda.synchronize()
 
     def peak() -> float:
-        return peak() if cuda else 0.0
+        return round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else 0.0
 
     def reset_peak() -> None:
         if cuda:

@@ -60,8 +60,8 @@ class WorkerSettings(BaseSettings):
     lora_alpha: float = Field(default=4.0, gt=0)
     learning_rate: float = Field(default=1.5e-4, gt=0)
     lr_scheduler: str = "cosine"
-    steps_per_photo: int = Field(default=200, ge=1)
-    max_train_steps: int = Field(default=800, ge=1)
+    steps_per_photo: int = Field(default=200, ge=1, description="Training samples per photo.")
+    max_train_steps: int = Field(default=800, ge=1, description="Cap on training samples (= steps at batch 1).")
     train_batch_size: int = Field(default=1, ge=1, le=64)
     train_seed: int = 42
     init_face_lora: str | None = Field(default=None, description="Generic face LoRA to start from.")
@@ -75,6 +75,9 @@ class WorkerSettings(BaseSettings):
     nsfw_check: bool = True
     nsfw_threshold: float = Field(default=0.5, ge=0.0, le=1.0)
     face_fusion: bool = Field(default=False, description="Fuse the template face (ModelScope model).")
+    fuse_loras: bool = Field(
+        default=True, description="Fuse style and face LoRA into the UNet for a job (faster steps; exact restore)."
+    )
 
     @property
     def blob_dir(self) -> Path:

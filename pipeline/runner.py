@@ -55,7 +55,7 @@ class PipelineRunner:
         self.generator: PortraitGenerator | None = None
         self.train_pipe = None
         if "generate" in settings.queues:
-            self.generator = PortraitGenerator.load(settings)
+            self.generator = PortraitGenerator.load(settings, fuse=settings.fuse_loras)
         if "train" in settings.queues:
             self.train_pipe = load_base_pipeline(settings, self.device, pick_dtype(settings, self.device, "train"))
         self._train_lock = threading.Lock()
@@ -70,7 +70,7 @@ class PipelineRunner:
 
         def photo_progress(done: int, total: int) -> None:
             control.check()
-            control.report(jobs.Stage.PREPARING, done / max(total, 1), f"{done}/{total} photos")
+            control.report(jobs.Stage.PREPARING, done / max(total, 1), f"{done} of {total} photos checked")
 
         photos = [(key, self.blobs.get_bytes(key)) for key in request.photo_keys]
         prepared = preprocess_photos(
@@ -80,6 +80,7 @@ class PipelineRunner:
             jobs.PhotoRejection(photo_key=r.key, reason=r.reason, detail=r.detail) for r in prepared.rejections
         ]
         used = [k.key for k in prepared.kept]
+        control.report(jobs.Stage.PREPARING, 1.0, f"{len(used)} of {len(photos)} photos usable")
         if len(prepared.kept) < request.min_photos:
             return jobs.TrainOutcome(
                 run_id=request.run_id,

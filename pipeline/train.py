@@ -96,9 +96,17 @@ class TrainArgs:
     adam_epsilon: float = 1e-8
     target_modules: tuple[str, ...] = field(default=LORA_TARGETS)
 
-    def total_steps(self, photos: int) -> int:
-        """FaceChain's budget: ``steps_per_photo`` × photos, capped at ``max_train_steps``."""
+    def total_samples(self, photos: int) -> int:
+        """FaceChain's budget in samples: ``steps_per_photo`` × photos, capped at ``max_train_steps``.
+
+        FaceChain trains at batch 1, where a step is a sample; the budget stays in samples at any batch
+        size, so a larger batch does the same work in fewer, larger steps.
+        """
         return max(1, min(self.steps_per_photo * photos, self.max_train_steps))
+
+    def total_steps(self, photos: int) -> int:
+        """Optimizer steps: the sample budget divided by the batch size (rounded up)."""
+        return -(-self.total_samples(photos) // self.train_batch_size)
 
     @classmethod
     def from_settings(cls, settings: WorkerSettings, **overrides: Any) -> TrainArgs:

@@ -502,7 +502,7 @@ def _on_run_queued(state: UserState, event: RunQueued, facts: Facts) -> Decision
 
 def _on_job_progress(state: UserState, event: JobProgress, facts: Facts) -> Decision:
     note = event.progress
-    text = texts.progress(note.stage, note.fraction, event.queue_position)
+    text = texts.progress(note.stage, note.fraction, event.queue_position, note.message)
     return Decision(state, (EditProgress(note.run_id, text),))
 
 

@@ -307,13 +307,15 @@ def progress_bar(fraction: float, width: int = 10) -> str:
     return f"{'▓' * filled}{'░' * (width - filled)} {round(fraction * 100)}%"
 
 
-def progress(stage: Stage, fraction: float, position: int | None) -> str:
-    """The live text of a progress message."""
+def progress(stage: Stage, fraction: float, position: int | None, detail: str = "") -> str:
+    """The live text of a progress message; ``detail`` is the worker's note (e.g. photos usable)."""
     if stage is Stage.QUEUED:
         return f"Waiting ({queue_place(position)})…"
     if stage in (Stage.TRAINING, Stage.GENERATING):
-        return f"{_STAGES[stage]}…\n{progress_bar(fraction)}"
-    return f"{_STAGES[stage]}…"
+        text = f"{_STAGES[stage]}…\n{progress_bar(fraction)}"
+    else:
+        text = f"{_STAGES[stage]}…"
+    return f"{text}\n{detail}" if detail and stage is Stage.PREPARING else text
 
 
 def cancelling(count: int) -> str:

@@ -39,8 +39,8 @@ class DiscordNotifier:
         try:
             await asyncio.wait_for(self._logged_in.wait(), READY_WAIT_S)
         except TimeoutError:
-            log.warning("Discord client not logged in; %d replies dropped", len(replies))
-            return {}
+            # Raising makes the service's caller retry later (an outcome job is run again by arq).
+            raise ConnectionError(f"Discord client not logged in; {len(replies)} replies not sent") from None
         channel_id = await self._channel(delivery.chat_id)
         if channel_id is None:
             return {}

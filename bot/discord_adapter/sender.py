@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import re
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -64,10 +65,19 @@ class MessageRef:
         return None
 
 
+#: The core names the admin command /admin; on Discord it is the /facechain-admin group.
+_ADMIN_COMMAND = re.compile(r"(?<![\w/-])/admin\b")
+
+
+def discord_idiom(text: str) -> str:
+    """The core's text with its command names as Discord users type them."""
+    return _ADMIN_COMMAND.sub("/facechain-admin", text)
+
+
 def split_text(text: str, limit: int = MAX_TEXT) -> list[str]:
-    """Pieces Discord accepts, cut at line breaks where possible."""
+    """Pieces Discord accepts (in Discord's command names), cut at line breaks where possible."""
     pieces: list[str] = []
-    rest = text or "…"
+    rest = discord_idiom(text) or "…"
     while len(rest) > limit:
         cut = rest.rfind("\n", 0, limit)
         if cut <= 0:

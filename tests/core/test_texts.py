@@ -113,3 +113,10 @@ def test_progress_bar() -> None:
     assert texts.progress_bar(0.0) == "░░░░░░░░░░ 0%"
     assert texts.progress_bar(0.42) == "▓▓▓▓░░░░░░ 42%"
     assert texts.progress_bar(1.5) == "▓▓▓▓▓▓▓▓▓▓ 100%"
+
+
+def test_the_preparing_progress_shows_the_workers_note_about_usable_photos() -> None:
+    from pipeline.jobs import Stage
+
+    assert "4 of 5 photos usable" in texts.progress(Stage.PREPARING, 1.0, None, "4 of 5 photos usable")
+    assert "usable" not in texts.progress(Stage.TRAINING, 0.5, None, "4 of 5 photos usable")

@@ -16,6 +16,7 @@ from bot.core import texts
 from bot.core.replies import Button, Photos
 from bot.discord_adapter import FacechainClient, intents
 from bot.discord_adapter.app import discord_endpoints, run_sync_command
+from bot.discord_adapter.sender import discord_idiom
 from storage.blobs import BlobStore
 from tests.discord.fake_discord import ANSWER_DEADLINE_S, TOKEN, FakeDiscord, Interaction, Message, User
 from tests.discord.harness import Stack, bot_settings, jpeg
@@ -88,7 +89,8 @@ async def test_a_member_without_manage_server_is_refused(scripted: Stack) -> Non
     member = fake.user("max")
     attempt = await fake.slash(member, "facechain-admin", fake.general, sub="enable", style="superhero")
     refusal = await _reply(fake, attempt)
-    assert refusal.content == texts.admin_only()
+    assert refusal.content == discord_idiom(texts.admin_only())
+    assert "/facechain-admin" in refusal.content
     assert refusal.ephemeral, "only the member sees the refusal"
     styles = await fake.slash(member, "styles", fake.general)
     listing = await _reply(fake, styles)

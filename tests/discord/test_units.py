@@ -157,3 +157,10 @@ def test_the_invite_link_asks_for_the_bot_and_its_commands() -> None:
     url = invite_url(1234)
     assert "client_id=1234" in url and "scope=bot+applications.commands" in url
     assert "permissions=" in url
+
+
+def test_the_core_admin_command_is_shown_as_the_discord_command_group() -> None:
+    from bot.discord_adapter.sender import split_text
+
+    [text] = split_text("Usage: /admin enable <style>; see /admin styles. Not /administer, not a/admin.")
+    assert text == "Usage: /facechain-admin enable <style>; see /facechain-admin styles. Not /administer, not a/admin."

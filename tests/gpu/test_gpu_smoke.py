@@ -16,9 +16,13 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+cv2 = pytest.importorskip("cv2")
+
 pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+    # The face stack needs OpenCV 4 (pyproject pins it); a GPU image with OpenCV 5 cannot run it.
+    pytest.mark.skipif(not cv2.__version__.startswith("4."), reason="the face backend needs OpenCV 4"),
 ]
 
 

@@ -210,3 +210,10 @@ def test_out_of_memory_becomes_a_typed_error_and_leaves_the_unet_clean(
     assert caught.value.__cause__ is None and caught.value.__context__ is None  # the traceback is let go
     monkeypatch.undo()
     _assert_clean(tiny_pipe)
+
+
+@pytest.mark.parametrize(("batch", "steps"), [(1, 800), (8, 100), (3, 267)])
+def test_a_larger_batch_does_the_same_samples_in_fewer_steps(batch: int, steps: int) -> None:
+    args = TrainArgs(train_batch_size=batch)
+    assert args.total_samples(5) == 800
+    assert args.total_steps(5) == steps
