@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import aiohttp
 import discord
 
+from bot.core.formatting import split_message
 from bot.core.replies import Button, EditProgress, Photos, ProgressMessage, Reply, Text
 from bot.discord_adapter.media import CannotFit, Upload, fit_upload
 from bot.discord_adapter.throttle import EDIT_INTERVAL_S, EditThrottle
@@ -76,16 +77,7 @@ def discord_idiom(text: str) -> str:
 
 def split_text(text: str, limit: int = MAX_TEXT) -> list[str]:
     """Pieces Discord accepts (in Discord's command names), cut at line breaks where possible."""
-    pieces: list[str] = []
-    rest = discord_idiom(text) or "…"
-    while len(rest) > limit:
-        cut = rest.rfind("\n", 0, limit)
-        if cut <= 0:
-            cut = limit
-        pieces.append(rest[:cut])
-        rest = rest[cut:].lstrip("\n")
-    pieces.append(rest)
-    return pieces
+    return split_message(discord_idiom(text), limit)
 
 
 class ChannelSender:

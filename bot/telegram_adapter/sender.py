@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 from telegram import Bot, InlineKeyboardButton, InlineKeyboardMarkup, InputMediaPhoto, Message, ReplyParameters
 from telegram.error import BadRequest, Forbidden, TelegramError
 
+from bot.core.formatting import split_message
 from bot.core.replies import Button, EditProgress, Photos, ProgressMessage, Reply, Text
 from bot.telegram_adapter.retry import with_retries
 from bot.telegram_adapter.throttle import EDIT_INTERVAL_S, EditThrottle
@@ -62,16 +63,7 @@ def keyboard(buttons: Sequence[Button]) -> InlineKeyboardMarkup | None:
 
 def split_text(text: str, limit: int = MAX_TEXT) -> list[str]:
     """Text in pieces Telegram accepts, cut at line breaks where possible."""
-    pieces: list[str] = []
-    rest = text or " "
-    while len(rest) > limit:
-        cut = rest.rfind("\n", 0, limit)
-        if cut <= 0:
-            cut = limit
-        pieces.append(rest[:cut])
-        rest = rest[cut:].lstrip("\n")
-    pieces.append(rest)
-    return pieces
+    return split_message(text, limit, empty=" ")
 
 
 @dataclass(frozen=True, slots=True)
