@@ -159,8 +159,7 @@ class ConversationService:
         run = await self._repos.runs.get(note.run_id)
         if run is None or not run.status.active:
             return
-        if run.status is RunStatus.QUEUED:
-            await self._repos.runs.mark_running(run.id)
+        # Also moves a queued run to running: the first note means a worker took it.
         await self._repos.runs.update_progress(run.id, note.stage.value, note.fraction)
         async with self._lock(run.user_id):
             origin = await self._origin_of(run)

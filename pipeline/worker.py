@@ -17,7 +17,7 @@ import threading
 import time
 from typing import Any, Protocol
 
-from arq.connections import ArqRedis, RedisSettings, create_pool
+from arq.connections import ArqRedis, RedisSettings
 from arq.worker import Worker, func
 from pydantic import ValidationError
 
@@ -228,11 +228,6 @@ def redis_settings(url: str) -> RedisSettings:
     return RedisSettings.from_dsn(url)
 
 
-async def create_redis(url: str) -> ArqRedis:
-    """An arq Redis pool that speaks the contract's JSON instead of pickle."""
-    return await create_pool(redis_settings(url), job_serializer=jobs.serialize, job_deserializer=jobs.deserialize)
-
-
 def build_workers(
     settings: WorkerSettings,
     ctx: dict[str, Any],
@@ -279,18 +274,17 @@ def build_workers(
 
 
 async def run_worker(settings: WorkerSettings, *, burst: bool = False, ctx: dict[str, Any] | None = None) -> None:
-    """Run the worker until cancelled (or, in burst mode, until its queues are empty)."""
-    redis = await create_redis(str(settings.redis_url))
+    """Run the worker until cancelled (or, in burst mode, until its queues are empty).
+
+    Models load once (``on_startup``) before any queue is read; each arq worker then opens its own
+    Redis pool (speaking the contract's JSON) and puts it in its copy of ``ctx`` as ``redis``.
+    """
     context: dict[str, Any] = dict(ctx or {})
     context["settings"] = settings
-    context["redis"] = redis
+    await on_startup(context)
+    workers = build_workers(settings, context, burst=burst)
     try:
-        await on_startup(context)
-        workers = build_workers(settings, context, burst=burst)
-        try:
-            await asyncio.gather(*(w.async_run() for w in workers))
-        finally:
-            for w in workers:
-                await w.close()
+        await asyncio.gather(*(w.async_run() for w in workers))
     finally:
-        await redis.aclose()
+        for w in workers:
+            await w.close()
