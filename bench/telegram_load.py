@@ -53,6 +53,7 @@ import sys
 import tempfile
 import threading
 import time
+import types
 from collections import Counter, defaultdict
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
@@ -399,6 +400,8 @@ EXPERIMENTS = {
     "switch-interval": "sys.setswitchinterval(0.0005): threads get the GIL back 10x sooner than the 5 ms default",
     "inline-sqlite": "aiosqlite runs each statement on the event loop's thread instead of handing it to its own",
     "http-pool-16": "PTB's Bot API connection pool holds 16 connections (default 256), pool timeout 30 s",
+    "sniffio": "a stand-in sniffio module: httpcore stops retrying a failed `import sniffio` on every request",
+    "aiohttp-request": "PTB talks HTTP through aiohttp instead of httpx (a BaseRequest written here)",
 }
 
 
@@ -422,6 +425,22 @@ def apply_experiments(names: Sequence[str]) -> None:
 
         aiosqlite.connect = connect_any_thread  # type: ignore[assignment]
         aiosqlite.core.Connection._execute = execute_inline  # type: ignore[method-assign]
+    if "sniffio" in names and "sniffio" not in sys.modules:
+        stub = types.ModuleType("sniffio")
+        stub.AsyncLibraryNotFoundError = type("AsyncLibraryNotFoundError", (RuntimeError,), {})  # type: ignore[attr-defined]
+        stub.current_async_library_cvar = contextvars.ContextVar("sniffio_library", default=None)  # type: ignore[attr-defined]
+        stub.current_async_library = lambda: "asyncio"  # type: ignore[attr-defined]
+        sys.modules["sniffio"] = stub
+    if "aiohttp-request" in names:
+        from telegram.ext import ApplicationBuilder
+
+        build = ApplicationBuilder.build
+
+        def build_on_aiohttp(self: Any) -> Any:
+            self.request(aiohttp_request(256)).get_updates_request(aiohttp_request(1))
+            return build(self)
+
+        ApplicationBuilder.build = build_on_aiohttp  # type: ignore[method-assign]
     if "http-pool-16" in names:
         from telegram.request import HTTPXRequest
 
@@ -434,6 +453,74 @@ def apply_experiments(names: Sequence[str]) -> None:
             init(self, *args, **kwargs)
 
         HTTPXRequest.__init__ = small_pool  # type: ignore[method-assign]
+
+
+def aiohttp_request(pool_size: int) -> Any:
+    """A PTB ``BaseRequest`` on aiohttp (for the ``aiohttp-request`` experiment; built in the bot process)."""
+    import aiohttp
+    from telegram.error import NetworkError, TimedOut
+    from telegram.request import BaseRequest, RequestData
+
+    default_read_s = 5.0
+
+    def seconds(value: object, default: float | None) -> float | None:
+        return float(value) if isinstance(value, int | float) else default
+
+    class AiohttpRequest(BaseRequest):
+        def __init__(self) -> None:
+            self._session: aiohttp.ClientSession | None = None
+
+        @property
+        def read_timeout(self) -> float | None:
+            return default_read_s
+
+        async def initialize(self) -> None:
+            if self._session is None or self._session.closed:
+                self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=pool_size))
+
+        async def shutdown(self) -> None:
+            if self._session is not None:
+                await self._session.close()
+
+        async def do_request(
+            self,
+            url: str,
+            method: str,
+            request_data: RequestData | None = None,
+            read_timeout: Any = BaseRequest.DEFAULT_NONE,
+            write_timeout: Any = BaseRequest.DEFAULT_NONE,
+            connect_timeout: Any = BaseRequest.DEFAULT_NONE,
+            pool_timeout: Any = BaseRequest.DEFAULT_NONE,
+        ) -> tuple[int, bytes]:
+            if self._session is None:
+                raise RuntimeError("AiohttpRequest is not initialized")
+            body: Any = None
+            if request_data is not None:
+                fields = request_data.json_parameters
+                files = request_data.multipart_data
+                if files:
+                    form = aiohttp.FormData()
+                    for name, value in fields.items():
+                        form.add_field(name, value)
+                    for name, (filename, content, mime) in files.items():
+                        form.add_field(name, content, filename=filename, content_type=mime)
+                    body = form
+                else:
+                    body = fields
+            timeout = aiohttp.ClientTimeout(
+                sock_read=seconds(read_timeout, default_read_s),
+                sock_connect=seconds(connect_timeout, 5.0),
+                connect=seconds(pool_timeout, 1.0),
+            )
+            try:
+                async with self._session.request(method, url, data=body, timeout=timeout) as response:
+                    return response.status, await response.read()
+            except TimeoutError as exc:
+                raise TimedOut from exc
+            except aiohttp.ClientError as exc:
+                raise NetworkError(f"aiohttp.{type(exc).__name__}: {exc}") from exc
+
+    return AiohttpRequest()
 
 
 def bot_process(config: ChildConfig) -> None:

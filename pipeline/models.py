@@ -278,6 +278,9 @@ def default_model_names(settings: WorkerSettings) -> list[str]:
     for style in load_styles(settings).values():
         if style.lora is not None and parse_hub_ref(style.lora) is not None:
             names.append(style.lora)
+    from pipeline.optional_models import OPTIONAL_MODELS
+
+    names += [f"modelscope:{spec.model_id}" for spec in OPTIONAL_MODELS if getattr(settings, spec.setting)]
     return list(dict.fromkeys(names))
 
 

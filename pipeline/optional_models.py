@@ -53,7 +53,8 @@ class OptionalModel:
 HUMAN_PARSING = OptionalModel("human_parsing", "damo/cv_resnet101_image-multiple-human-parsing", "image-segmentation")
 SKIN_RETOUCH = OptionalModel("skin_retouch", "damo/cv_unet_skin-retouching", "skin-retouching")
 FACE_QUALITY = OptionalModel("face_quality", "damo/cv_manual_face-quality-assessment_fqa", "face-quality-assessment")
-OPTIONAL_MODELS: tuple[OptionalModel, ...] = (HUMAN_PARSING, SKIN_RETOUCH, FACE_QUALITY)
+FACE_FUSION = OptionalModel("face_fusion", "damo/cv_unet-image-face-fusion_damo", "image-face-fusion")
+OPTIONAL_MODELS: tuple[OptionalModel, ...] = (HUMAN_PARSING, SKIN_RETOUCH, FACE_QUALITY, FACE_FUSION)
 
 
 def modelscope_model_dir(models_dir: Path, model_id: str) -> Path:
@@ -84,6 +85,7 @@ class OptionalStages:
     human_parsing: ModelscopePipeline | None = None
     skin_retouch: ModelscopePipeline | None = None
     face_quality: ModelscopePipeline | None = None
+    face_fusion: ModelscopePipeline | None = None
 
     def quality(self, image_rgb: np.ndarray) -> float | None:
         """Face quality score of an aligned face, or None when the stage is off."""
@@ -101,6 +103,17 @@ class OptionalStages:
             return image_rgb
         # ModelScope image outputs are BGR.
         return np.ascontiguousarray(cv2.cvtColor(np.asarray(out, dtype=np.uint8), cv2.COLOR_BGR2RGB))
+
+    def fuse_face(self, portrait_rgb: np.ndarray, template_rgb: np.ndarray) -> np.ndarray:
+        """The portrait with the user's template face blended in (unchanged when the stage is off)."""
+        if self.face_fusion is None:
+            return portrait_rgb
+        out = self.face_fusion({"template": Image.fromarray(portrait_rgb), "user": Image.fromarray(template_rgb)})
+        fused = out.get("output_img") if isinstance(out, dict) else None
+        if fused is None:
+            return portrait_rgb
+        # ModelScope image outputs are BGR.
+        return np.ascontiguousarray(cv2.cvtColor(np.asarray(fused, dtype=np.uint8), cv2.COLOR_BGR2RGB))
 
     def whiten_background(self, image_rgb: np.ndarray) -> np.ndarray:
         """The image with everything but hair and face painted white (unchanged when off)."""

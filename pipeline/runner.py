@@ -25,7 +25,7 @@ from pipeline.config import WorkerSettings
 from pipeline.control import StageCancelled, StageControl
 from pipeline.devices import DeviceOutOfMemory, pick_device, pick_dtype
 from pipeline.faces import FaceAnalyzer, cosine, load_face_analyzer
-from pipeline.generate import GenerationCancelled, PortraitGenerator
+from pipeline.generate import Candidate, GenerationCancelled, PortraitGenerator
 from pipeline.models import ModelsMissingError, load_base_pipeline, resolve_model_file
 from pipeline.nsfw import NsfwChecker
 from pipeline.optional_models import OptionalStages, load_optional_stages
@@ -163,6 +163,13 @@ class PipelineRunner:
                 return jobs.GenerateOutcome(run_id=request.run_id, error=jobs.ErrorCode.OUT_OF_MEMORY)
 
         control.report(jobs.Stage.RANKING, 0.0, "")
+        if self.stages.face_fusion is not None and request.template_key and self.blobs.exists(request.template_key):
+            # FaceChain blends the user's best face into each candidate before ranking them.
+            template = np.asarray(Image.open(io.BytesIO(self.blobs.get_bytes(request.template_key))).convert("RGB"))
+            candidates = [
+                Candidate(Image.fromarray(self.stages.fuse_face(np.asarray(c.image.convert("RGB")), template)), c.seed)
+                for c in candidates
+            ]
         ranked: list[tuple[Image.Image, int, float | None]]
         dropped = 0
         if self.settings.rank_faces:

@@ -297,7 +297,7 @@ def test_absent_optional_models_are_skipped_with_one_log_line_each(
     assert len(result.kept) == len(items)
     lines = _stage_records(caplog)
     assert len(lines) == 3
-    for spec, line in zip(OPTIONAL_MODELS, lines, strict=True):
+    for spec, line in zip(OPTIONAL_MODELS[:3], lines, strict=True):
         assert spec.setting in line and "facechain-bot models fetch" in line
         assert str(modelscope_model_dir(settings.models_dir, spec.model_id)) in line
 

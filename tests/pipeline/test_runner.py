@@ -103,3 +103,21 @@ def test_a_cancelled_generation_stops_as_cancelled(runner: PipelineRunner) -> No
     runner.generator = Stops()  # type: ignore[assignment]
     with pytest.raises(StageCancelled):
         runner.generate(_request(runner), _control())
+
+
+def test_face_fusion_blends_the_template_face_into_each_candidate_before_ranking(runner: PipelineRunner) -> None:
+    import cv2
+
+    seen: list[dict[str, Image.Image]] = []
+
+    def fusion(inputs: dict[str, Image.Image]) -> dict[str, np.ndarray]:
+        # A stand-in for ModelScope's face fusion model: it returns the user's face (BGR, as ModelScope does).
+        seen.append(inputs)
+        return {"output_img": cv2.cvtColor(np.asarray(inputs["user"]), cv2.COLOR_RGB2BGR)}
+
+    runner.stages.face_fusion = fusion
+    runner.generator = PhotoCandidates([photos.coffee(), photos.chelsea()])  # type: ignore[assignment]
+    outcome = runner.generate(_request(runner), _control())
+    assert len(seen) == 2 and set(seen[0]) == {"template", "user"}
+    assert outcome.ok, "without fusion these candidates have no face; fused, they show the user"
+    assert all(p.score is not None and p.score > 0.9 for p in outcome.portraits)
