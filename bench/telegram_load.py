@@ -28,6 +28,12 @@ ended and was delivered.
 The Redis database is emptied before and after (it must hold nothing but arq and facechain keys).
 A summary goes to OUT/telegram_load.json and a table is printed. The run stops by itself: every wait
 has a timeout and ``--deadline`` caps the whole run.
+
+Finding where the time goes: ``--trace`` times the bot's parts from inside its process (database
+lock waits and holds, lane slots, service calls, HTTP calls, downloads); ``--profile py-spy`` samples
+it (``pip install py-spy``) and ``--profile cprofile`` profiles it (slowly); ``--experiment NAME``
+applies a what-if change in the bot process's memory (see :data:`EXPERIMENTS`). The figures and what
+they showed are in docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -120,6 +126,10 @@ class BenchBotApi(FakeBotApi):
         self._by_path: dict[str, StoredFile] = {}
         #: The client ports the bot called from (its connections).
         self.client_ports: set[int] = set()
+
+    async def __aenter__(self) -> BenchBotApi:
+        await super().__aenter__()
+        return self
 
     # ---- recording
     async def _method(self, request: web.Request) -> web.Response:
@@ -265,6 +275,7 @@ class InstantGpu:
 
 
 def _tiny_jpeg() -> bytes:
+    """A 64×64 JPEG: the instant worker's template and portraits."""
     from PIL import Image
 
     buffer = io.BytesIO()
@@ -273,6 +284,7 @@ def _tiny_jpeg() -> bytes:
 
 
 def _child_logging(path: Path) -> None:
+    """A child process logs to ``path``: warnings and errors, and the Telegram adapter's anomalies."""
     handler = logging.FileHandler(path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=logging.WARNING, handlers=[handler], force=True)
@@ -321,6 +333,8 @@ class Tracer:
         return wrapper
 
     def timed_sync(self, name: str, method: Callable[..., Any]) -> Callable[..., Any]:
+        """A blocking method wrapped to record how long each call took (in whichever thread runs it)."""
+
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             started = time.monotonic()
             try:
@@ -370,7 +384,7 @@ class Tracer:
         ArqJobQueue.submit = self.timed("redis queue.submit", ArqJobQueue.submit)  # type: ignore[method-assign]
         BlobStore.put_photo = self.timed_sync("blobs.put_photo (thread)", BlobStore.put_photo)  # type: ignore[method-assign]
         HTTPXRequest.do_request = self.timed("Bot API HTTP call", HTTPXRequest.do_request)  # type: ignore[method-assign]
-        make_downloader = telegram_app.make_downloader
+        make_downloader = telegram_app.make_downloader  # type: ignore[attr-defined]
 
         def traced_downloader(*args: Any, **kwargs: Any) -> Any:
             return self.timed("download (getFile + file)", make_downloader(*args, **kwargs))
@@ -392,7 +406,7 @@ class Tracer:
 
             await guarded(lanes, timed_work())
 
-        ChatLanes._guarded = traced_guarded  # type: ignore[method-assign]
+        ChatLanes._guarded = traced_guarded  # type: ignore[method-assign,assignment]
 
 
 #: What-if changes to the bot process, made in its memory only (the official figures run without any).
@@ -423,7 +437,7 @@ def apply_experiments(names: Sequence[str]) -> None:
                 raise ValueError("Connection closed")
             return fn(*args, **kwargs)
 
-        aiosqlite.connect = connect_any_thread  # type: ignore[assignment]
+        aiosqlite.connect = connect_any_thread
         aiosqlite.core.Connection._execute = execute_inline  # type: ignore[method-assign]
     if "sniffio" in names and "sniffio" not in sys.modules:
         stub = types.ModuleType("sniffio")
@@ -532,11 +546,11 @@ def bot_process(config: ChildConfig) -> None:
     from bot.config import BotSettings
 
     settings = BotSettings(
-        _env_file=None,  # type: ignore[call-arg]
+        _env_file=None,
         data_dir=Path(config.data_dir),
-        redis_url=config.redis_url,  # type: ignore[arg-type]
-        telegram_token=TOKEN,  # type: ignore[arg-type]
-        telegram_api_url=config.api_root,  # type: ignore[arg-type]
+        redis_url=config.redis_url,
+        telegram_token=TOKEN,
+        telegram_api_url=config.api_root,
         log_level="WARNING",
     )
     lags: list[tuple[float, float]] = []
@@ -575,9 +589,9 @@ def worker_process(config: ChildConfig) -> None:
     from storage.blobs import BlobStore
 
     settings = WorkerSettings(
-        _env_file=None,  # type: ignore[call-arg]
+        _env_file=None,
         data_dir=Path(config.data_dir),
-        redis_url=config.redis_url,  # type: ignore[arg-type]
+        redis_url=config.redis_url,
         train_timeout_s=120,
         generate_timeout_s=120,
     )
@@ -590,6 +604,7 @@ def worker_process(config: ChildConfig) -> None:
 
 
 def _stop(process: BaseProcess, grace: float) -> None:
+    """SIGTERM (the child cancels its work and cleans up), then SIGKILL after ``grace`` seconds."""
     if process.is_alive() and process.pid is not None:
         os.kill(process.pid, signal.SIGTERM)
     process.join(grace)
@@ -629,6 +644,8 @@ class UpdateRecord:
 
 @dataclass
 class UserResult:
+    """One user's updates, turnarounds, and why the journey stopped early (if it did)."""
+
     user: int
     records: list[UpdateRecord] = field(default_factory=list)
     #: Seconds from the subject button to "model ready", and from /generate to the portraits' buttons.
@@ -638,11 +655,13 @@ class UserResult:
 
 
 class StepTimeout(Exception):
-    pass
+    """A user waited longer than the timeout for an answer or a result."""
 
 
 @dataclass(frozen=True)
 class Options:
+    """How every simulated user behaves."""
+
     album: bool
     style: str
     reply_timeout: float
@@ -688,13 +707,16 @@ class SimUser:
         return record
 
     async def wait(self, what: str, done: Callable[[], bool]) -> None:
+        """Wait for a worker's result (no update of the user's own)."""
         if not await self.api.wait_chat(self.chat, done, self.options.result_timeout):
             raise StepTimeout(f"{what} did not come within {self.options.result_timeout} s")
 
     def say(self, text: str) -> Callable[[], object]:
+        """A push that writes ``text`` in the user's chat."""
         return lambda: self.api.push_text(self.chat, self.id, text)
 
     async def journey(self, photos: Sequence[bytes]) -> UserResult:
+        """The whole journey; a timeout ends it early and is recorded, never raised."""
         try:
             await self._journey(photos)
         except StepTimeout as exc:
@@ -775,6 +797,7 @@ def expected_messages(album: bool) -> Counter[str]:
 
 
 def classify(message: ChatMessage) -> str:
+    """The kind of a bot message in the journey (see :func:`expected_messages`), or "other"."""
     original = message.original
     if message.photo is not None:
         return "portrait"
@@ -856,6 +879,7 @@ def percentile(values: Sequence[float], p: float) -> float:
 
 
 def stats_ms(values: Sequence[float]) -> dict[str, float | int]:
+    """Count, mean and percentiles, rounded to 0.1."""
     if not values:
         return {"n": 0}
     return {
@@ -880,6 +904,7 @@ def cpu_seconds(pid: int | None) -> float | None:
 
 
 def machine() -> dict[str, Any]:
+    """CPU count and model, Python and the versions of the packages the bot's speed depends on."""
     model = ""
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -924,6 +949,7 @@ async def empty_redis(url: str) -> None:
 
 
 async def redis_pid(url: str) -> int | None:
+    """The Redis server's process id (to read its CPU time), if it runs on this machine."""
     import redis.asyncio as aioredis
 
     client = aioredis.Redis.from_url(url)
@@ -939,6 +965,8 @@ async def redis_pid(url: str) -> int | None:
 # ======================================================================================= the run
 @dataclass
 class Processes:
+    """The child processes, so that every exit path can kill them."""
+
     bot: BaseProcess | None = None
     worker: BaseProcess | None = None
     spy: subprocess.Popen[bytes] | None = None
@@ -952,6 +980,7 @@ class Processes:
 
 
 async def wait_until(done: Callable[[], bool], within: float, what: str) -> None:
+    """Poll ``done`` until it holds; raise after ``within`` seconds."""
     deadline = time.monotonic() + within
     while not done():
         if time.monotonic() > deadline:
@@ -1033,6 +1062,7 @@ async def run(args: argparse.Namespace, processes: Processes) -> dict[str, Any]:
 
 
 def start_py_spy(pid: int | None, path: Path) -> subprocess.Popen[bytes] | None:
+    """Sample the bot process with py-spy (GIL holder only, collapsed stacks) until SIGINT."""
     exe = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     if pid is None or not Path(exe).exists():
         print("py-spy not found (pip install py-spy): no profile", file=sys.stderr)
@@ -1193,6 +1223,8 @@ def _package_of(frame: str) -> str:
 
 # ======================================================================================= output
 def print_table(summary: dict[str, Any]) -> None:
+    """The summary as a readable table on stdout."""
+
     def row(name: str, s: dict[str, Any]) -> str:
         if not s.get("n"):
             return f"  {name:<30} -"
@@ -1274,6 +1306,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def prepare_out(out: Path) -> None:
+    """Create the output folder and remove what a previous run left there."""
     out.mkdir(parents=True, exist_ok=True)
     for stale in (
         "bot.log",

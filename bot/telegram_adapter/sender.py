@@ -208,6 +208,12 @@ class TelegramSender:
         if target is None and fallback is not None:
             target = _ProgressTarget(chat_id, fallback)
         if target is None:
+            if reply.final:
+                # The run finished before its progress message was known (a burst of load): the
+                # final state must still reach the user, so say it in a message of its own.
+                log.info("no progress message known for run %s; sending its final state", reply.run_id)
+                await self._text(chat_id, reply.text, None, None)
+                return
             log.debug("no progress message known for run %s; edit skipped", reply.run_id)
             return
         if reply.final:

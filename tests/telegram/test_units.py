@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any, cast
 
 import pytest
@@ -19,6 +20,8 @@ from bot.telegram_adapter.downloads import CLOUD_DOWNLOAD_LIMIT, make_downloader
 from bot.telegram_adapter.retry import with_retries
 from bot.telegram_adapter.sender import keyboard, split_text
 from bot.telegram_adapter.throttle import EditThrottle
+from tests.telegram.fake_bot_api import FakeBotApi
+from tests.telegram.users import TgUser
 
 pytestmark = pytest.mark.filterwarnings("ignore::telegram.warnings.PTBDeprecationWarning")
 
@@ -200,3 +203,22 @@ async def test_the_cloud_limit_refuses_before_get_file() -> None:
     with pytest.raises(DownloadError) as refused:
         await download(OfferedFile("big", CLOUD_DOWNLOAD_LIMIT + 1, "image/jpeg"))
     assert refused.value.reason == "too_large"
+
+
+async def test_a_final_edit_for_a_run_whose_message_is_unknown_is_sent_as_a_message(
+    api: FakeBotApi, tmp_path: Path
+) -> None:
+    """Under load an outcome can arrive before its progress message was sent: the user still sees it."""
+    from bot.core.replies import EditProgress
+    from bot.telegram_adapter.sender import TelegramSender
+    from storage.blobs import BlobStore
+
+    alice = TgUser(api, 4242, "Alice")
+    alice.say("/start")  # Telegram only lets a bot write to users who wrote to it
+    bot = Bot(api.token, base_url=f"{api.root}/bot", base_file_url=f"{api.root}/file/bot")
+    async with bot:
+        sender = TelegramSender(bot, BlobStore(tmp_path / "blobs"), edit_interval=0.01)
+        await sender.send(4242, [EditProgress(run_id="t-unknown-01", text="Training done.", final=True)])
+        await sender.send(4242, [EditProgress(run_id="t-unknown-02", text="Training 50%", final=False)])
+        await sender.aclose()
+    assert [m.shown for m in alice.replies] == ["Training done."], "the final state arrives, intermediate ones don't"
