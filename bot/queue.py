@@ -85,10 +85,6 @@ class ArqJobQueue:
         removed = await self._redis.zrem(queue, jobs.arq_job_id(run_id, attempt))
         return bool(removed)
 
-    async def queue_lengths(self) -> dict[str, int]:
-        """Jobs waiting per queue (for /status and doctor)."""
-        return {kind: int(await self._redis.zcard(queue_for(kind)[0])) for kind in ("train", "generate")}
-
 
 async def _deliver_outcome(ctx: dict[str, Any], payload: Any) -> str:
     """arq job on the bot's queue: hand a worker's outcome to the service."""

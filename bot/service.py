@@ -33,7 +33,7 @@ from bot.core.events import (
 )
 from bot.core.flow import Decision, decide
 from bot.core.limits import Limits
-from bot.core.replies import ProgressMessage, Reply
+from bot.core.replies import Reply
 from bot.core.state import Facts, ModelState, RunInfo, StyleInfo, UserState
 from bot.queue import JobQueue
 from pipeline import jobs
@@ -161,13 +161,9 @@ class ConversationService:
             return
         # Also moves a queued run to running: the first note means a worker took it.
         await self._repos.runs.update_progress(run.id, note.stage.value, note.fraction)
-        async with self._lock(run.user_id):
-            origin = await self._origin_of(run)
-            decision = decide(
-                await self._state(run.user_id),
-                JobProgress(progress=note),
-                await self._facts(run.user_id, origin),
-            )
+        # A progress note only rewords the run's own message: the flow needs neither the user's lock
+        # nor the full facts for it (reading them cost ~15 queries a note, several notes a second).
+        decision = decide(await self._state(run.user_id), JobProgress(progress=note), Facts(limits=self._limits))
         await self._notify(run, decision.replies)
 
     async def on_outcome(self, outcome: jobs.TrainOutcome | jobs.GenerateOutcome) -> None:
@@ -649,6 +645,5 @@ __all__ = [
     "Downloader",
     "Notifier",
     "Origin",
-    "ProgressMessage",
     "StyleEntry",
 ]
