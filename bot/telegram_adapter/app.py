@@ -25,6 +25,7 @@ from bot.telegram_adapter.commands import register_commands
 from bot.telegram_adapter.downloads import CLOUD_API_HOST, CLOUD_DOWNLOAD_LIMIT, make_downloader
 from bot.telegram_adapter.handlers import UpdateRouter
 from bot.telegram_adapter.lanes import ALBUM_WAIT_S, ChatLanes
+from bot.telegram_adapter.request import AiohttpRequest
 from bot.telegram_adapter.retry import retry_after_seconds
 from bot.telegram_adapter.sender import TelegramNotifier, TelegramSender
 from bot.telegram_adapter.throttle import EDIT_INTERVAL_S
@@ -38,6 +39,8 @@ TelegramApp = Application[Any, Any, Any, Any, Any, Any]
 ALLOWED_UPDATES = (Update.MESSAGE, Update.CALLBACK_QUERY)
 #: Long-polling timeout: how long one getUpdates waits on the server for something to happen.
 POLL_TIMEOUT_S = 10
+#: Connections the bot's own Bot API calls may hold at once (PTB's default); getUpdates gets one of its own.
+CONNECTION_POOL_SIZE = 256
 #: Loggers that would print URLs with the token in them (httpx: every request; PTB's bot: its base URL).
 TOKEN_LOGGERS = {"httpx": logging.WARNING, "httpcore": logging.WARNING, "telegram.Bot": logging.INFO,
                  "telegram.ext.ExtBot": logging.INFO}  # fmt: skip
@@ -79,6 +82,8 @@ def build_application(settings: BotSettings) -> TelegramApp:
         .token(settings.telegram_token.get_secret_value())
         .base_url(f"{root}/bot")
         .base_file_url(f"{root}/file/bot")
+        .request(AiohttpRequest(connection_pool_size=CONNECTION_POOL_SIZE))
+        .get_updates_request(AiohttpRequest(connection_pool_size=1))
         .job_queue(None)
         .build()
     )
@@ -114,7 +119,12 @@ class TelegramAdapter:
     async def run(self) -> None:
         """Start, serve updates until cancelled, then stop cleanly (finishing what the lanes hold)."""
         app = self.application
-        await self._initialize()
+        try:
+            await self._initialize()
+        except BaseException:
+            # app.shutdown() does nothing before initialize() succeeded: close the HTTP sessions here.
+            await app.bot.shutdown()
+            raise
         try:
             await register_commands(app.bot)
             self._service.register_notifier(Platform.TELEGRAM, TelegramNotifier(self.sender))
