@@ -62,7 +62,10 @@ class WorkerSettings(BaseSettings):
     lr_scheduler: str = "cosine"
     steps_per_photo: int = Field(default=200, ge=1, description="Training samples per photo.")
     max_train_steps: int = Field(default=800, ge=1, description="Cap on training samples (= steps at batch 1).")
-    train_batch_size: int = Field(default=1, ge=1, le=64)
+    train_batch_size: int = Field(default=1, ge=1, le=64, description="Samples per step; the sample budget stays.")
+    lr_batch_scaling: Literal["none", "sqrt", "linear"] = Field(
+        default="none", description="Learning rate × 1, √batch or batch for batches above 1."
+    )
     train_seed: int = 42
     init_face_lora: str | None = Field(default=None, description="Generic face LoRA to start from.")
 
@@ -70,14 +73,22 @@ class WorkerSettings(BaseSettings):
     inference_steps: int = Field(default=40, ge=1, le=150)
     guidance_scale: float = Field(default=7.0, ge=0.0, le=30.0)
     candidates: int = Field(default=10, ge=1, le=40)
-    generate_batch_size: int = Field(default=5, ge=1, le=40)
+    generate_batch_size: int = Field(default=10, ge=1, le=40, description="Candidates denoised together.")
+    vae_decode_batch: int = Field(default=5, ge=1, le=40, description="Candidates decoded together.")
     rank_faces: bool = Field(default=True, description="Filter and rank candidates by face similarity.")
     nsfw_check: bool = True
     nsfw_threshold: float = Field(default=0.5, ge=0.0, le=1.0)
     face_fusion: bool = Field(default=False, description="Fuse the template face (ModelScope model).")
     fuse_loras: bool = Field(
-        default=True, description="Fuse style and face LoRA into the UNet for a job (faster steps; exact restore)."
+        default=True, description="peft route: fuse style and face LoRA into the UNet for a job (exact restore)."
     )
+    lora_merge: Literal["direct", "peft"] = Field(
+        default="direct", description="direct: add the LoRAs into the weights in place (fast switch); peft: adapters."
+    )
+
+    # ---- speed switches (docs/benchmarks.md measures each)
+    cuda_graphs: bool = Field(default=True, description="Replay the UNet step (and the training step) as CUDA graphs.")
+    channels_last: bool = Field(default=False, description="Channels-last memory format for the inference UNet.")
 
     @property
     def blob_dir(self) -> Path:

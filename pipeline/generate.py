@@ -9,10 +9,19 @@ they entered it. The pipeline itself is never reloaded.
 Style LoRAs are shared by many jobs: their files are read and converted (kohya → diffusers naming)
 once and kept in a small LRU of state dicts; injecting a cached state dict is all a job pays.
 
-``fuse=True`` merges both LoRAs into the base weights for the job (unfused peft layers about double
-the UNet step time, see the reference measurements) and restores the exact original weights after
-it: fusing and unfusing in fp16 is not an exact round trip, so the touched base weights are
-snapshotted and copied back rather than trusting the subtraction.
+Two ways to apply the LoRAs (``FACECHAIN_LORA_MERGE``):
+
+- ``direct`` (default): :class:`pipeline.lora_merge.WeightFuser` adds both LoRAs into the resident
+  weights in place and copies the exact originals back after the job; no peft layers, so a switch
+  to another user's face costs a file read and one small matmul per layer, and the UNet's captured
+  CUDA graph (:class:`pipeline.cuda_graphs.GraphedUNet`, ``FACECHAIN_CUDA_GRAPHS``) stays valid.
+- ``peft``: named peft adapters with ``set_adapters``; ``fuse=True`` merges them for the job (unfused
+  peft layers about double the UNet step time) and restores snapshotted originals after it. The
+  direct route falls back to this one for a LoRA file it cannot place (DoRA, LoKr, ...).
+
+The denoising loop is written out here (diffusers' StableDiffusionPipeline's, for DPM-Solver and
+classifier-free guidance) so that the UNet call can be a graph replay; the same seeds give the same
+images as the pipeline's own ``__call__``.
 """
 
 from __future__ import annotations
@@ -31,9 +40,11 @@ import torch
 from PIL import Image
 
 from pipeline.config import WorkerSettings
+from pipeline.cuda_graphs import GraphedUNet
 from pipeline.devices import DeviceOutOfMemory, free_memory, is_out_of_memory
 from pipeline.jobs import ErrorCode, StyleSpec
 from pipeline.lora_files import validate_lora_file
+from pipeline.lora_merge import LayerLora, UnsupportedLora, WeightFuser, read_lora_layers
 from pipeline.prompts import build_prompt_embeds, face_prompt, negative_prompt
 
 if TYPE_CHECKING:
@@ -103,13 +114,21 @@ class PortraitGenerator:
         settings: WorkerSettings | None = None,
         *,
         fuse: bool = False,
+        merge: str | None = None,
+        cuda_graphs: bool | None = None,
         style_cache_size: int = 4,
     ) -> None:
         self.pipe = pipe
         self.settings = settings or WorkerSettings()
         self.fuse = fuse
+        self.merge = merge or self.settings.lora_merge
         self.style_cache_size = style_cache_size
         self._style_cache: OrderedDict[tuple[str, int, int], LoraState] = OrderedDict()
+        self._style_layers: OrderedDict[tuple[str, int, int], list[LayerLora]] = OrderedDict()
+        self.fuser = WeightFuser(pipe)
+        self.unet = GraphedUNet(pipe.unet)
+        use_graphs = self.settings.cuda_graphs if cuda_graphs is None else cuda_graphs
+        self.unet.enabled = self.unet.enabled and use_graphs and self.merge == "direct"
 
     @classmethod
     def load(cls, settings: WorkerSettings, *, fuse: bool = False) -> PortraitGenerator:
@@ -120,7 +139,19 @@ class PortraitGenerator:
         device = pick_device(settings)
         configure_backends(device)
         pipe = load_base_pipeline(settings, device, pick_dtype(settings, device, "infer"))
+        if settings.channels_last and device.type == "cuda":
+            pipe.unet.to(memory_format=torch.channels_last)
         return cls(pipe, settings, fuse=fuse)
+
+    def warm_up(self, steps: int = 2) -> float:
+        """Run a short job without LoRAs at the default batch (captures the UNet's graph); seconds taken."""
+        started = time.perf_counter()
+        prompt_embeds, negative_embeds = build_prompt_embeds(
+            self.pipe.tokenizer, self.pipe.text_encoder, "a portrait", negative_prompt("")
+        )
+        count = min(self.settings.candidates, self.settings.generate_batch_size)
+        self._run_batches(prompt_embeds, negative_embeds, list(range(count)), steps, 7.0, count, None, None)
+        return time.perf_counter() - started
 
     # ------------------------------------------------------------------------------ adapters
     def _style_state(self, path: Path) -> LoraState:
@@ -136,6 +167,33 @@ class PortraitGenerator:
         while len(self._style_cache) > self.style_cache_size:
             self._style_cache.popitem(last=False)
         return loaded
+
+    def _style_layers_for(self, path: Path) -> list[LayerLora]:
+        stat = path.stat()
+        key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+        cached = self._style_layers.get(key)
+        if cached is not None:
+            self._style_layers.move_to_end(key)
+            return cached
+        validate_lora_file(path, MAX_STYLE_LORA_BYTES)
+        layers = read_lora_layers(self.pipe, path, self.pipe.device)
+        self._style_layers[key] = layers
+        while len(self._style_layers) > self.style_cache_size:
+            self._style_layers.popitem(last=False)
+        return layers
+
+    def _fuse_direct(self, face_lora_path: Path, style: StyleSpec, style_lora_path: Path | None) -> bool:
+        """Fuse style and face LoRA in place; False when a file needs peft's route instead."""
+        try:
+            loras = []
+            if style_lora_path is not None:
+                loras.append((self._style_layers_for(Path(style_lora_path)), style.style_weight))
+            loras.append((read_lora_layers(self.pipe, Path(face_lora_path), self.pipe.device), style.face_weight))
+            self.fuser.fuse(loras)
+        except UnsupportedLora as exc:
+            log.warning("LoRA not fusable directly (%s); using peft adapters for this job", exc)
+            return False
+        return True
 
     def _inject(self, lora: LoraState, name: str) -> None:
         """Load a (cached) LoRA state dict as adapter ``name`` into the UNet and/or text encoder."""
@@ -227,19 +285,9 @@ class PortraitGenerator:
         snapshot: dict[tuple[str, str], torch.Tensor] | None = None
         oom = False
         try:
-            names, weights = [], []
-            if style_lora_path is not None:
-                self._inject(self._style_state(Path(style_lora_path)), STYLE_ADAPTER)
-                names.append(STYLE_ADAPTER)
-                weights.append(style.style_weight)
-            self._inject(read_lora(pipe, Path(face_lora_path)), FACE_ADAPTER)
-            names.append(FACE_ADAPTER)
-            weights.append(style.face_weight)
-            pipe.set_adapters(names, weights)
-            if self.fuse:
-                snapshot = self._snapshot_bases()
-                pipe.fuse_lora(adapter_names=names, lora_scale=1.0)
-
+            direct = self.merge == "direct" and self._fuse_direct(face_lora_path, style, style_lora_path)
+            if not direct:
+                snapshot = self._apply_peft(face_lora_path, style, style_lora_path)
             prompt_embeds, negative_embeds = build_prompt_embeds(
                 pipe.tokenizer,
                 pipe.text_encoder,
@@ -247,8 +295,9 @@ class PortraitGenerator:
                 negative_prompt(style.negative_prompt),
             )
             images = self._run_batches(
-                prompt_embeds, negative_embeds, seeds, steps, guidance, batch_size, on_progress, should_stop
-            )
+                prompt_embeds, negative_embeds, seeds, steps, guidance, batch_size, on_progress, should_stop,
+                graphed=direct,
+            )  # fmt: skip
             log.info(
                 "generated %d candidates in %.1fs (style %s, %d steps)",
                 len(images), time.perf_counter() - started, style.name, steps,
@@ -259,11 +308,32 @@ class PortraitGenerator:
                 raise
             oom = True
         finally:
+            self.fuser.restore()
             self._clean(snapshot)
         if oom:
             free_memory()
             raise DeviceOutOfMemory(f"out of memory while generating (batch {batch_size})")
         raise AssertionError("unreachable")
+
+    def _apply_peft(
+        self, face_lora_path: Path, style: StyleSpec, style_lora_path: Path | None
+    ) -> dict[tuple[str, str], torch.Tensor] | None:
+        """peft's route: named adapters, weighted, fused for the job when ``self.fuse``."""
+        pipe = self.pipe
+        names, weights = [], []
+        if style_lora_path is not None:
+            self._inject(self._style_state(Path(style_lora_path)), STYLE_ADAPTER)
+            names.append(STYLE_ADAPTER)
+            weights.append(style.style_weight)
+        self._inject(read_lora(pipe, Path(face_lora_path)), FACE_ADAPTER)
+        names.append(FACE_ADAPTER)
+        weights.append(style.face_weight)
+        pipe.set_adapters(names, weights)
+        if not self.fuse:
+            return None
+        snapshot = self._snapshot_bases()
+        pipe.fuse_lora(adapter_names=names, lora_scale=1.0)
+        return snapshot
 
     def _run_batches(
         self,
@@ -275,39 +345,81 @@ class PortraitGenerator:
         batch_size: int,
         on_progress: GenerateProgressFn | None,
         should_stop: StopFn | None,
+        graphed: bool = True,
     ) -> list[Image.Image]:
-        pipe = self.pipe
-        size = self.settings.resolution
         batches = [seeds[i : i + batch_size] for i in range(0, len(seeds), batch_size)]
         total_steps = steps * len(batches)
         done = 0
 
-        def on_step_end(_pipe: Any, _index: int, _timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+        def step_done() -> None:
             nonlocal done
             done += 1
             if on_progress is not None:
                 on_progress(done, total_steps)
             if should_stop is not None and should_stop():
                 raise GenerationCancelled(f"generation cancelled after {done} of {total_steps} steps")
-            return kwargs
 
         images: list[Image.Image] = []
         for batch in batches:
             if should_stop is not None and should_stop():
                 raise GenerationCancelled(f"generation cancelled after {done} of {total_steps} steps")
-            n = len(batch)
-            # CPU generators: a seed gives the same starting noise on any GPU (or none).
-            generators = [torch.Generator("cpu").manual_seed(s) for s in batch]
-            result = pipe(
-                prompt_embeds=prompt_embeds.expand(n, -1, -1),
-                negative_prompt_embeds=negative_embeds.expand(n, -1, -1),
-                num_inference_steps=steps,
-                guidance_scale=guidance,
-                height=size,
-                width=size,
-                generator=generators,
-                output_type="pil",
-                callback_on_step_end=on_step_end,
-            )
-            images.extend(result.images)
+            latents = self._denoise(prompt_embeds, negative_embeds, batch, steps, guidance, step_done, graphed)
+            images.extend(self._decode(latents))
+        return images
+
+    @torch.no_grad()
+    def _denoise(
+        self,
+        prompt_embeds: torch.Tensor,
+        negative_embeds: torch.Tensor,
+        seeds: list[int],
+        steps: int,
+        guidance: float,
+        step_done: Callable[[], None],
+        graphed: bool,
+    ) -> torch.Tensor:
+        """diffusers' SD loop: seeded noise, DPM-Solver steps, classifier-free guidance; the latents."""
+        from diffusers.utils.torch_utils import randn_tensor
+
+        pipe = self.pipe
+        unet, scheduler = pipe.unet, pipe.scheduler
+        device, dtype = unet.device, unet.dtype
+        n = len(seeds)
+        latent_side = self.settings.resolution // pipe.vae_scale_factor
+        shape = (n, unet.config.in_channels, latent_side, latent_side)
+        # CPU generators: a seed gives the same starting noise on any GPU (or none).
+        generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+        latents = randn_tensor(shape, generator=generators, device=device, dtype=dtype)
+        scheduler.set_timesteps(steps, device=device)
+        latents = latents * scheduler.init_noise_sigma
+        cfg = guidance > 1.0
+        hidden = prompt_embeds.to(device, dtype).expand(n, -1, -1)
+        if cfg:
+            hidden = torch.cat([negative_embeds.to(device, dtype).expand(n, -1, -1), hidden])
+        forward = self.unet if graphed else self.unet.eager
+        for t in scheduler.timesteps:
+            model_input = torch.cat([latents] * 2) if cfg else latents
+            model_input = scheduler.scale_model_input(model_input, t)
+            noise_pred = forward(model_input, t, hidden)
+            if cfg:
+                uncond, text = noise_pred.chunk(2)
+                noise_pred = uncond + guidance * (text - uncond)
+            latents = scheduler.step(noise_pred, t, latents, return_dict=False)[0]
+            step_done()
+        return latents
+
+    @torch.no_grad()
+    def _decode(self, latents: torch.Tensor) -> list[Image.Image]:
+        """VAE-decode in chunks (decoding activations at 512² are large) to PIL images."""
+        pipe = self.pipe
+        vae = pipe.vae
+        chunk = max(1, self.settings.vae_decode_batch)
+        images: list[Image.Image] = []
+        for start in range(0, latents.shape[0], chunk):
+            part = latents[start : start + chunk].to(vae.dtype) / vae.config.scaling_factor
+            decoded = vae.decode(part, return_dict=False)[0]
+            # As diffusers' image processor: denormalise in the VAE's dtype, then round in fp32.
+            pixels = (decoded / 2 + 0.5).clamp(0, 1).float().mul(255).round().to(torch.uint8)
+            array = pixels.permute(0, 2, 3, 1).cpu().numpy()
+            images.extend(Image.fromarray(a) for a in array)
         return images

@@ -117,17 +117,23 @@ def test_style_lora_and_its_weight_matter(generator: PortraitGenerator, loras: d
     assert _max_diff(zero_weight, without) <= 1
 
 
+@pytest.mark.parametrize(("merge", "reader"), [("direct", "read_lora_layers"), ("peft", "read_lora")])
 def test_style_lora_is_read_once_and_cached(
-    generator: PortraitGenerator, loras: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+    generator: PortraitGenerator,
+    loras: dict[str, Path],
+    monkeypatch: pytest.MonkeyPatch,
+    merge: str,
+    reader: str,
 ) -> None:
     reads: list[Path] = []
-    real_read = generate_module.read_lora
+    real_read = getattr(generate_module, reader)
 
-    def counting_read(pipe: object, path: Path) -> generate_module.LoraState:
+    def counting_read(pipe: object, path: Path, *args: object) -> object:
         reads.append(path)
-        return real_read(pipe, path)  # type: ignore[arg-type]
+        return real_read(pipe, path, *args)
 
-    monkeypatch.setattr(generate_module, "read_lora", counting_read)
+    monkeypatch.setattr(generate_module, reader, counting_read)
+    generator.merge = merge
     first = _run(generator, loras, candidates=1, count=1)
     second = _run(generator, loras, candidates=1, count=1, face="face2")
     third = _run(generator, loras, candidates=1, count=1)
@@ -137,24 +143,55 @@ def test_style_lora_is_read_once_and_cached(
     assert _max_diff(first, third) == 0 and _max_diff(first, second) > 10
 
 
-def test_fused_fast_path_matches_and_restores_exact_weights(
-    generator: PortraitGenerator, loras: dict[str, Path]
-) -> None:
-    pipe = generator.pipe
-    before = {
+def _weights(pipe: object) -> dict[str, dict[str, torch.Tensor]]:
+    return {
         part: {k: v.clone() for k, v in getattr(pipe, part).state_dict().items()} for part in ("unet", "text_encoder")
     }
-    unfused = _run(generator, loras)
 
-    generator.fuse = True
-    fused = _run(generator, loras)
 
-    assert _max_diff(unfused, fused) <= 2
+def _assert_same_weights(pipe: object, before: dict[str, dict[str, torch.Tensor]]) -> None:
     for part, weights in before.items():
         after = getattr(pipe, part).state_dict()
         assert after.keys() == weights.keys()
         assert all(torch.equal(after[k], weights[k]) for k in weights), part
-    assert pipe.num_fused_loras == 0
+
+
+def test_direct_merge_and_peft_fuse_match_peft_adapters_and_restore_exact_weights(
+    generator: PortraitGenerator, loras: dict[str, Path]
+) -> None:
+    pipe = generator.pipe
+    before = _weights(pipe)
+    generator.merge, generator.fuse = "peft", False
+    adapters = _run(generator, loras)
+
+    generator.fuse = True
+    peft_fused = _run(generator, loras)
+    _assert_same_weights(pipe, before)
+    generator.merge = "direct"
+    direct = _run(generator, loras)
+    _assert_same_weights(pipe, before)
+
+    # The same style (kohya names, text-encoder layers, alphas) and face LoRA, three ways.
+    assert _max_diff(adapters, peft_fused) <= 2
+    assert _max_diff(adapters, direct) <= 2
+    assert pipe.num_fused_loras == 0 and not generator.fuser.fused
+
+
+def test_a_lora_the_direct_merge_cannot_place_takes_the_peft_route(
+    generator: PortraitGenerator, loras: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    generator.merge = "peft"
+    via_peft = _run(generator, loras)
+
+    def unsupported(*args: object) -> object:
+        raise generate_module.UnsupportedLora("a DoRA file")
+
+    generator.merge = "direct"
+    monkeypatch.setattr(generate_module, "read_lora_layers", unsupported)
+    fallback = _run(generator, loras)
+
+    assert _max_diff(via_peft, fallback) == 0
+    assert not has_lora_layers(generator.pipe)
 
 
 def test_should_stop_cancels_mid_generation(generator: PortraitGenerator, loras: dict[str, Path]) -> None:
@@ -197,3 +234,26 @@ def test_out_of_memory_becomes_a_typed_error_and_removes_the_adapters(
     assert caught.value.error_code == "out_of_memory"
     monkeypatch.undo()
     assert not has_lora_layers(generator.pipe) and adapter_names(generator.pipe) == []
+
+
+def test_the_denoising_loop_gives_the_diffusers_pipelines_own_images(generator: PortraitGenerator) -> None:
+    from pipeline.prompts import build_prompt_embeds
+
+    pipe = generator.pipe
+    prompt, negative = build_prompt_embeds(pipe.tokenizer, pipe.text_encoder, "a portrait", "blurry")
+    ours = generator._run_batches(prompt, negative, [5, 6], 3, 7.0, 2, None, None, graphed=False)
+    theirs = pipe(
+        prompt_embeds=prompt.expand(2, -1, -1),
+        negative_prompt_embeds=negative.expand(2, -1, -1),
+        num_inference_steps=3,
+        guidance_scale=7.0,
+        height=generator.settings.resolution,
+        width=generator.settings.resolution,
+        generator=[torch.Generator("cpu").manual_seed(s) for s in (5, 6)],
+        output_type="pil",
+    ).images
+
+    assert len(ours) == 2
+    for mine, reference in zip(ours, theirs, strict=True):
+        assert mine.size == reference.size
+        assert int(np.abs(np.asarray(mine, np.int16) - np.asarray(reference, np.int16)).max()) == 0
