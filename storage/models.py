@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
+from typing import Any
 
 
 class Platform(StrEnum):
@@ -178,3 +179,32 @@ class Portrait:
     score: float | None
     style: str
     created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class UserSnapshot:
+    """What the conversation needs to know about one user, read in one statement (see
+    :class:`~storage.repositories.snapshots.SnapshotsRepository`)."""
+
+    #: The persisted conversation state (None: the user has none yet).
+    state: dict[str, Any] | None
+    #: The status of the user's newest face model (None: no model).
+    model_status: ModelStatus | None
+    has_ready_model: bool
+    #: Photos in the set collecting now (0 without one).
+    photo_count: int
+    #: Blob keys of the collecting set, else of the newest model's set, in the order they arrived.
+    photo_keys: tuple[str, ...]
+    #: Queued and running runs, oldest first.
+    active_runs: tuple[Run, ...]
+    #: The user's /generate count that day where asked (a community, or private chats).
+    generations_today: int
+
+
+@dataclass(frozen=True, slots=True)
+class CommunitySnapshot:
+    """A community's settings, its own styles (by name) and everyone's /generate count that day."""
+
+    community: Community
+    custom_styles: tuple[CustomStyle, ...]
+    generations_today: int

@@ -19,6 +19,7 @@ from storage.repositories.identities import UsersRepository
 from storage.repositories.photos import PhotosRepository
 from storage.repositories.portraits import PortraitsRepository
 from storage.repositories.runs import RunsRepository
+from storage.repositories.snapshots import SnapshotsRepository
 from storage.repositories.usage import UsageRepository
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "QuotaScope",
     "Repositories",
     "RunsRepository",
+    "SnapshotsRepository",
     "UsageRepository",
     "UsersRepository",
 ]
@@ -48,6 +50,7 @@ class Repositories:
         self.communities = CommunitiesRepository(db)
         self.usage = UsageRepository(db)
         self.portraits = PortraitsRepository(db)
+        self.snapshots = SnapshotsRepository(db)
 
     async def forget_user(self, user_id: int, blobs: BlobStore) -> None:
         """Delete every row and blob of the user (see :func:`storage.repositories.forget.forget_user`)."""

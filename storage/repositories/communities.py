@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import sqlite3
+from collections.abc import Iterable
 from typing import Literal
 
 from storage._time import from_db
@@ -15,7 +16,7 @@ QuotaScope = Literal["user", "group"]
 _QUOTA_COLUMN: dict[str, str] = {"user": "user_daily_quota", "group": "community_daily_quota"}
 
 
-def _style(row: sqlite3.Row) -> CustomStyle:
+def style_record(row: sqlite3.Row) -> CustomStyle:
     return CustomStyle(
         community_id=row["community_id"],
         name=row["name"],
@@ -35,6 +36,28 @@ def _weight(name: str, value: float) -> float:
     return value
 
 
+def community_record(row: sqlite3.Row, toggles: Iterable[tuple[str, int]]) -> Community:
+    """A community from its row and its (style, enabled) toggles."""
+    toggles = list(toggles)
+    return Community(
+        id=row["id"],
+        platform=Platform(row["platform"]),
+        external_id=row["external_id"],
+        enabled_styles=frozenset(style for style, enabled in toggles if enabled),
+        disabled_styles=frozenset(style for style, enabled in toggles if not enabled),
+        user_daily_quota=row["user_daily_quota"],
+        community_daily_quota=row["community_daily_quota"],
+        results_to=ResultsTo(row["results_to"]),
+        nsfw_allowed=bool(row["nsfw_allowed"]),
+    )
+
+
+def check_external_id(external_id: str) -> str:
+    if not 1 <= len(external_id) <= 128:
+        raise ValueError("external_id must be 1-128 characters")
+    return external_id
+
+
 class CommunitiesRepository(Repository):
     """Settings per community; style names compare case-insensitively."""
 
@@ -44,17 +67,7 @@ class CommunitiesRepository(Repository):
         toggles = await self._all(
             "SELECT style, enabled FROM community_style_toggles WHERE community_id = ?", (row["id"],)
         )
-        return Community(
-            id=row["id"],
-            platform=Platform(row["platform"]),
-            external_id=row["external_id"],
-            enabled_styles=frozenset(t["style"] for t in toggles if t["enabled"]),
-            disabled_styles=frozenset(t["style"] for t in toggles if not t["enabled"]),
-            user_daily_quota=row["user_daily_quota"],
-            community_daily_quota=row["community_daily_quota"],
-            results_to=ResultsTo(row["results_to"]),
-            nsfw_allowed=bool(row["nsfw_allowed"]),
-        )
+        return community_record(row, ((t["style"], t["enabled"]) for t in toggles))
 
     async def get(self, community_id: int) -> Community | None:
         return await self._load(await self._one("SELECT * FROM communities WHERE id = ?", (community_id,)))
@@ -70,8 +83,7 @@ class CommunitiesRepository(Repository):
     async def get_or_create(self, platform: Platform | str, external_id: str) -> Community:
         """The community of a group chat or server, created with default settings on first sight."""
         platform = Platform(platform)
-        if not 1 <= len(external_id) <= 128:
-            raise ValueError("external_id must be 1-128 characters")
+        check_external_id(external_id)
         async with self._db.locked() as conn:
             await execute(
                 conn,
@@ -169,11 +181,11 @@ class CommunitiesRepository(Repository):
                 )
             except sqlite3.IntegrityError as exc:
                 raise NotFound(f"no user {created_by}") from exc
-        return None if previous is None else _style(previous)
+        return None if previous is None else style_record(previous)
 
     async def custom_style(self, community_id: int, name: str) -> CustomStyle | None:
         row = await self._one("SELECT * FROM custom_styles WHERE community_id = ? AND name = ?", (community_id, name))
-        return None if row is None else _style(row)
+        return None if row is None else style_record(row)
 
     async def remove_custom_style(self, community_id: int, name: str) -> CustomStyle | None:
         """Remove a community style; returns it (its ``lora_key`` blob is the caller's to delete)."""
@@ -183,9 +195,9 @@ class CommunitiesRepository(Repository):
                 "DELETE FROM custom_styles WHERE community_id = ? AND name = ? RETURNING *",
                 (community_id, name),
             )
-        return _style(rows[0]) if rows else None
+        return style_record(rows[0]) if rows else None
 
     async def custom_styles(self, community_id: int) -> list[CustomStyle]:
         """The community's own styles, by name."""
         rows = await self._all("SELECT * FROM custom_styles WHERE community_id = ? ORDER BY name", (community_id,))
-        return [_style(row) for row in rows]
+        return [style_record(row) for row in rows]

@@ -52,6 +52,14 @@ class UsersRepository(Repository):
         A non-empty ``display_name`` refreshes the one stored for this account.
         """
         platform, platform_user_id = _check_account(platform, platform_user_id)
+        # Nearly always the account is known and its name unchanged: one read, no transaction.
+        known = await self._one(
+            "SELECT u.*, i.display_name AS display_name FROM users u JOIN identities i ON i.user_id = u.id"
+            " WHERE i.platform = ? AND i.platform_user_id = ?",
+            (platform, platform_user_id),
+        )
+        if known is not None and (not display_name or known["display_name"] == display_name):
+            return _user(known)
         now = self._now()
         async with self._db.transaction() as conn:
             row = await fetch_one(

@@ -61,6 +61,18 @@ class PhotosRepository(Repository):
             assert row is not None
             return _set(row)
 
+    async def open_set_with_count(self, user_id: int) -> tuple[PhotoSet, int]:
+        """:meth:`open_set` and the number of photos in it, in one read when the set exists."""
+        row = await self._one(
+            "SELECT s.*, (SELECT count(*) FROM photos WHERE set_id = s.id) AS photo_count"
+            " FROM photo_sets s WHERE s.user_id = ? AND s.status = ?",
+            (user_id, PhotoSetStatus.COLLECTING),
+        )
+        if row is not None:
+            return _set(row), int(row["photo_count"])
+        photo_set = await self.open_set(user_id)
+        return photo_set, await self.count(photo_set.id)
+
     async def current_set(self, user_id: int) -> PhotoSet | None:
         """The user's collecting set, if any."""
         row = await self._one(

@@ -15,7 +15,7 @@ _TERMINAL = (RunStatus.DONE, RunStatus.FAILED, RunStatus.CANCELLED)
 _IN_ACTIVE = f"status IN ({placeholders(_ACTIVE)})"
 
 
-def _run(row: sqlite3.Row) -> Run:
+def run_record(row: sqlite3.Row) -> Run:
     return Run(
         id=row["id"],
         user_id=row["user_id"],
@@ -89,11 +89,11 @@ class RunsRepository(Repository):
                 raise NotFound(f"no user {user_id}, model {model_id} or community") from exc
             raise
         assert row is not None
-        return _run(row)
+        return run_record(row)
 
     async def get(self, run_id: str) -> Run | None:
         row = await self._one("SELECT * FROM runs WHERE id = ?", (run_id,))
-        return None if row is None else _run(row)
+        return None if row is None else run_record(row)
 
     async def set_progress_message(self, run_id: str, message_id: str) -> None:
         """Remember the chat message that shows this run's progress (edited as it advances)."""
@@ -194,17 +194,17 @@ class RunsRepository(Repository):
             f"SELECT * FROM runs WHERE user_id = ? AND {_IN_ACTIVE} ORDER BY created_at, rowid",
             (user_id, *_ACTIVE),
         )
-        return [_run(row) for row in rows]
+        return [run_record(row) for row in rows]
 
     async def active_all(self) -> list[Run]:
         """Every queued and running run, oldest first (to resume watching them after a restart)."""
         rows = await self._all(f"SELECT * FROM runs WHERE {_IN_ACTIVE} ORDER BY created_at, rowid", _ACTIVE)
-        return [_run(row) for row in rows]
+        return [run_record(row) for row in rows]
 
     async def by_status(self, status: RunStatus) -> list[Run]:
         """Every run in ``status``, oldest first."""
         rows = await self._all("SELECT * FROM runs WHERE status = ? ORDER BY created_at, rowid", (RunStatus(status),))
-        return [_run(row) for row in rows]
+        return [run_record(row) for row in rows]
 
     async def queue_position(self, run_id: str) -> int | None:
         """1 for the next queued run of its kind, 2 for the one after...; None unless queued."""
