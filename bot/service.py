@@ -41,8 +41,8 @@ from pipeline.lora_files import InvalidLoraFile, validate_lora_file
 from storage.blobs import BlobStore, NotAnImage
 from storage.models import (
     Community,
+    CommunitySnapshot,
     Delivery,
-    FaceModel,
     ModelStatus,
     PhotoSetStatus,
     Platform,
@@ -103,6 +103,22 @@ class Notifier(Protocol):
         ...
 
 
+@dataclass(slots=True)
+class _Place:
+    """Where one event and its follow-ups happen: the origin, and its community as last read."""
+
+    origin: Origin
+    community: CommunitySnapshot | None = None
+
+
+#: Effects that change nothing a community snapshot holds (its settings, styles, usage counts):
+#: after them the event's community is not read again. Any other effect makes it stale.
+_USER_ONLY_EFFECTS = (
+    fx.StartCollecting, fx.SavePhotos, fx.DiscardPhotos, fx.ReopenSet, fx.StartTraining, fx.StartGeneration,
+    fx.CancelRuns,
+)  # fmt: skip
+
+
 class ConversationService:
     """Event in, replies out; one event at a time per user, any number of users at once."""
 
@@ -147,7 +163,7 @@ class ConversationService:
 
         The flow is not involved and no user state is touched (the community row may be created).
         """
-        enabled, known = await self._available_styles(await self._community(origin))
+        enabled, known = self._available_styles(await self._community(_Place(origin)))
         return known if every else enabled
 
     async def note_progress_message(self, run_id: str, message_id: str) -> None:
@@ -211,78 +227,86 @@ class ConversationService:
     async def _run(self, user_id: int, origin: Origin, event: Event, download: Downloader | None) -> list[Reply]:
         replies: list[Reply] = []
         pending: list[Event] = [event]
+        place = _Place(origin)
+        # The state and facts the next event is decided on; None: read them (again) from storage.
+        known: tuple[UserState, Facts] | None = None
         while pending:
             current = pending.pop(0)
-            state = await self._state(user_id)
-            facts = await self._facts(user_id, origin)
+            if known is None:
+                known = await self._read(user_id, place)
+            state, facts = known
             decision: Decision = decide(state, current, facts)
             if decision.state != state:
                 await self._repos.conversations.set_state(user_id, decision.state.to_json())
+            # What a re-read would give, as long as no effect wrote anything.
+            known = (decision.state, facts)
             replies.extend(decision.replies)
             for effect in decision.effects:
-                pending.extend(await self._apply(user_id, origin, effect, download))
+                pending.extend(await self._apply(user_id, place, effect, download))
+                known = None
+                if not isinstance(effect, _USER_ONLY_EFFECTS):
+                    place.community = None
         return replies
 
     async def _state(self, user_id: int) -> UserState:
         return UserState.from_json(await self._repos.conversations.get_state(user_id))
 
-    async def _facts(self, user_id: int, origin: Origin) -> Facts:
-        repos = self._repos
-        latest = await repos.models.latest(user_id)
-        ready = await repos.models.latest_ready(user_id)
-        current_set = await repos.photos.current_set(user_id)
-        photo_count = await repos.photos.count(current_set.id) if current_set else 0
-        latest_set = current_set.id if current_set else (latest.photo_set_id if latest else None)
-        photo_keys = [p.blob_key for p in await repos.photos.photos(latest_set)] if latest_set else []
-        community = await self._community(origin)
-        enabled, every = await self._available_styles(community)
-        runs = await repos.runs.active(user_id)
+    async def _read(self, user_id: int, place: _Place) -> tuple[UserState, Facts]:
+        """The user's state and the facts for one event: one statement (two in a community)."""
+        origin = place.origin
+        snapshot = await self._community(place)
+        community = snapshot.community if snapshot else None
+        today = self._today()
+        user = await self._repos.snapshots.user(user_id, today, community.id if community else None)
+        enabled, every = self._available_styles(snapshot)
         infos = []
-        for run in runs:
+        for run in user.active_runs:
             position = None
             if run.status is RunStatus.QUEUED:
                 position = await self._queue.position(run.kind.value, run.id, run.attempt)
             infos.append(RunInfo(run.id, run.kind.value, run.status.value, run.progress, position, run.style))
-        today = self._today()
-        cid = community.id if community else None
-        used = await repos.usage.count_user(user_id, today, cid)
-        used += sum(1 for r in runs if r.kind is RunKind.GENERATE)
-        community_used = await repos.usage.count_community(cid, today) if cid is not None else 0
+        used = user.generations_today + sum(1 for r in user.active_runs if r.kind is RunKind.GENERATE)
         user_quota = self._limits.daily_generations
         if community is not None and community.user_daily_quota is not None:
             user_quota = community.user_daily_quota
-        return Facts(
+        facts = Facts(
             limits=self._limits,
             private=origin.private,
             community=origin.community_id,
             is_admin=origin.is_admin,
-            model=_model_state(latest),
-            has_ready_model=ready is not None,
-            photo_count=photo_count,
-            photo_keys=tuple(photo_keys),
+            model=_model_state(user.model_status),
+            has_ready_model=user.has_ready_model,
+            photo_count=user.photo_count,
+            photo_keys=user.photo_keys,
             styles=enabled,
             all_styles=every,
             active_runs=tuple(infos),
             generations_today=used,
             user_quota=user_quota,
-            community_generations_today=community_used,
+            community_generations_today=snapshot.generations_today if snapshot else 0,
             community_quota=community.community_daily_quota if community else None,
             results_to=community.results_to.value if community else ResultsTo.CHANNEL.value,
             nsfw_allowed=community.nsfw_allowed if community else False,
         )
+        return UserState.from_json(user.state), facts
 
-    async def _community(self, origin: Origin) -> Community | None:
+    async def _community(self, place: _Place) -> CommunitySnapshot | None:
+        """The community the event came from (None in a private chat), read once per event."""
+        origin = place.origin
         if origin.private or origin.community_id is None:
             return None
-        return await self._repos.communities.get_or_create(origin.platform, origin.community_id)
+        if place.community is None:
+            place.community = await self._repos.snapshots.community(origin.platform, origin.community_id, self._today())
+        return place.community
 
-    async def _available_styles(
-        self, community: Community | None
+    def _available_styles(
+        self, snapshot: CommunitySnapshot | None
     ) -> tuple[tuple[StyleInfo, ...], tuple[StyleInfo, ...]]:
         """(enabled here, every style known here): built-ins in catalogue order, then the community's."""
         candidates = [(StyleInfo(n, e.description, builtin=True), e.default_enabled) for n, e in self._styles.items()]
-        if community is not None:
-            for custom in await self._repos.communities.custom_styles(community.id):
+        community = snapshot.community if snapshot is not None else None
+        if snapshot is not None:
+            for custom in snapshot.custom_styles:
                 candidates.append((StyleInfo(custom.name, _describe_custom(custom.prompt)), True))
         enabled: list[StyleInfo] = []
         for info, on in candidates:
@@ -296,7 +320,7 @@ class ConversationService:
         return self._clock().astimezone(UTC).date()
 
     # ---------------------------------------------------------------------------------- effects
-    async def _apply(self, user_id: int, origin: Origin, effect: fx.Effect, download: Downloader | None) -> list[Event]:
+    async def _apply(self, user_id: int, place: _Place, effect: fx.Effect, download: Downloader | None) -> list[Event]:
         """Carry out one effect; return the follow-up events it produces."""
         repos = self._repos
         match effect:
@@ -314,9 +338,9 @@ class ConversationService:
             case fx.ReopenSet(drop_keys=drop):
                 await self._reopen_set(user_id, drop)
             case fx.StartTraining(subject=subject):
-                return _some(await self._start_training(user_id, origin, subject))
+                return _some(await self._start_training(user_id, place, subject))
             case fx.StartGeneration(style=style, count=count):
-                return _some(await self._start_generation(user_id, origin, style, count))
+                return _some(await self._start_generation(user_id, place, style, count))
             case fx.CancelRuns():
                 asked, closed = await self._cancel_runs(user_id)
                 # Runs taken off the queue get no outcome from a worker: finish them here.
@@ -325,20 +349,20 @@ class ConversationService:
                 await self._cancel_runs(user_id)
                 await repos.forget_user(user_id, self._blobs)
             case fx.SetStyleEnabled(style=style, enabled=enabled):
-                community = await self._require_community(origin)
+                community = await self._require_community(place)
                 await repos.communities.set_style_enabled(community.id, style, enabled)
             case fx.AddStyle(name=name, prompt=prompt, lora=lora):
-                return [await self._add_style(user_id, origin, name, prompt, lora, download)]
+                return [await self._add_style(user_id, place, name, prompt, lora, download)]
             case fx.RemoveStyle(name=name):
-                community = await self._require_community(origin)
+                community = await self._require_community(place)
                 removed = await repos.communities.remove_custom_style(community.id, name)
                 if removed is not None and removed.lora_key:
                     await self._delete_blobs([removed.lora_key])
             case fx.SetQuota(scope="user" | "group" as scope, limit=limit):
-                community = await self._require_community(origin)
+                community = await self._require_community(place)
                 await repos.communities.set_quota(community.id, scope, limit)
             case fx.SetCommunityOption(name=name, value=value):
-                community = await self._require_community(origin)
+                community = await self._require_community(place)
                 if name == "results_to":
                     await repos.communities.set_results_to(community.id, ResultsTo(value))
                 elif name == "nsfw":
@@ -347,17 +371,16 @@ class ConversationService:
                     raise ValueError(f"unknown community option {name!r}")
         return []
 
-    async def _require_community(self, origin: Origin) -> Community:
-        community = await self._community(origin)
-        if community is None:
+    async def _require_community(self, place: _Place) -> Community:
+        snapshot = await self._community(place)
+        if snapshot is None:
             raise RuntimeError("admin effect outside a community")
-        return community
+        return snapshot.community
 
     async def _save_photos(
         self, user_id: int, files: Sequence[OfferedFile], download: Downloader | None
     ) -> PhotosSaved:
-        photo_set = await self._repos.photos.open_set(user_id)
-        count = await self._repos.photos.count(photo_set.id)
+        photo_set, count = await self._repos.photos.open_set_with_count(user_id)
         results: list[SavedPhoto] = []
         for offered in files:
             if count >= self._limits.max_photos:
@@ -402,7 +425,7 @@ class ConversationService:
         await self._delete_blobs(list(drop))
         await self._repos.photos.set_status(latest.photo_set_id, PhotoSetStatus.COLLECTING)
 
-    async def _start_training(self, user_id: int, origin: Origin, subject: jobs.Subject) -> Event | None:
+    async def _start_training(self, user_id: int, place: _Place, subject: jobs.Subject) -> Event | None:
         photo_set = await self._repos.photos.current_set(user_id)
         if photo_set is None:
             return None
@@ -410,7 +433,8 @@ class ConversationService:
         await self._repos.photos.set_status(photo_set.id, PhotoSetStatus.SUBMITTED)
         model = await self._repos.models.create(user_id, photo_set.id, subject.value)
         run_id = _new_run_id("t")
-        delivery = self._delivery(origin, await self._community(origin), private_result=True)
+        snapshot = await self._community(place)
+        delivery = self._delivery(place.origin, snapshot.community if snapshot else None, private_result=True)
         run = await self._repos.runs.create(run_id, user_id, RunKind.TRAIN, delivery, model_id=model.id)
         request = jobs.TrainRequest(
             run_id=run_id,
@@ -423,13 +447,15 @@ class ConversationService:
         position = await self._queue.submit(request, run.attempt)
         return RunQueued(run_id=run_id, kind="train", queue_position=position)
 
-    async def _start_generation(self, user_id: int, origin: Origin, style: str, count: int) -> Event | None:
+    async def _start_generation(self, user_id: int, place: _Place, style: str, count: int) -> Event | None:
+        origin = place.origin
         model = await self._repos.models.latest_ready(user_id)
-        entry = await self._style_entry(origin, style)
+        entry = await self._style_entry(place, style)
         if model is None or entry is None or model.lora_key is None:
             log.warning("generation refused late for user %s (model or style vanished)", user_id)
             return None
-        community = await self._community(origin)
+        snapshot = await self._community(place)
+        community = snapshot.community if snapshot else None
         run_id = _new_run_id("g")
         delivery = self._delivery(
             origin,
@@ -454,15 +480,15 @@ class ConversationService:
         position = await self._queue.submit(request, run.attempt)
         return RunQueued(run_id=run_id, kind="generate", queue_position=position, style=entry.spec.name, count=count)
 
-    async def _style_entry(self, origin: Origin, name: str) -> StyleEntry | None:
+    async def _style_entry(self, place: _Place, name: str) -> StyleEntry | None:
         wanted = name.casefold()
         for key, entry in self._styles.items():
             if key.casefold() == wanted:
                 return entry
-        community = await self._community(origin)
-        if community is None:
+        snapshot = await self._community(place)
+        if snapshot is None:
             return None
-        for custom in await self._repos.communities.custom_styles(community.id):
+        for custom in snapshot.custom_styles:
             if custom.name.casefold() == wanted:
                 return StyleEntry(
                     jobs.StyleSpec(
@@ -505,13 +531,13 @@ class ConversationService:
     async def _add_style(
         self,
         user_id: int,
-        origin: Origin,
+        place: _Place,
         name: str,
         prompt: str,
         lora: OfferedFile | None,
         download: Downloader | None,
     ) -> Event:
-        community = await self._require_community(origin)
+        community = await self._require_community(place)
         if name.casefold() in (k.casefold() for k in self._styles):
             return StyleAdded(name, "exists_builtin")
         lora_key = None
@@ -604,8 +630,8 @@ class ConversationService:
             await asyncio.to_thread(self._blobs.delete, key)
 
 
-def _model_state(model: FaceModel | None) -> ModelState:
-    if model is None:
+def _model_state(status: ModelStatus | None) -> ModelState:
+    if status is None:
         return ModelState.NONE
     return {
         ModelStatus.PENDING: ModelState.TRAINING,
@@ -613,7 +639,7 @@ def _model_state(model: FaceModel | None) -> ModelState:
         ModelStatus.READY: ModelState.READY,
         ModelStatus.FAILED: ModelState.FAILED,
         ModelStatus.CANCELLED: ModelState.NONE,
-    }[model.status]
+    }[status]
 
 
 def _run_status(code: jobs.ErrorCode | None) -> RunStatus:
