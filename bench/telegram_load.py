@@ -14,7 +14,8 @@ Every user, all starting together: /start, /train, 5 photos (``--photos single``
 answered "Got 1 photo (k of 10)"; ``--photos album``: one album, answered once), /done, presses
 "A woman", waits for "Training done." and "Your face model is ready!", sends ``/generate <style>``
 and waits for the portraits and their buttons. A user sends an update only after the bot answered
-the previous one (a person waits for the answer).
+the previous one (a person waits for the answer); ``--think MIN-MAX`` adds a pause of uniform MIN-MAX
+seconds before each update (a person reading the answer and typing), none by default (a burst).
 
 For every update the benchmark records when it reached the Bot API server (the user sent it), when
 the bot fetched it (the first ``getUpdates`` answer that carried it) and when the bot first replied in
@@ -51,6 +52,7 @@ import multiprocessing
 import os
 import platform
 import pstats
+import random
 import shutil
 import signal
 import sqlite3
@@ -369,6 +371,7 @@ class Tracer:
         from bot.service import ConversationService
         from bot.telegram_adapter import app as telegram_app
         from bot.telegram_adapter.lanes import ChatLanes
+        from bot.telegram_adapter.request import AiohttpRequest
         from bot.telegram_adapter.sender import TelegramSender
         from storage.blobs import BlobStore
         from storage.db import Database
@@ -376,7 +379,7 @@ class Tracer:
         Database.locked = self.lock_timed("db statement", Database.locked)  # type: ignore[method-assign]
         Database.transaction = self.lock_timed("db transaction", Database.transaction)  # type: ignore[method-assign]
         ConversationService.handle = self.timed("service.handle", ConversationService.handle)  # type: ignore[method-assign]
-        ConversationService._facts = self.timed("service._facts", ConversationService._facts)  # type: ignore[method-assign]
+        ConversationService._read = self.timed("service._read (state + facts)", ConversationService._read)  # type: ignore[method-assign]
         ConversationService.on_outcome = self.timed("service.on_outcome", ConversationService.on_outcome)  # type: ignore[method-assign]
         ConversationService.on_progress = self.timed("service.on_progress", ConversationService.on_progress)  # type: ignore[method-assign]
         TelegramSender.send = self.timed("sender.send", TelegramSender.send)  # type: ignore[method-assign]
@@ -384,6 +387,7 @@ class Tracer:
         ArqJobQueue.submit = self.timed("redis queue.submit", ArqJobQueue.submit)  # type: ignore[method-assign]
         BlobStore.put_photo = self.timed_sync("blobs.put_photo (thread)", BlobStore.put_photo)  # type: ignore[method-assign]
         HTTPXRequest.do_request = self.timed("Bot API HTTP call", HTTPXRequest.do_request)  # type: ignore[method-assign]
+        AiohttpRequest.do_request = self.timed("Bot API HTTP call", AiohttpRequest.do_request)  # type: ignore[method-assign]
         make_downloader = telegram_app.make_downloader  # type: ignore[attr-defined]
 
         def traced_downloader(*args: Any, **kwargs: Any) -> Any:
@@ -415,7 +419,7 @@ EXPERIMENTS = {
     "inline-sqlite": "aiosqlite runs each statement on the event loop's thread instead of handing it to its own",
     "http-pool-16": "PTB's Bot API connection pool holds 16 connections (default 256), pool timeout 30 s",
     "sniffio": "a stand-in sniffio module: httpcore stops retrying a failed `import sniffio` on every request",
-    "aiohttp-request": "PTB talks HTTP through aiohttp instead of httpx (a BaseRequest written here)",
+    "httpx-request": "PTB's own HTTPXRequest instead of the adapter's AiohttpRequest (the default before it)",
 }
 
 
@@ -445,96 +449,19 @@ def apply_experiments(names: Sequence[str]) -> None:
         stub.current_async_library_cvar = contextvars.ContextVar("sniffio_library", default=None)  # type: ignore[attr-defined]
         stub.current_async_library = lambda: "asyncio"  # type: ignore[attr-defined]
         sys.modules["sniffio"] = stub
-    if "aiohttp-request" in names:
-        from telegram.ext import ApplicationBuilder
-
-        build = ApplicationBuilder.build
-
-        def build_on_aiohttp(self: Any) -> Any:
-            self.request(aiohttp_request(256)).get_updates_request(aiohttp_request(1))
-            return build(self)
-
-        ApplicationBuilder.build = build_on_aiohttp  # type: ignore[method-assign]
-    if "http-pool-16" in names:
+    if "httpx-request" in names or "http-pool-16" in names:
         from telegram.request import HTTPXRequest
 
-        init = HTTPXRequest.__init__
+        from bot.telegram_adapter import app as telegram_app
 
-        def small_pool(self: Any, *args: Any, **kwargs: Any) -> None:
-            if kwargs.get("connection_pool_size", 1) > 1:  # not getUpdates' own request
-                kwargs["connection_pool_size"] = 16
-                kwargs["pool_timeout"] = 30.0
-            init(self, *args, **kwargs)
+        base = HTTPXRequest if "httpx-request" in names else telegram_app.AiohttpRequest
 
-        HTTPXRequest.__init__ = small_pool  # type: ignore[method-assign]
+        def make_request(connection_pool_size: int) -> Any:
+            if "http-pool-16" in names and connection_pool_size > 1:  # not getUpdates' own request
+                return base(connection_pool_size=16, pool_timeout=30.0)
+            return base(connection_pool_size=connection_pool_size)
 
-
-def aiohttp_request(pool_size: int) -> Any:
-    """A PTB ``BaseRequest`` on aiohttp (for the ``aiohttp-request`` experiment; built in the bot process)."""
-    import aiohttp
-    from telegram.error import NetworkError, TimedOut
-    from telegram.request import BaseRequest, RequestData
-
-    default_read_s = 5.0
-
-    def seconds(value: object, default: float | None) -> float | None:
-        return float(value) if isinstance(value, int | float) else default
-
-    class AiohttpRequest(BaseRequest):
-        def __init__(self) -> None:
-            self._session: aiohttp.ClientSession | None = None
-
-        @property
-        def read_timeout(self) -> float | None:
-            return default_read_s
-
-        async def initialize(self) -> None:
-            if self._session is None or self._session.closed:
-                self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=pool_size))
-
-        async def shutdown(self) -> None:
-            if self._session is not None:
-                await self._session.close()
-
-        async def do_request(
-            self,
-            url: str,
-            method: str,
-            request_data: RequestData | None = None,
-            read_timeout: Any = BaseRequest.DEFAULT_NONE,
-            write_timeout: Any = BaseRequest.DEFAULT_NONE,
-            connect_timeout: Any = BaseRequest.DEFAULT_NONE,
-            pool_timeout: Any = BaseRequest.DEFAULT_NONE,
-        ) -> tuple[int, bytes]:
-            if self._session is None:
-                raise RuntimeError("AiohttpRequest is not initialized")
-            body: Any = None
-            if request_data is not None:
-                fields = request_data.json_parameters
-                files = request_data.multipart_data
-                if files:
-                    form = aiohttp.FormData()
-                    for name, value in fields.items():
-                        form.add_field(name, value)
-                    for name, (filename, content, mime) in files.items():
-                        form.add_field(name, content, filename=filename, content_type=mime)
-                    body = form
-                else:
-                    body = fields
-            timeout = aiohttp.ClientTimeout(
-                sock_read=seconds(read_timeout, default_read_s),
-                sock_connect=seconds(connect_timeout, 5.0),
-                connect=seconds(pool_timeout, 1.0),
-            )
-            try:
-                async with self._session.request(method, url, data=body, timeout=timeout) as response:
-                    return response.status, await response.read()
-            except TimeoutError as exc:
-                raise TimedOut from exc
-            except aiohttp.ClientError as exc:
-                raise NetworkError(f"aiohttp.{type(exc).__name__}: {exc}") from exc
-
-    return AiohttpRequest()
+        telegram_app.AiohttpRequest = make_request  # type: ignore[assignment,misc]
 
 
 def bot_process(config: ChildConfig) -> None:
@@ -666,6 +593,8 @@ class Options:
     style: str
     reply_timeout: float
     result_timeout: float
+    #: (min, max) seconds a user pauses before each update it sends; None: no pause (a burst).
+    think: tuple[float, float] | None = None
 
 
 class SimUser:
@@ -677,6 +606,8 @@ class SimUser:
         self.chat = user_id
         self.options = options
         self.result = UserResult(user_id)
+        # Seeded per user: the same pauses in every run.
+        self.rng = random.Random(user_id)
         api.add_user(user_id, f"User {user_id}")
 
     # ---- looking at the chat
@@ -694,6 +625,8 @@ class SimUser:
         self, name: str, push: Callable[[], object], done: Callable[[], bool], expect: Callable[[ReplyEvent], bool]
     ) -> UpdateRecord:
         """Send one update (or an album: the last part counts), wait for its answer, record the first reply."""
+        if self.options.think is not None:
+            await asyncio.sleep(self.rng.uniform(*self.options.think))
         events = self.api.events[self.chat]
         start = len(events)
         push()
@@ -994,7 +927,7 @@ async def run(args: argparse.Namespace, processes: Processes) -> dict[str, Any]:
     out = Path(args.out)
     await empty_redis(args.redis_url)
     photos = face_photos(PHOTOS)
-    options = Options(args.photos == "album", args.style, args.reply_timeout, args.result_timeout)
+    options = Options(args.photos == "album", args.style, args.reply_timeout, args.result_timeout, args.think)
     spawn = multiprocessing.get_context("spawn")
     work = Path(tempfile.mkdtemp(prefix="facechain-load-"))
     try:
@@ -1113,6 +1046,7 @@ def summarize(
         "photos": args.photos,
         "workers": args.workers,
         "style": args.style,
+        "think_s": list(args.think) if args.think else None,
         "profile": args.profile,
         "experiments": list(args.experiment),
         "wall_s": round(wall, 2),
@@ -1234,9 +1168,11 @@ def print_table(summary: dict[str, Any]) -> None:
         )
 
     m = summary["machine"]
+    think = summary["think_s"]
+    pace = f"a user pauses {think[0]:g}-{think[1]:g} s before each update" if think else "zero think time"
     print(
         f"\ntelegram load: {summary['users']} users, {summary['photos']} photos, {summary['workers']} instant workers,"
-        f" {m['cpus']} CPUs ({m['cpu']}), Python {m['python']}"
+        f" {pace}, {m['cpus']} CPUs ({m['cpu']}), Python {m['python']}"
     )
     print(f"  wall time                    {summary['wall_s']:.1f} s")
     print(f"  updates                      {summary['updates']} ({summary['updates_per_s']} answered updates/s)")
@@ -1277,6 +1213,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="five photo messages each answered, or one album answered once")  # fmt: skip
     parser.add_argument("--workers", type=int, default=8, help="instant GPU workers (run_worker loops)")
     parser.add_argument("--style", default="watercolor")
+    parser.add_argument(
+        "--think",
+        type=_seconds_range,
+        default=None,
+        metavar="MIN-MAX",
+        help="a user pauses uniform MIN-MAX s before each update it sends, the first included (e.g. 1-3: a person "
+        "reading the answer); default: none, every user sends the next update as soon as the last is answered",
+    )
     parser.add_argument("--reply-timeout", type=float, default=120.0, help="s a user waits for an answer")
     parser.add_argument("--result-timeout", type=float, default=300.0, help="s a user waits for a model/portraits")
     parser.add_argument("--settle", type=float, default=3.0, help="s to wait for late (duplicate) replies")
@@ -1303,6 +1247,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.users < 1 or args.workers < 1:
         parser.error("--users and --workers must be at least 1")
     return args
+
+
+def _seconds_range(text: str) -> tuple[float, float]:
+    """``1-3`` → (1.0, 3.0): a range of seconds for ``--think``."""
+    low, sep, high = text.partition("-")
+    try:
+        values = (float(low), float(high if sep else low))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected MIN-MAX seconds, like 1-3, not {text!r}") from None
+    if not 0 <= values[0] <= values[1]:
+        raise argparse.ArgumentTypeError(f"expected 0 <= MIN <= MAX, not {text!r}")
+    return values
 
 
 def prepare_out(out: Path) -> None:
