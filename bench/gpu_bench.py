@@ -1,12 +1,27 @@
 #!/usr/bin/env python3
-"""Times the project's real pipeline code on a GPU at full SD 1.5 size (random weights: timing does not
-depend on weight values), for docs/benchmarks.md.
+"""Times the project's real pipeline code on a GPU at full SD 1.5 size, for docs/benchmarks.md.
 
-Run it on the GPU machine in the same call as the reference script, so that ratios compare one card:
+Random weights in SD 1.5's exact architecture (timing does not depend on weight values). Each
+optimisation is a switch, and each variant is timed on its own line, so its effect shows:
 
-    python3 bench/gpu_bench.py --out $OUT [--sections cold,train,generate,switch] [--train-samples 800]
+    python3 bench/gpu_bench.py --out $OUT --sections train,generate,switch,cold,post
+    python3 bench/gpu_bench.py --out $OUT --sections naive,equivalence   # the reference recipe, same data
 
-Each result is one JSON line in OUT/bench.jsonl; a table is printed last.
+Sections:
+  train        face LoRA training, 800 samples of 5 photos, per variant of --train-variants
+               (bN = batch N; graph / eager; lr scaling none/sqrt/linear); eval loss of each LoRA
+  naive        the naive reference recipe on the same photos and seed (diffusers' LoRA script:
+               fp16 weights + autocast + GradScaler, VAE and text encoder every step, batch 1,
+               loss read every step), its time per sample and its eval loss
+  generate     one /generate (10 candidates, 40 steps, CFG 7, style + face LoRA, VAE decode) per
+               variant of --generate-variants (bN = denoising batch; graph / eager; cl = channels last)
+  switch       another user's face LoRA: read + fuse, restore; graph captures before and after
+  post         face detection + embedding of 10 candidates and the NSFW check of 4 (CPU)
+  cold         a fresh worker process: import, both pipelines loaded, graph warm-up (twice)
+
+The eval loss: mean MSE of the UNet with the LoRA fused, over 64 fixed (view, noise, timestep)
+triples drawn from the same cached photo views (the loss the training minimises), untrained = no LoRA.
+Results are JSON lines in OUT/bench.jsonl; a summary is printed last.
 """
 
 from __future__ import annotations
@@ -15,6 +30,7 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -23,6 +39,28 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 RESULTS: list[dict[str, Any]] = []
+CAPTION = "<fcsks>, a beautiful woman"
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default=os.environ.get("OUT") or "/tmp/bench_out")
+    parser.add_argument("--sections", default="train,generate,switch,post,cold")
+    parser.add_argument("--photos", type=int, default=5)
+    parser.add_argument("--train-samples", type=int, default=800, help="FaceChain: 200 a photo, capped at 800")
+    parser.add_argument("--train-variants", default="b1:graph,b8:graph,b8:graph:sqrt,b8:graph:linear,b8:eager")
+    parser.add_argument("--eager-b1-samples", type=int, default=80, help="b1:eager is timed on fewer samples")
+    parser.add_argument("--naive-samples", type=int, default=800)
+    parser.add_argument("--generate-variants", default="b10:graph,b10:eager,b5:eager,b10:graph:cl")
+    parser.add_argument("--candidates", type=int, default=10)
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--work", default="/tmp/facechain-bench")
+    parser.add_argument("--tiny", action="store_true", help="tiny model on the CPU: checks the code paths only")
+    return parser.parse_args()
+
+
+ARGS = parse_args()
 
 
 def record(section: str, name: str, **values: Any) -> None:
@@ -33,141 +71,427 @@ def record(section: str, name: str, **values: Any) -> None:
     print("RESULT", json.dumps(row), flush=True)
 
 
-def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default=os.environ.get("OUT") or "/tmp/bench_out")
-    parser.add_argument("--sections", default="cold,train,generate,switch")
-    parser.add_argument("--photos", type=int, default=5)
-    parser.add_argument("--train-samples", type=int, default=800, help="FaceChain recipe: 200 a photo, capped at 800")
-    parser.add_argument("--train-batch", type=int, default=1)
-    parser.add_argument("--candidates", type=int, default=10)
-    parser.add_argument("--steps", type=int, default=40)
-    parser.add_argument("--work", default="/tmp/facechain-bench")
-    return parser.parse_args()
-
-
-ARGS = parse_args()
-
-
 def main() -> None:
     import torch
-    from PIL import Image
 
-    from pipeline import jobs
-    from pipeline.config import WorkerSettings
-    from pipeline.devices import pick_device, pick_dtype
-    from pipeline.generate import PortraitGenerator
-    from pipeline.models import load_base_pipeline, make_random_pipeline
-    from pipeline.train import TrainArgs, train_lora
-    from tests.pipeline import photos
+    from pipeline.models import make_random_pipeline
 
     Path(ARGS.out).mkdir(parents=True, exist_ok=True)
-    sections = set(ARGS.sections.split(","))
     work = Path(ARGS.work)
     work.mkdir(parents=True, exist_ok=True)
-    record(
-        "env", "env", gpu=torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
-        torch=torch.__version__, python=sys.version.split()[0],
-    )  # fmt: skip
-
+    sections = ARGS.sections.split(",")
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    record("env", "env", gpu=gpu, torch=torch.__version__, python=sys.version.split()[0])
     started = time.perf_counter()
-    model = work / "sd15"
+    model = work / ("tiny" if ARGS.tiny else "sd15")
     if not (model / "model_index.json").exists():
-        make_random_pipeline(model, full_size=True)
-    record("setup", "random_sd15_written", seconds=round(time.perf_counter() - started, 1))
+        if ARGS.tiny:
+            from pipeline.models import make_tiny_pipeline
 
-    batch = ARGS.train_batch
-    settings = WorkerSettings(
-        _env_file=None,
-        base_model=str(model),
-        data_dir=work / "data",
-        models_dir=work / "models",
-        # The recipe counts samples; at batch B that is samples / B optimizer steps.
-        max_train_steps=max(1, ARGS.train_samples // batch),
-        steps_per_photo=max(1, 200 // batch),
-        train_batch_size=batch,
-        inference_steps=ARGS.steps,
-        candidates=ARGS.candidates,
-    )  # type: ignore[call-arg]
-    device = pick_device(settings)
-
-    cuda = torch.cuda.is_available()
-
-    def sync() -> None:
-        if cuda:
-            torch.cuda.synchronize()
-
-    def peak() -> float:
-        return round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else 0.0
-
-    def reset_peak() -> None:
-        if cuda:
-            torch.cuda.reset_peak_memory_stats()
-
-    started = time.perf_counter()
-    infer_pipe = load_base_pipeline(settings, device, pick_dtype(settings, device, "infer"))
-    train_pipe = load_base_pipeline(settings, device, pick_dtype(settings, device, "train"))
-    sync()
-    record("cold", "both_pipelines_loaded", seconds=round(time.perf_counter() - started, 2),
-           gib=round(torch.cuda.memory_allocated() / 2**30, 2) if cuda else 0.0)  # fmt: skip
-
-    face_lora = work / "face.safetensors"
-    if "train" in sections or not face_lora.exists():
-        images = [
-            Image.fromarray(img).resize((512, 512)) for img in photos.same_person_set(photos.astronaut())[: ARGS.photos]
-        ]
-        args = TrainArgs.from_settings(settings)
-        reset_peak()
-        losses: list[float] = []
+            make_tiny_pipeline(model)
+        else:
+            make_random_pipeline(model, full_size=True)
+    record("setup", "random_sd15_ready", seconds=round(time.perf_counter() - started, 1))
+    bench = Bench(model, work)
+    for section in filter(None, sections):
         started = time.perf_counter()
-        result = train_lora(train_pipe, images, "<fcsks>, a beautiful woman", args, face_lora,
-                            on_progress=lambda step, total, loss: losses.append(loss))  # fmt: skip
-        sync()
-        total = time.perf_counter() - started
-        samples = result.steps * batch
-        record(
-            "train", f"train_lora_b{batch}", seconds=round(total, 2), steps=result.steps, samples=samples,
-            samples_per_s=round(samples / total, 1), ms_per_step=round(total / result.steps * 1e3, 1),
-            final_loss=round(result.final_loss, 5), mean_loss_last_20=round(statistics.fmean(losses[-20:]), 5),
-            peak_gib=peak(),
-        )  # fmt: skip
+        try:
+            getattr(bench, f"section_{section}")()
+        except Exception as exc:  # one broken section must not cost the others' device time
+            import traceback
 
-    style = jobs.StyleSpec(name="suit", prompt="(business suit:1.2)")
-    for fuse in (False, True):
-        if "generate" not in sections:
-            break
-        generator = PortraitGenerator(infer_pipe, settings, fuse=fuse)
-        times = []
-        for _ in range(3):
-            reset_peak()
-            started = time.perf_counter()
-            made = generator.generate(face_lora, style, None, "<fcsks>, a beautiful woman", 4, ARGS.candidates, seed=1)
-            sync()
-            times.append(time.perf_counter() - started)
-        record(
-            "generate", f"candidates_{ARGS.candidates}x{ARGS.steps}_{'fused' if fuse else 'unfused'}",
-            seconds_median=round(statistics.median(times), 2), seconds_all=[round(t, 2) for t in times],
-            images=len(made), peak_gib=peak(),
-        )  # fmt: skip
-
-    if "switch" in sections:
-        generator = PortraitGenerator(infer_pipe, settings, fuse=False)
-        copies = []
-        for i in range(4):
-            target = work / f"face_{i}.safetensors"
-            target.write_bytes(face_lora.read_bytes())
-            copies.append(target)
-        times = []
-        for path in copies:
-            started = time.perf_counter()
-            generator.generate(path, style, None, "<fcsks>, a woman", 1, 1, seed=1, steps=1, batch_size=1)
-            sync()
-            times.append(time.perf_counter() - started)
-        record("switch", "one_step_job_with_a_new_face_lora", ms_median=round(statistics.median(times[1:]) * 1e3, 1))
-
+            traceback.print_exc()
+            record(section, "error", error=f"{type(exc).__name__}: {exc}"[:800])
+        print(f"section {section} took {time.perf_counter() - started:.1f}s", flush=True)
     print("\n==== SUMMARY ====")
     for row in RESULTS:
         print(json.dumps(row))
+
+
+class Bench:
+    def __init__(self, model: Path, work: Path) -> None:
+        import torch
+        from PIL import Image
+
+        from pipeline.config import WorkerSettings
+        from pipeline.devices import configure_backends, pick_device
+        from tests.pipeline import photos
+
+        self.torch = torch
+        self.model, self.work = model, work
+        tiny = {"device": "cpu", "dtype": "fp32", "resolution": 64} if ARGS.tiny else {}
+        self.settings = WorkerSettings(
+            _env_file=None, base_model=str(model), data_dir=work / "data", models_dir=work / "models",
+            inference_steps=ARGS.steps, candidates=ARGS.candidates, rank_faces=False, **tiny,
+        )  # type: ignore[call-arg]  # fmt: skip
+        self.device = pick_device(self.settings)
+        configure_backends(self.device)
+        faces = photos.same_person_set(photos.astronaut())[: ARGS.photos]
+        side = self.settings.resolution
+        self.images = [Image.fromarray(img).resize((side, side)) for img in faces]
+        self._train_pipe: Any = None
+        self._infer_pipe: Any = None
+        self._eval: tuple[Any, Any, Any, Any] | None = None
+        self.face_loras: list[Path] = []
+
+    # ----------------------------------------------------------------------------- helpers
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            self.torch.cuda.synchronize()
+
+    def reset_peak(self) -> None:
+        if self.device.type == "cuda":
+            self.self.reset_peak()
+
+    def memory(self, kind: str) -> float:
+        """GiB: ``allocated`` now, or the ``peak_allocated`` / ``peak_reserved`` since reset_peak."""
+        if self.device.type != "cuda":
+            return 0.0
+        cuda = self.torch.cuda
+        value = {
+            "allocated": cuda.memory_allocated, "peak_allocated": cuda.max_memory_allocated,
+            "peak_reserved": cuda.max_memory_reserved,
+        }[kind]()  # fmt: skip
+        return round(value / 2**30, 2)
+
+    def train_pipe(self) -> Any:
+        from pipeline.devices import pick_dtype
+        from pipeline.models import load_base_pipeline
+
+        if self._train_pipe is None:
+            self._train_pipe = load_base_pipeline(
+                self.settings, self.device, pick_dtype(self.settings, self.device, "train")
+            )
+        return self._train_pipe
+
+    def infer_pipe(self) -> Any:
+        from pipeline.devices import pick_dtype
+        from pipeline.models import load_base_pipeline
+
+        if self._infer_pipe is None:
+            self._infer_pipe = load_base_pipeline(
+                self.settings, self.device, pick_dtype(self.settings, self.device, "infer")
+            )
+        return self._infer_pipe
+
+    def eval_set(self) -> tuple[Any, Any, Any, Any]:
+        """64 fixed (noisy latent, timestep, target, text) samples from the photos' cached views."""
+        from diffusers import DDPMScheduler
+
+        from pipeline.train import TrainArgs, encode_caption, encode_views
+
+        if self._eval is None:
+            torch = self.torch
+            pipe = self.train_pipe()
+            mean, std = encode_views(pipe, self.images, TrainArgs())
+            g = torch.Generator(device=self.device).manual_seed(1234)
+            n = 64
+            index = torch.randint(0, mean.shape[0], (n,), generator=g, device=self.device)
+            latents = mean[index] + std[index] * torch.randn(mean[index].shape, generator=g, device=self.device)
+            latents = latents * pipe.vae.config.scaling_factor
+            noise = torch.randn(latents.shape, generator=g, device=self.device)
+            t = torch.randint(0, 1000, (n,), generator=g, device=self.device)
+            scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+            noisy = scheduler.add_noise(latents, noise, t)
+            text = encode_caption(pipe, CAPTION)
+            self._eval = (noisy, t, noise, text)
+        return self._eval
+
+    def eval_loss(self, lora: Path | None) -> float:
+        from pipeline.lora_merge import WeightFuser, read_lora_layers
+
+        torch = self.torch
+        pipe = self.train_pipe()
+        noisy, t, noise, text = self.eval_set()
+        fuser = WeightFuser(pipe)
+        if lora is not None:
+            fuser.fuse([(read_lora_layers(pipe, lora, self.device), 1.0)])
+        losses = []
+        cuda = self.device.type == "cuda"
+        with torch.no_grad(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cuda):
+            for start in range(0, noisy.shape[0], 16):
+                sl = slice(start, start + 16)
+                hidden = text.expand(noisy[sl].shape[0], -1, -1)
+                pred = pipe.unet(noisy[sl].to(pipe.unet.dtype), t[sl], hidden, return_dict=False)[0]
+                losses.append(torch.nn.functional.mse_loss(pred.float(), noise[sl].float()).item())
+        fuser.restore()
+        return round(statistics.fmean(losses), 5)
+
+    # ----------------------------------------------------------------------------- sections
+    def section_train(self) -> None:
+        from pipeline.train import TrainArgs, train_lora
+
+        pipe = self.train_pipe()
+        self.sync()
+        resident = self.memory("allocated")
+        record("train", "untrained_eval_loss", eval_loss=self.eval_loss(None))
+        for variant in ARGS.train_variants.split(","):
+            parts = variant.split(":")
+            batch = int(parts[0][1:])
+            graphs = "graph" in parts
+            scaling = next((p for p in parts if p in ("sqrt", "linear")), "none")
+            samples = ARGS.eager_b1_samples if (batch == 1 and not graphs) else ARGS.train_samples
+            args = TrainArgs(
+                train_batch_size=batch, max_train_steps=samples, cuda_graphs=graphs, lr_batch_scaling=scaling
+            )  # type: ignore[arg-type]
+            losses: list[float] = []
+            out = self.work / f"lora_{variant.replace(':', '_')}.safetensors"
+            self.reset_peak()
+            self.sync()
+            started = time.perf_counter()
+            result = train_lora(
+                pipe, self.images, CAPTION, args, out, on_progress=lambda s, n, loss, into=losses: into.append(loss)
+            )
+            self.sync()
+            seconds = time.perf_counter() - started
+            done = result.steps * batch
+            tail = max(1, len(losses) // 10)
+            record(
+                "train", variant, samples=done, steps=result.steps, seconds=round(seconds, 2),
+                samples_per_s=round(done / seconds, 1), ms_per_step=round(seconds / result.steps * 1e3, 2),
+                lr=args.scaled_learning_rate(), train_loss_last10pct=round(statistics.fmean(losses[-tail:]), 5),
+                eval_loss=self.eval_loss(out) if done == ARGS.train_samples else None,
+                peak_alloc_gib=self.memory('peak_allocated'),
+                peak_reserved_gib=self.memory('peak_reserved'),
+                pipeline_resident_gib=resident,
+            )  # fmt: skip
+            if out.exists():
+                self.face_loras.append(out)
+
+    def section_naive(self) -> None:
+        """The naive reference recipe (diffusers' train_text_to_image_lora.py) on the same photos."""
+        import torch.nn.functional as F
+        from diffusers import DDPMScheduler
+        from diffusers.optimization import get_scheduler
+        from diffusers.training_utils import cast_training_params
+        from peft import LoraConfig
+
+        from pipeline.train import TrainArgs, _save_lora, _to_tensor
+
+        torch = self.torch
+        pipe = self.infer_pipe()  # fp16 weights, as the reference's naive configuration
+        unet, vae, text_encoder = pipe.unet, pipe.vae, pipe.text_encoder
+        args = TrainArgs()
+        samples = ARGS.naive_samples
+        rng = torch.Generator().manual_seed(args.seed)
+
+        def augment(image: Any) -> Any:
+            """The script's Resize + RandomCrop + RandomHorizontalFlip + Normalize, on 512² photos."""
+            from PIL import ImageOps
+
+            return _to_tensor([ImageOps.mirror(image) if torch.rand(1, generator=rng).item() < 0.5 else image])[0]
+
+        ids = pipe.tokenizer(
+            CAPTION, padding="max_length", max_length=pipe.tokenizer.model_max_length, truncation=True,
+            return_tensors="pt",
+        ).input_ids.to(self.device)  # fmt: skip
+        torch.manual_seed(args.seed)
+        config = LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian", target_modules=list(args.target_modules))
+        unet.add_adapter(config, adapter_name="naive")
+        cast_training_params(unet, dtype=torch.float32)
+        params = [p for p in unet.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=args.learning_rate, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
+        schedule = get_scheduler("cosine", optimizer, num_warmup_steps=0, num_training_steps=samples)
+        scaler = torch.amp.GradScaler(self.device.type, enabled=self.device.type == "cuda")
+        noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+        unet.train()
+        losses = []
+        self.reset_peak()
+        self.sync()
+        started = time.perf_counter()
+        for step in range(samples):
+            image = self.images[step % len(self.images)]
+            pixels = augment(image).unsqueeze(0).to(self.device, vae.dtype)
+            with torch.no_grad():
+                latents = vae.encode(pixels).latent_dist.sample() * vae.config.scaling_factor
+                hidden = text_encoder(ids, return_dict=False)[0]
+            noise = torch.randn_like(latents)
+            t = torch.randint(0, 1000, (1,), device=self.device).long()
+            noisy = noise_scheduler.add_noise(latents, noise, t)
+            with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.device.type == "cuda"):
+                pred = unet(noisy, t, hidden, return_dict=False)[0]
+            loss = F.mse_loss(pred.float(), noise.float(), reduction="mean")
+            losses.append(loss.item())  # the script logs every step: a host sync
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            scaler.step(optimizer)
+            scaler.update()
+            schedule.step()
+            optimizer.zero_grad(set_to_none=True)
+        self.sync()
+        seconds = time.perf_counter() - started
+        out = self.work / "lora_naive.safetensors"
+        unet.eval()
+        _save_lora(unet, config, out, adapter="naive")
+        unet.unload_lora()
+        unet.requires_grad_(False)
+        tail = max(1, samples // 10)
+        record(
+            "naive", "reference_recipe_b1_fp16", samples=samples, seconds=round(seconds, 2),
+            samples_per_s=round(samples / seconds, 2), ms_per_step=round(seconds / samples * 1e3, 1),
+            train_loss_last10pct=round(statistics.fmean(losses[-tail:]), 5), eval_loss=self.eval_loss(out),
+            peak_alloc_gib=self.memory('peak_allocated'),
+        )  # fmt: skip
+
+    def _face_loras(self, count: int) -> list[Path]:
+        from tests.pipeline.tiny import random_lora_file
+
+        made = []
+        for i in range(count):
+            path = self.work / f"face_{i}.safetensors"
+            if not path.exists():
+                random_lora_file(self.infer_pipe(), path, seed=100 + i, scale=0.02)
+            made.append(path)
+        return made
+
+    def _style_lora(self) -> Path:
+        from tests.pipeline.tiny import kohya_lora_file
+
+        path = self.work / "style.safetensors"
+        if not path.exists():
+            kohya_lora_file(self.infer_pipe(), path, seed=7, rank=16)
+        return path
+
+    def section_generate(self) -> None:
+        from pipeline import jobs
+        from pipeline.generate import PortraitGenerator
+
+        torch = self.torch
+        pipe = self.infer_pipe()
+        faces = self._face_loras(2)
+        style_lora = self._style_lora()
+        style = jobs.StyleSpec(name="suit", prompt="(business suit:1.2)", style_weight=0.8, face_weight=0.9)
+        for variant in ARGS.generate_variants.split(","):
+            parts = variant.split(":")
+            batch = int(parts[0][1:])
+            channels_last = "cl" in parts
+            pipe.unet.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+            generator = PortraitGenerator(pipe, self.settings, cuda_graphs="graph" in parts)
+            times = []
+            self.reset_peak()
+            for i in range(ARGS.repeats + 1):
+                self.sync()
+                started = time.perf_counter()
+                made = generator.generate(
+                    faces[i % 2], style, style_lora, CAPTION, 4, ARGS.candidates, seed=1, batch_size=batch
+                )
+                self.sync()
+                times.append(time.perf_counter() - started)
+            record(
+                "generate", variant, candidates=ARGS.candidates, steps=ARGS.steps,
+                seconds_median=round(statistics.median(times[1:]), 3), first_s=round(times[0], 2),
+                seconds_all=[round(t, 3) for t in times],
+                ms_per_step=round(statistics.median(times[1:]) / ARGS.steps * 1e3, 1),
+                images=len(made), graph_captures=generator.unet.captures,
+                peak_alloc_gib=self.memory('peak_allocated'),
+                peak_reserved_gib=self.memory('peak_reserved'),
+            )  # fmt: skip
+            generator.unet.reset()
+        pipe.unet.to(memory_format=torch.contiguous_format)
+
+    def section_switch(self) -> None:
+        from pipeline import jobs
+        from pipeline.generate import PortraitGenerator
+
+        torch = self.torch
+        pipe = self.infer_pipe()
+        faces = self._face_loras(6)
+        style_lora = self._style_lora()
+        style = jobs.StyleSpec(name="suit", prompt="(business suit:1.2)", style_weight=0.8, face_weight=0.9)
+        generator = PortraitGenerator(pipe, self.settings)
+        generator.generate(faces[0], style, style_lora, CAPTION, 1, 1, seed=1, steps=2, batch_size=1)
+        captures = generator.unet.captures
+        fuse_ms, restore_ms = [], []
+        for face in faces[1:]:
+            self.sync()
+            started = time.perf_counter()
+            assert generator._fuse_direct(face, style, style_lora)
+            self.sync()
+            middle = time.perf_counter()
+            generator.fuser.restore()
+            self.sync()
+            fuse_ms.append((middle - started) * 1e3)
+            restore_ms.append((time.perf_counter() - middle) * 1e3)
+        jobs_ms = []
+        for face in faces[1:]:
+            self.sync()
+            started = time.perf_counter()
+            generator.generate(face, style, style_lora, CAPTION, 1, 1, seed=1, steps=2, batch_size=1)
+            self.sync()
+            jobs_ms.append((time.perf_counter() - started) * 1e3)
+        record(
+            "switch", "face_lora_switch_direct", read_and_fuse_ms=round(statistics.median(fuse_ms), 1),
+            restore_ms=round(statistics.median(restore_ms), 1), all_fuse_ms=[round(v, 1) for v in fuse_ms],
+            two_step_job_ms=round(statistics.median(jobs_ms), 1),
+            new_graph_captures=generator.unet.captures - captures,
+        )  # fmt: skip
+        peft = PortraitGenerator(pipe, self.settings, merge="peft", fuse=True)
+        peft_ms = []
+        for face in faces[1:]:
+            self.sync()
+            started = time.perf_counter()
+            snapshot = peft._apply_peft(face, style, style_lora)
+            self.sync()
+            peft_ms.append((time.perf_counter() - started) * 1e3)
+            peft._clean(snapshot)
+        record("switch", "face_lora_switch_peft_fused", load_set_fuse_ms=round(statistics.median(peft_ms), 1))
+        del torch
+
+    def section_post(self) -> None:
+        """Face filter + ranking of 10 candidates and the NSFW check of 4, on real photos (CPU)."""
+        import numpy as np
+
+        from pipeline.faces import cosine, load_face_analyzer
+        from pipeline.nsfw import NsfwChecker
+
+        analyzer = load_face_analyzer(self.settings)
+        nsfw = NsfwChecker()
+        candidates = [np.asarray(img) for img in (self.images * 2)[:10]]
+        template = analyzer.embed(candidates[0], analyzer.detect(candidates[0])[0])
+        times = []
+        for _ in range(3):
+            started = time.perf_counter()
+            scores = []
+            for pixels in candidates:
+                found = analyzer.detect(pixels)
+                if len(found) == 1:
+                    scores.append(cosine(analyzer.embed(pixels, found[0]), template))
+            from PIL import Image
+
+            nsfw.scores([Image.fromarray(c) for c in candidates[:4]])
+            times.append(time.perf_counter() - started)
+        record("post", "rank_10_nsfw_4", seconds_median=round(statistics.median(times), 3), faces=len(scores),
+               cpu_count=os.cpu_count())  # fmt: skip
+
+    def section_cold(self) -> None:
+        """A fresh worker process to ready (models loaded, graph captured), twice: cold, then restart."""
+        tiny = {"device": "cpu", "dtype": "fp32", "resolution": 64} if ARGS.tiny else {}
+        script = (
+            "import time; t0 = time.perf_counter()\n"
+            "from pipeline.config import WorkerSettings\n"
+            "from pipeline.runner import PipelineRunner\n"
+            "from storage.blobs import BlobStore\n"
+            f"s = WorkerSettings(_env_file=None, base_model={str(self.model)!r}, data_dir={str(self.work / 'data')!r},"
+            f" models_dir={str(self.work / 'models')!r}, **{tiny!r})\n"
+            "r = PipelineRunner(s, BlobStore(s.blob_dir))\n"
+            "import torch; cuda = torch.cuda.is_available(); cuda and torch.cuda.synchronize()\n"
+            "gib = torch.cuda.memory_allocated() / 2**30 if cuda else 0\n"
+            "print('READY', round(time.perf_counter() - t0, 2), round(gib, 2))\n"
+        )
+        root = Path(__file__).resolve().parents[1]
+        for attempt in ("cold", "restart"):
+            started = time.perf_counter()
+            done = subprocess.run(
+                [sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=300, check=False
+            )
+            wall = time.perf_counter() - started
+            line = next((x for x in done.stdout.splitlines() if x.startswith("READY")), None)
+            record(
+                "cold", f"worker_{attempt}", wall_s=round(wall, 2),
+                ready_s=float(line.split()[1]) if line else None, gib=float(line.split()[2]) if line else None,
+                error=None if line else done.stderr[-600:],
+            )  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -56,6 +56,9 @@ class PipelineRunner:
         self.train_pipe = None
         if "generate" in settings.queues:
             self.generator = PortraitGenerator.load(settings, fuse=settings.fuse_loras)
+            if self.device.type == "cuda":
+                # Captures the UNet's CUDA graph and picks the kernels now, not in the first user's job.
+                log.info("generation warm-up took %.1fs", self.generator.warm_up())
         if "train" in settings.queues:
             self.train_pipe = load_base_pipeline(settings, self.device, pick_dtype(settings, self.device, "train"))
         self._train_lock = threading.Lock()

@@ -32,6 +32,7 @@ import argparse
 import logging
 import math
 import os
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
@@ -279,13 +280,13 @@ def _autocast_dtype(args: TrainArgs, device: torch.device) -> torch.dtype | None
     return {"no": None, "fp16": torch.float16, "bf16": torch.bfloat16}[mode]
 
 
-def _save_lora(unet: torch.nn.Module, config: Any, out_path: Path) -> None:
-    """Write the training adapter in diffusers' LoRA format, atomically."""
+def _save_lora(unet: torch.nn.Module, config: Any, out_path: Path, adapter: str = TRAIN_ADAPTER) -> None:
+    """Write a peft adapter of ``unet`` in diffusers' LoRA format, atomically."""
     from diffusers import StableDiffusionPipeline
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft.utils import get_peft_model_state_dict
 
-    state = get_peft_model_state_dict(unet, adapter_name=TRAIN_ADAPTER)
+    state = get_peft_model_state_dict(unet, adapter_name=adapter)
     state = convert_state_dict_to_diffusers({k: v.detach().float().cpu().contiguous() for k, v in state.items()})
     out_path.parent.mkdir(parents=True, exist_ok=True)
     partial = out_path.with_name(f".{out_path.name}.{os.getpid()}.partial")
@@ -446,10 +447,17 @@ def train_lora(
                 assert warm_stream is not None
                 torch.cuda.current_stream(device).wait_stream(warm_stream)
                 optimizer.zero_grad(set_to_none=True)
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph):
-                    graph_loss = forward_backward()
                 warm_stream = None
+                try:
+                    graph = torch.cuda.CUDAGraph()
+                    with torch.cuda.graph(graph):
+                        graph_loss = forward_backward()
+                except Exception:
+                    if is_out_of_memory(sys.exc_info()[1] or Exception()):
+                        raise
+                    log.warning("CUDA graph capture of the training step failed; training eagerly", exc_info=True)
+                    graph, use_graph = None, False
+                    optimizer.zero_grad(set_to_none=True)
             if graph is not None:
                 sample_inputs()
                 graph.replay()
