@@ -141,7 +141,7 @@ class Bench:
 
     def reset_peak(self) -> None:
         if self.device.type == "cuda":
-            self.self.reset_peak()
+            self.torch.cuda.reset_peak_memory_stats()
 
     def memory(self, kind: str) -> float:
         """GiB: ``allocated`` now, or the ``peak_allocated`` / ``peak_reserved`` since reset_peak."""
