@@ -469,6 +469,7 @@ class Bench:
         tiny = {"device": "cpu", "dtype": "fp32", "resolution": 64} if ARGS.tiny else {}
         script = (
             "import time; t0 = time.perf_counter()\n"
+            "import torch, diffusers; print('IMPORTS', round(time.perf_counter() - t0, 2))\n"
             "from pipeline.config import WorkerSettings\n"
             "from pipeline.runner import PipelineRunner\n"
             "from storage.blobs import BlobStore\n"
@@ -477,6 +478,7 @@ class Bench:
             "r = PipelineRunner(s, BlobStore(s.blob_dir))\n"
             "import torch; cuda = torch.cuda.is_available(); cuda and torch.cuda.synchronize()\n"
             "gib = torch.cuda.memory_allocated() / 2**30 if cuda else 0\n"
+            "import json; print('PARTS', json.dumps(r.startup_seconds))\n"
             "print('READY', round(time.perf_counter() - t0, 2), round(gib, 2))\n"
         )
         root = Path(__file__).resolve().parents[1]
@@ -487,9 +489,12 @@ class Bench:
             )
             wall = time.perf_counter() - started
             line = next((x for x in done.stdout.splitlines() if x.startswith("READY")), None)
+            imports = next((float(x.split()[1]) for x in done.stdout.splitlines() if x.startswith("IMPORTS")), None)
+            parts = next((x[6:] for x in done.stdout.splitlines() if x.startswith("PARTS")), "null")
             record(
                 "cold", f"worker_{attempt}", wall_s=round(wall, 2),
                 ready_s=float(line.split()[1]) if line else None, gib=float(line.split()[2]) if line else None,
+                imports_s=imports, parts=json.loads(parts),
                 error=None if line else done.stderr[-600:],
             )  # fmt: skip
 

@@ -266,6 +266,37 @@ def load_base_pipeline(
     return pipe
 
 
+def clone_pipeline(pipe: StableDiffusionPipeline, dtype: torch.dtype) -> StableDiffusionPipeline:
+    """A second resident pipeline with its own copy of the weights in ``dtype``, made on the device.
+
+    The worker holds one pipeline for generation and one for training (training adds adapters to its
+    UNet while a generation may run). Copying the loaded weights on the GPU takes a fraction of a
+    second where reading and converting the files again takes several; the tokenizer is shared
+    (read-only) and the scheduler is a fresh one from the same config.
+    """
+    import copy
+
+    import torch
+    from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
+
+    parts = {}
+    for name in ("unet", "vae", "text_encoder"):
+        module = copy.deepcopy(getattr(pipe, name)).to(dtype=dtype, memory_format=torch.contiguous_format)
+        module.requires_grad_(False)
+        module.eval()
+        parts[name] = module
+    clone = StableDiffusionPipeline(
+        **parts,
+        tokenizer=pipe.tokenizer,
+        scheduler=DPMSolverMultistepScheduler.from_config(pipe.scheduler.config),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    clone.set_progress_bar_config(disable=True)
+    return clone
+
+
 # ------------------------------------------------------------------------------------------ fetching
 def default_model_names(settings: WorkerSettings) -> list[str]:
     """What ``models fetch`` downloads by default: the base model and every style's LoRA repo."""

@@ -26,7 +26,7 @@ from pipeline.control import StageCancelled, StageControl
 from pipeline.devices import DeviceOutOfMemory, pick_device, pick_dtype
 from pipeline.faces import FaceAnalyzer, cosine, load_face_analyzer
 from pipeline.generate import Candidate, GenerationCancelled, PortraitGenerator
-from pipeline.models import ModelsMissingError, load_base_pipeline, resolve_model_file
+from pipeline.models import ModelsMissingError, clone_pipeline, load_base_pipeline, resolve_model_file
 from pipeline.nsfw import NsfwChecker
 from pipeline.optional_models import OptionalStages, load_optional_stages
 from pipeline.preprocess import caption, preprocess_photos
@@ -46,21 +46,40 @@ class PipelineRunner:
     def __init__(self, settings: WorkerSettings, blobs: BlobStore) -> None:
         self.settings = settings
         self.blobs = blobs
+        #: Seconds each part of the start took (bench/gpu_bench.py's cold section reports them).
+        self.startup_seconds: dict[str, float] = {}
+        clock = time.perf_counter()
+
+        def lap(name: str) -> None:
+            nonlocal clock
+            now = time.perf_counter()
+            self.startup_seconds[name] = round(now - clock, 2)
+            clock = now
+
         self.analyzer: FaceAnalyzer = load_face_analyzer(settings)
         self.stages: OptionalStages = load_optional_stages(settings)
         self.nsfw: NsfwChecker | None = NsfwChecker() if settings.nsfw_check else None
         self.device = pick_device(settings)
+        lap("face_and_nsfw_models")
         # Training and generation may run at once in one process (one arq worker per queue), so
         # each has its own pipeline: training adds an adapter to its UNet while it runs.
         self.generator: PortraitGenerator | None = None
         self.train_pipe = None
         if "generate" in settings.queues:
             self.generator = PortraitGenerator.load(settings, fuse=settings.fuse_loras)
-            if self.device.type == "cuda":
-                # Captures the UNet's CUDA graph and picks the kernels now, not in the first user's job.
-                log.info("generation warm-up took %.1fs", self.generator.warm_up())
+            lap("generation_pipeline")
         if "train" in settings.queues:
-            self.train_pipe = load_base_pipeline(settings, self.device, pick_dtype(settings, self.device, "train"))
+            train_dtype = pick_dtype(settings, self.device, "train")
+            if self.generator is not None and self.device.type == "cuda":
+                self.train_pipe = clone_pipeline(self.generator.pipe, train_dtype)
+            else:
+                self.train_pipe = load_base_pipeline(settings, self.device, train_dtype)
+            lap("training_pipeline")
+        if self.generator is not None and self.device.type == "cuda":
+            # Captures the UNet's CUDA graph and picks the kernels now, not in the first user's job.
+            self.generator.warm_up()
+            lap("generation_warm_up")
+        log.info("worker ready: %s", self.startup_seconds)
         self._train_lock = threading.Lock()
         self._generate_lock = threading.Lock()
 

@@ -265,3 +265,21 @@ def test_out_of_memory_is_classified() -> None:
     assert not devices.out_of_memory(RuntimeError("shape mismatch"))
     assert not devices.out_of_memory(ValueError("out of memory"))
     assert devices.DeviceOutOfMemory.error_code == "out_of_memory"
+
+
+def test_a_cloned_pipeline_computes_the_same_but_owns_its_weights(tiny_pipe: object) -> None:
+    from pipeline.models import clone_pipeline
+
+    pipe = tiny_pipe
+    clone = clone_pipeline(pipe, torch.float32)  # type: ignore[arg-type]
+    unet = pipe.unet  # type: ignore[attr-defined]
+    sample = torch.randn(1, unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
+    hidden = torch.randn(1, 77, unet.config.cross_attention_dim)
+    with torch.no_grad():
+        before = unet(sample, 10, hidden).sample
+        assert torch.allclose(clone.unet(sample, 10, hidden).sample, before, atol=1e-5)
+        clone.unet.conv_in.weight.add_(1.0)
+
+        assert torch.allclose(unet(sample, 10, hidden).sample, before, atol=1e-5), "the clone must not share weights"
+    assert clone.tokenizer is pipe.tokenizer and clone.scheduler is not pipe.scheduler  # type: ignore[attr-defined]
+    assert not any(p.requires_grad for p in clone.unet.parameters())
