@@ -48,10 +48,18 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--sections", default="train,generate,switch,post,cold")
     parser.add_argument("--photos", type=int, default=5)
     parser.add_argument("--train-samples", type=int, default=800, help="FaceChain: 200 a photo, capped at 800")
-    parser.add_argument("--train-variants", default="b1:graph,b8:graph,b8:graph:sqrt,b8:graph:linear,b8:eager")
+    parser.add_argument(
+        "--train-variants",
+        default="b1:graph,b8:graph,b8:graph:sqrt,b8:graph:linear,b8:eager",
+        help="bN: batch; graph|eager; sqrt|linear: lr scaling; seedN; nocudnn: cuDNN autotuner off",
+    )
     parser.add_argument("--eager-b1-samples", type=int, default=80, help="b1:eager is timed on fewer samples")
     parser.add_argument("--naive-samples", type=int, default=800)
-    parser.add_argument("--generate-variants", default="b10:graph,b10:eager,b5:eager,b10:graph:cl")
+    parser.add_argument(
+        "--generate-variants",
+        default="b10:graph,b10:eager,b5:eager,b10:graph:cl,naive",
+        help="bN: batch; graph|eager; cl: channels last; nocudnn; naive: peft adapters unfused, batch 1, eager",
+    )
     parser.add_argument("--candidates", type=int, default=10)
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--repeats", type=int, default=3)
@@ -218,6 +226,13 @@ class Bench:
         return round(statistics.fmean(losses), 5)
 
     # ----------------------------------------------------------------------------- sections
+    def cudnn(self, benchmark: bool) -> None:
+        """cuDNN's autotuner on or off for the next variant; cached blocks back to the driver so
+        each variant's reserved memory is its own."""
+        self.torch.backends.cudnn.benchmark = benchmark
+        if self.device.type == "cuda":
+            self.torch.cuda.empty_cache()
+
     def section_train(self) -> None:
         from pipeline.train import TrainArgs, train_lora
 
@@ -231,9 +246,12 @@ class Bench:
             graphs = "graph" in parts
             scaling = next((p for p in parts if p in ("sqrt", "linear")), "none")
             samples = ARGS.eager_b1_samples if (batch == 1 and not graphs) else ARGS.train_samples
+            seed = next((int(p[4:]) for p in parts if p.startswith("seed")), 42)
             args = TrainArgs(
-                train_batch_size=batch, max_train_steps=samples, cuda_graphs=graphs, lr_batch_scaling=scaling
-            )  # type: ignore[arg-type]
+                train_batch_size=batch, max_train_steps=samples, cuda_graphs=graphs, lr_batch_scaling=scaling,
+                seed=seed,
+            )  # type: ignore[arg-type]  # fmt: skip
+            self.cudnn("nocudnn" not in parts)
             losses: list[float] = []
             out = self.work / f"lora_{variant.replace(':', '_')}.safetensors"
             self.reset_peak()
@@ -364,26 +382,34 @@ class Bench:
         style = jobs.StyleSpec(name="suit", prompt="(business suit:1.2)", style_weight=0.8, face_weight=0.9)
         for variant in ARGS.generate_variants.split(","):
             parts = variant.split(":")
-            batch = int(parts[0][1:])
+            naive = variant == "naive"
+            batch = 1 if naive else int(parts[0][1:])
+            # The naive configuration is timed on one candidate and scaled to all of them.
+            candidates = 1 if naive else ARGS.candidates
             channels_last = "cl" in parts
+            self.cudnn("nocudnn" not in parts)
             pipe.unet.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-            generator = PortraitGenerator(pipe, self.settings, cuda_graphs="graph" in parts)
+            if naive:
+                generator = PortraitGenerator(pipe, self.settings, merge="peft", fuse=False, cuda_graphs=False)
+            else:
+                generator = PortraitGenerator(pipe, self.settings, cuda_graphs="graph" in parts)
             times = []
             self.reset_peak()
             for i in range(ARGS.repeats + 1):
                 self.sync()
                 started = time.perf_counter()
                 made = generator.generate(
-                    faces[i % 2], style, style_lora, CAPTION, 4, ARGS.candidates, seed=1, batch_size=batch
-                )
+                    faces[i % 2], style, style_lora, CAPTION, min(4, candidates), candidates, seed=1,
+                    batch_size=batch,
+                )  # fmt: skip
                 self.sync()
-                times.append(time.perf_counter() - started)
+                times.append((time.perf_counter() - started) * ARGS.candidates / candidates)
             record(
                 "generate", variant, candidates=ARGS.candidates, steps=ARGS.steps,
                 seconds_median=round(statistics.median(times[1:]), 3), first_s=round(times[0], 2),
                 seconds_all=[round(t, 3) for t in times],
                 ms_per_step=round(statistics.median(times[1:]) / ARGS.steps * 1e3, 1),
-                images=len(made), graph_captures=generator.unet.captures,
+                scaled_from_one_candidate=naive, images=len(made), graph_captures=generator.unet.captures,
                 peak_alloc_gib=self.memory('peak_allocated'),
                 peak_reserved_gib=self.memory('peak_reserved'),
             )  # fmt: skip

@@ -89,6 +89,7 @@ class WorkerSettings(BaseSettings):
     # ---- speed switches (docs/benchmarks.md measures each)
     cuda_graphs: bool = Field(default=True, description="Replay the UNet step (and the training step) as CUDA graphs.")
     channels_last: bool = Field(default=False, description="Channels-last memory format for the inference UNet.")
+    cudnn_benchmark: bool = Field(default=True, description="Let cuDNN time its convolution algorithms once.")
 
     @property
     def blob_dir(self) -> Path:

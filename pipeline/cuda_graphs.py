@@ -82,6 +82,7 @@ class GraphedUNet:
             for _ in range(2):
                 self.eager(static_sample, static_timestep, static_hidden)
         torch.cuda.current_stream(sample.device).wait_stream(side)
+        torch.cuda.empty_cache()  # the warm-up's cached blocks back to the driver, for the graph's pool
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
         graph = torch.cuda.CUDAGraph()

@@ -48,11 +48,14 @@ def pick_dtype(settings: WorkerSettings, device: torch.device, purpose: Purpose)
     return torch.float16
 
 
-def configure_backends(device: torch.device) -> None:
-    """Enable TF32 matmuls on CUDA (the fp32 parts of training: LoRA params, loss, optimizer)."""
+def configure_backends(device: torch.device, cudnn_benchmark: bool = True) -> None:
+    """Enable TF32 matmuls on CUDA (the fp32 parts of training: LoRA params, loss, optimizer), and
+    cuDNN's autotuner: the worker's convolutions run at a few fixed shapes, so timing the candidate
+    algorithms once (during the warm-up) pays back on every later step."""
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = cudnn_benchmark
 
 
 def is_out_of_memory(exc: BaseException) -> bool:

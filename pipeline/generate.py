@@ -137,7 +137,7 @@ class PortraitGenerator:
         from pipeline.models import load_base_pipeline
 
         device = pick_device(settings)
-        configure_backends(device)
+        configure_backends(device, settings.cudnn_benchmark)
         pipe = load_base_pipeline(settings, device, pick_dtype(settings, device, "infer"))
         if settings.channels_last and device.type == "cuda":
             pipe.unet.to(memory_format=torch.channels_last)

@@ -448,6 +448,9 @@ def train_lora(
                 torch.cuda.current_stream(device).wait_stream(warm_stream)
                 optimizer.zero_grad(set_to_none=True)
                 warm_stream = None
+                # The warm-up steps' blocks go back to the driver so the graph's own pool can take
+                # the memory (otherwise both stay reserved).
+                torch.cuda.empty_cache()
                 try:
                     graph = torch.cuda.CUDAGraph()
                     with torch.cuda.graph(graph):
@@ -537,7 +540,7 @@ def main(args: argparse.Namespace) -> TrainResult:
     }
     train_args = TrainArgs.from_settings(settings, **overrides)
     device = pick_device(settings)
-    configure_backends(device)
+    configure_backends(device, settings.cudnn_benchmark)
     pipe = load_base_pipeline(settings, device, pick_dtype(settings, device, "infer"))
     suffixes = {".png", ".jpg", ".jpeg", ".webp"}
     paths = sorted(p for p in args.images_dir.iterdir() if p.suffix.lower() in suffixes)
