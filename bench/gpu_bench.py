@@ -39,6 +39,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 RESULTS: list[dict[str, Any]] = []
+#: Generation variant tokens that pin scaled_dot_product_attention to one backend.
+ATTENTION_BACKENDS = {"flash": "FLASH_ATTENTION", "efficient": "EFFICIENT_ATTENTION", "cudnnattn": "CUDNN_ATTENTION"}
 CAPTION = "<fcsks>, a beautiful woman"
 
 
@@ -58,7 +60,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--generate-variants",
         default="b10:graph,b10:eager,b5:eager,b10:graph:cl,naive",
-        help="bN: batch; graph|eager; cl: channels last; nocudnn; naive: peft adapters unfused, batch 1, eager",
+        help="bN: batch; graph|eager; cl: channels last; nocudnn; flash|efficient|cudnnattn: attention backend; "
+        "decN: VAE decode batch; vaecl: channels-last VAE; "
+        "naive: peft adapters unfused, batch 1, eager",
     )
     parser.add_argument("--candidates", type=int, default=10)
     parser.add_argument("--steps", type=int, default=40)
@@ -233,6 +237,33 @@ class Bench:
         if self.device.type == "cuda":
             self.torch.cuda.empty_cache()
 
+    def time_phases(self, generator: Any) -> dict[str, float]:
+        """Wrap the generator's denoising and decoding so that each call's GPU time is summed by phase."""
+        phases: dict[str, float] = {}
+        for name in ("_denoise", "_decode", "_fuse_direct"):
+            inner = getattr(generator, name)
+
+            def timed(*args: Any, _inner: Any = inner, _name: str = name, **kwargs: Any) -> Any:
+                self.sync()
+                started = time.perf_counter()
+                result = _inner(*args, **kwargs)
+                self.sync()
+                phases[_name] = phases.get(_name, 0.0) + time.perf_counter() - started
+                return result
+
+            setattr(generator, name, timed)
+        return phases
+
+    def attention(self, backend: str | None) -> Any:
+        """A context that limits scaled_dot_product_attention to one backend (or changes nothing)."""
+        import contextlib
+
+        if backend is None:
+            return contextlib.nullcontext()
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        return sdpa_kernel([getattr(SDPBackend, ATTENTION_BACKENDS[backend])])
+
     def section_train(self) -> None:
         from pipeline.train import TrainArgs, train_lora
 
@@ -393,15 +424,23 @@ class Bench:
                 generator = PortraitGenerator(pipe, self.settings, merge="peft", fuse=False, cuda_graphs=False)
             else:
                 generator = PortraitGenerator(pipe, self.settings, cuda_graphs="graph" in parts)
+            decode = next((int(p[3:]) for p in parts if p.startswith("dec")), None)
+            if decode is not None:
+                generator.settings = self.settings.model_copy(update={"vae_decode_batch": decode})
+            pipe.vae.to(memory_format=torch.channels_last if "vaecl" in parts else torch.contiguous_format)
+            phases = self.time_phases(generator)
+            backend = next((p for p in parts if p in ATTENTION_BACKENDS), None)
             times = []
             self.reset_peak()
             for i in range(ARGS.repeats + 1):
+                phases.clear()
                 self.sync()
                 started = time.perf_counter()
-                made = generator.generate(
-                    faces[i % 2], style, style_lora, CAPTION, min(4, candidates), candidates, seed=1,
-                    batch_size=batch,
-                )  # fmt: skip
+                with self.attention(backend):
+                    made = generator.generate(
+                        faces[i % 2], style, style_lora, CAPTION, min(4, candidates), candidates, seed=1,
+                        batch_size=batch,
+                    )  # fmt: skip
                 self.sync()
                 times.append((time.perf_counter() - started) * ARGS.candidates / candidates)
             record(
@@ -410,11 +449,13 @@ class Bench:
                 seconds_all=[round(t, 3) for t in times],
                 ms_per_step=round(statistics.median(times[1:]) / ARGS.steps * 1e3, 1),
                 scaled_from_one_candidate=naive, images=len(made), graph_captures=generator.unet.captures,
+                last_call_phases_s={k: round(v, 3) for k, v in phases.items()},
                 peak_alloc_gib=self.memory('peak_allocated'),
                 peak_reserved_gib=self.memory('peak_reserved'),
             )  # fmt: skip
             generator.unet.reset()
         pipe.unet.to(memory_format=torch.contiguous_format)
+        pipe.vae.to(memory_format=torch.contiguous_format)
 
     def section_switch(self) -> None:
         from pipeline import jobs
