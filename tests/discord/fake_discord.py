@@ -138,6 +138,11 @@ class Message:
     created: float = field(default_factory=time.monotonic)
     #: (monotonic time, content) of every edit.
     edits: list[tuple[float, str]] = field(default_factory=list)
+    #: The content it was created with (``content`` is the latest).
+    original: str = field(init=False, default="")
+
+    def __post_init__(self) -> None:
+        self.original = self.content
 
     @property
     def ephemeral(self) -> bool:
@@ -340,9 +345,11 @@ class FakeDiscord:
         return [m for m in self.messages.get(channel_id, []) if m.visible_to(user) and not m.loading]
 
     def find(self, user: User, channel_id: int, needle: str) -> Message | None:
-        """The latest message visible to ``user`` in the channel whose content contains ``needle``."""
+        """The latest message visible to ``user`` in the channel whose content contains ``needle``, now or
+        before an edit (a progress message may be edited before a poll sees its first text)."""
         for message in reversed(self.seen_by(user, channel_id)):
-            if needle in message.content:
+            shown = [message.content, message.original, *(text for _, text in message.edits)]
+            if any(needle in text for text in shown):
                 return message
         return None
 
