@@ -27,12 +27,15 @@ Results are JSON lines in OUT/bench.jsonl; a summary is printed last.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
 import subprocess
 import sys
 import time
+import traceback
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -110,8 +113,6 @@ def main() -> None:
         try:
             getattr(bench, f"section_{section}")()
         except Exception as exc:  # one broken section must not cost the others' device time
-            import traceback
-
             traceback.print_exc()
             record(section, "error", error=f"{type(exc).__name__}: {exc}"[:800])
         print(f"section {section} took {time.perf_counter() - started:.1f}s", flush=True)
@@ -230,6 +231,15 @@ class Bench:
         return round(statistics.fmean(losses), 5)
 
     # ----------------------------------------------------------------------------- sections
+    @contextlib.contextmanager
+    def variant(self, section: str, name: str) -> Iterator[None]:
+        """One variant of a section: a failure is recorded and the next variant still runs."""
+        try:
+            yield
+        except Exception as exc:
+            traceback.print_exc()
+            record(section, name, error=f"{type(exc).__name__}: {exc}"[:800])
+
     def cudnn(self, benchmark: bool) -> None:
         """cuDNN's autotuner on or off for the next variant; cached blocks back to the driver so
         each variant's reserved memory is its own."""
@@ -256,8 +266,6 @@ class Bench:
 
     def attention(self, backend: str | None) -> Any:
         """A context that limits scaled_dot_product_attention to one backend (or changes nothing)."""
-        import contextlib
-
         if backend is None:
             return contextlib.nullcontext()
         from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -272,40 +280,41 @@ class Bench:
         resident = self.memory("allocated")
         record("train", "untrained_eval_loss", eval_loss=self.eval_loss(None))
         for variant in ARGS.train_variants.split(","):
-            parts = variant.split(":")
-            batch = int(parts[0][1:])
-            graphs = "graph" in parts
-            scaling = next((p for p in parts if p in ("sqrt", "linear")), "none")
-            samples = ARGS.eager_b1_samples if (batch == 1 and not graphs) else ARGS.train_samples
-            seed = next((int(p[4:]) for p in parts if p.startswith("seed")), 42)
-            args = TrainArgs(
-                train_batch_size=batch, max_train_steps=samples, cuda_graphs=graphs, lr_batch_scaling=scaling,
-                seed=seed,
-            )  # type: ignore[arg-type]  # fmt: skip
-            self.cudnn("nocudnn" not in parts)
-            losses: list[float] = []
-            out = self.work / f"lora_{variant.replace(':', '_')}.safetensors"
-            self.reset_peak()
-            self.sync()
-            started = time.perf_counter()
-            result = train_lora(
-                pipe, self.images, CAPTION, args, out, on_progress=lambda s, n, loss, into=losses: into.append(loss)
-            )
-            self.sync()
-            seconds = time.perf_counter() - started
-            done = result.steps * batch
-            tail = max(1, len(losses) // 10)
-            record(
-                "train", variant, samples=done, steps=result.steps, seconds=round(seconds, 2),
-                samples_per_s=round(done / seconds, 1), ms_per_step=round(seconds / result.steps * 1e3, 2),
-                lr=args.scaled_learning_rate(), train_loss_last10pct=round(statistics.fmean(losses[-tail:]), 5),
-                eval_loss=self.eval_loss(out) if done == ARGS.train_samples else None,
-                peak_alloc_gib=self.memory('peak_allocated'),
-                peak_reserved_gib=self.memory('peak_reserved'),
-                pipeline_resident_gib=resident,
-            )  # fmt: skip
-            if out.exists():
-                self.face_loras.append(out)
+            with self.variant("train", variant):
+                parts = variant.split(":")
+                batch = int(parts[0][1:])
+                graphs = "graph" in parts
+                scaling = next((p for p in parts if p in ("sqrt", "linear")), "none")
+                samples = ARGS.eager_b1_samples if (batch == 1 and not graphs) else ARGS.train_samples
+                seed = next((int(p[4:]) for p in parts if p.startswith("seed")), 42)
+                args = TrainArgs(
+                    train_batch_size=batch, max_train_steps=samples, cuda_graphs=graphs, lr_batch_scaling=scaling,
+                    seed=seed,
+                )  # type: ignore[arg-type]  # fmt: skip
+                self.cudnn("nocudnn" not in parts)
+                losses: list[float] = []
+                out = self.work / f"lora_{variant.replace(':', '_')}.safetensors"
+                self.reset_peak()
+                self.sync()
+                started = time.perf_counter()
+                result = train_lora(
+                    pipe, self.images, CAPTION, args, out, on_progress=lambda s, n, loss, into=losses: into.append(loss)
+                )
+                self.sync()
+                seconds = time.perf_counter() - started
+                done = result.steps * batch
+                tail = max(1, len(losses) // 10)
+                record(
+                    "train", variant, samples=done, steps=result.steps, seconds=round(seconds, 2),
+                    samples_per_s=round(done / seconds, 1), ms_per_step=round(seconds / result.steps * 1e3, 2),
+                    lr=args.scaled_learning_rate(), train_loss_last10pct=round(statistics.fmean(losses[-tail:]), 5),
+                    eval_loss=self.eval_loss(out) if done == ARGS.train_samples else None,
+                    peak_alloc_gib=self.memory('peak_allocated'),
+                    peak_reserved_gib=self.memory('peak_reserved'),
+                    pipeline_resident_gib=resident,
+                )  # fmt: skip
+                if out.exists():
+                    self.face_loras.append(out)
 
     def section_naive(self) -> None:
         """The naive reference recipe (diffusers' train_text_to_image_lora.py) on the same photos."""
@@ -412,48 +421,49 @@ class Bench:
         style_lora = self._style_lora()
         style = jobs.StyleSpec(name="suit", prompt="(business suit:1.2)", style_weight=0.8, face_weight=0.9)
         for variant in ARGS.generate_variants.split(","):
-            parts = variant.split(":")
-            naive = variant == "naive"
-            batch = 1 if naive else int(parts[0][1:])
-            # The naive configuration is timed on one candidate and scaled to all of them.
-            candidates = 1 if naive else ARGS.candidates
-            channels_last = "cl" in parts
-            self.cudnn("nocudnn" not in parts)
-            pipe.unet.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-            if naive:
-                generator = PortraitGenerator(pipe, self.settings, merge="peft", fuse=False, cuda_graphs=False)
-            else:
-                generator = PortraitGenerator(pipe, self.settings, cuda_graphs="graph" in parts)
-            decode = next((int(p[3:]) for p in parts if p.startswith("dec")), None)
-            if decode is not None:
-                generator.settings = self.settings.model_copy(update={"vae_decode_batch": decode})
-            pipe.vae.to(memory_format=torch.channels_last if "vaecl" in parts else torch.contiguous_format)
-            phases = self.time_phases(generator)
-            backend = next((p for p in parts if p in ATTENTION_BACKENDS), None)
-            times = []
-            self.reset_peak()
-            for i in range(ARGS.repeats + 1):
-                phases.clear()
-                self.sync()
-                started = time.perf_counter()
-                with self.attention(backend):
-                    made = generator.generate(
-                        faces[i % 2], style, style_lora, CAPTION, min(4, candidates), candidates, seed=1,
-                        batch_size=batch,
-                    )  # fmt: skip
-                self.sync()
-                times.append((time.perf_counter() - started) * ARGS.candidates / candidates)
-            record(
-                "generate", variant, candidates=ARGS.candidates, steps=ARGS.steps,
-                seconds_median=round(statistics.median(times[1:]), 3), first_s=round(times[0], 2),
-                seconds_all=[round(t, 3) for t in times],
-                ms_per_step=round(statistics.median(times[1:]) / ARGS.steps * 1e3, 1),
-                scaled_from_one_candidate=naive, images=len(made), graph_captures=generator.unet.captures,
-                last_call_phases_s={k: round(v, 3) for k, v in phases.items()},
-                peak_alloc_gib=self.memory('peak_allocated'),
-                peak_reserved_gib=self.memory('peak_reserved'),
-            )  # fmt: skip
-            generator.unet.reset()
+            with self.variant("generate", variant):
+                parts = variant.split(":")
+                naive = variant == "naive"
+                batch = 1 if naive else int(parts[0][1:])
+                # The naive configuration is timed on one candidate and scaled to all of them.
+                candidates = 1 if naive else ARGS.candidates
+                channels_last = "cl" in parts
+                self.cudnn("nocudnn" not in parts)
+                pipe.unet.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+                if naive:
+                    generator = PortraitGenerator(pipe, self.settings, merge="peft", fuse=False, cuda_graphs=False)
+                else:
+                    generator = PortraitGenerator(pipe, self.settings, cuda_graphs="graph" in parts)
+                decode = next((int(p[3:]) for p in parts if p.startswith("dec")), None)
+                if decode is not None:
+                    generator.settings = self.settings.model_copy(update={"vae_decode_batch": decode})
+                pipe.vae.to(memory_format=torch.channels_last if "vaecl" in parts else torch.contiguous_format)
+                phases = self.time_phases(generator)
+                backend = next((p for p in parts if p in ATTENTION_BACKENDS), None)
+                times = []
+                self.reset_peak()
+                for i in range(ARGS.repeats + 1):
+                    phases.clear()
+                    self.sync()
+                    started = time.perf_counter()
+                    with self.attention(backend):
+                        made = generator.generate(
+                            faces[i % 2], style, style_lora, CAPTION, min(4, candidates), candidates, seed=1,
+                            batch_size=batch,
+                        )  # fmt: skip
+                    self.sync()
+                    times.append((time.perf_counter() - started) * ARGS.candidates / candidates)
+                record(
+                    "generate", variant, candidates=ARGS.candidates, steps=ARGS.steps,
+                    seconds_median=round(statistics.median(times[1:]), 3), first_s=round(times[0], 2),
+                    seconds_all=[round(t, 3) for t in times],
+                    ms_per_step=round(statistics.median(times[1:]) / ARGS.steps * 1e3, 1),
+                    scaled_from_one_candidate=naive, images=len(made), graph_captures=generator.unet.captures,
+                    last_call_phases_s={k: round(v, 3) for k, v in phases.items()},
+                    peak_alloc_gib=self.memory('peak_allocated'),
+                    peak_reserved_gib=self.memory('peak_reserved'),
+                )  # fmt: skip
+                generator.unet.reset()
         pipe.unet.to(memory_format=torch.contiguous_format)
         pipe.vae.to(memory_format=torch.contiguous_format)
 
