@@ -34,7 +34,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 from PIL import Image
@@ -60,6 +60,9 @@ MAX_STYLE_LORA_BYTES = 512 * 1024 * 1024
 GenerateProgressFn = Callable[[int, int], None]
 StopFn = Callable[[], bool]
 LoraState = tuple[dict[str, torch.Tensor], dict[str, float] | None, dict[str, Any] | None]
+#: A file as (resolved path, mtime in ns, size): a replaced file is read again.
+FileKey = tuple[str, int, int]
+T = TypeVar("T")
 
 
 class GenerationCancelled(Exception):
@@ -123,8 +126,8 @@ class PortraitGenerator:
         self.fuse = fuse
         self.merge = merge or self.settings.lora_merge
         self.style_cache_size = style_cache_size
-        self._style_cache: OrderedDict[tuple[str, int, int], LoraState] = OrderedDict()
-        self._style_layers: OrderedDict[tuple[str, int, int], list[LayerLora]] = OrderedDict()
+        self._style_cache: OrderedDict[FileKey, LoraState] = OrderedDict()
+        self._style_layers: OrderedDict[FileKey, list[LayerLora]] = OrderedDict()
         self.fuser = WeightFuser(pipe)
         self.unet = GraphedUNet(pipe.unet)
         use_graphs = self.settings.cuda_graphs if cuda_graphs is None else cuda_graphs
@@ -154,33 +157,25 @@ class PortraitGenerator:
         return time.perf_counter() - started
 
     # ------------------------------------------------------------------------------ adapters
-    def _style_state(self, path: Path) -> LoraState:
+    def _cached_style(self, cache: OrderedDict[FileKey, T], path: Path, read: Callable[[Path], T]) -> T:
+        """A style LoRA file read once (checked first) and kept while its size and mtime stay."""
         stat = path.stat()
         key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
-        cached = self._style_cache.get(key)
+        cached = cache.get(key)
         if cached is not None:
-            self._style_cache.move_to_end(key)
+            cache.move_to_end(key)
             return cached
         validate_lora_file(path, MAX_STYLE_LORA_BYTES)
-        loaded = read_lora(self.pipe, path)
-        self._style_cache[key] = loaded
-        while len(self._style_cache) > self.style_cache_size:
-            self._style_cache.popitem(last=False)
+        loaded = cache[key] = read(path)
+        while len(cache) > self.style_cache_size:
+            cache.popitem(last=False)
         return loaded
 
+    def _style_state(self, path: Path) -> LoraState:
+        return self._cached_style(self._style_cache, path, lambda p: read_lora(self.pipe, p))
+
     def _style_layers_for(self, path: Path) -> list[LayerLora]:
-        stat = path.stat()
-        key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
-        cached = self._style_layers.get(key)
-        if cached is not None:
-            self._style_layers.move_to_end(key)
-            return cached
-        validate_lora_file(path, MAX_STYLE_LORA_BYTES)
-        layers = read_lora_layers(self.pipe, path, self.pipe.device)
-        self._style_layers[key] = layers
-        while len(self._style_layers) > self.style_cache_size:
-            self._style_layers.popitem(last=False)
-        return layers
+        return self._cached_style(self._style_layers, path, lambda p: read_lora_layers(self.pipe, p, self.pipe.device))
 
     def _fuse_direct(self, face_lora_path: Path, style: StyleSpec, style_lora_path: Path | None) -> bool:
         """Fuse style and face LoRA in place; False when a file needs peft's route instead."""
