@@ -11,6 +11,7 @@ that replaces modules or weight tensors (peft adapters) must use the eager UNet 
 from __future__ import annotations
 
 import logging
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -19,6 +20,12 @@ import torch
 log = logging.getLogger(__name__)
 
 ShapeKey = tuple[tuple[int, ...], tuple[int, ...], torch.dtype]
+
+#: One capture at a time in the process: a worker serving both queues trains and generates in two
+#: threads, and each captures graphs (training: one per job).
+CAPTURE_LOCK = threading.Lock()
+#: Only the capturing thread's unsafe calls fail a capture; the other stage's thread keeps working.
+CAPTURE_ERROR_MODE = "thread_local"
 
 
 @dataclass
@@ -58,7 +65,11 @@ class GraphedUNet:
         captured = self._graphs.get(key)
         if captured is None:
             try:
-                captured = self._capture(key, sample, timestep, hidden)
+                with CAPTURE_LOCK:
+                    captured = self._capture(key, sample, timestep, hidden)
+            except torch.OutOfMemoryError:
+                self.reset()  # the job reports out of memory; a later job may capture again
+                raise
             except Exception:
                 log.warning("CUDA graph capture failed; the UNet runs eagerly from now on", exc_info=True)
                 self.enabled = False
@@ -86,7 +97,7 @@ class GraphedUNet:
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool):
+        with torch.cuda.graph(graph, pool=self._pool, capture_error_mode=CAPTURE_ERROR_MODE):
             output = self.eager(static_sample, static_timestep, static_hidden)
         captured = _Captured(graph, static_sample, static_timestep, static_hidden, output)
         self._graphs[key] = captured

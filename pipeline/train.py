@@ -32,7 +32,6 @@ import argparse
 import logging
 import math
 import os
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
@@ -44,6 +43,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 
 from pipeline.config import WorkerSettings
+from pipeline.cuda_graphs import CAPTURE_ERROR_MODE, CAPTURE_LOCK
 from pipeline.devices import DeviceOutOfMemory, free_memory, is_out_of_memory
 from pipeline.jobs import ErrorCode
 
@@ -448,15 +448,16 @@ def train_lora(
                 torch.cuda.current_stream(device).wait_stream(warm_stream)
                 optimizer.zero_grad(set_to_none=True)
                 warm_stream = None
-                # The warm-up steps' blocks go back to the driver so the graph's own pool can take
-                # the memory (otherwise both stay reserved).
-                torch.cuda.empty_cache()
                 try:
-                    graph = torch.cuda.CUDAGraph()
-                    with torch.cuda.graph(graph):
-                        graph_loss = forward_backward()
-                except Exception:
-                    if is_out_of_memory(sys.exc_info()[1] or Exception()):
+                    with CAPTURE_LOCK:
+                        # The warm-up steps' blocks go back to the driver so the graph's own pool
+                        # can take the memory (otherwise both stay reserved).
+                        torch.cuda.empty_cache()
+                        graph = torch.cuda.CUDAGraph()
+                        with torch.cuda.graph(graph, capture_error_mode=CAPTURE_ERROR_MODE):
+                            graph_loss = forward_backward()
+                except Exception as exc:
+                    if is_out_of_memory(exc):
                         raise
                     log.warning("CUDA graph capture of the training step failed; training eagerly", exc_info=True)
                     graph, use_graph = None, False
