@@ -1,13 +1,12 @@
 """Portrait generation on the resident base pipeline with a style LoRA and the user's face LoRA.
 
-Per job: the style LoRA (when the style has one) and the face LoRA are loaded as two named peft
-adapters, weighted with the style's multipliers (``set_adapters``), N candidates are generated in
-batches with one seeded generator per candidate (candidate ``i`` has seed ``seed + i`` whatever the
-batch size), and the adapters are removed again, so the UNet and text encoder leave every job as
-they entered it. The pipeline itself is never reloaded.
+Per job: the style LoRA (when the style has one) and the face LoRA are applied with the style's
+multipliers, N candidates are generated in batches with one seeded generator per candidate
+(candidate ``i`` has seed ``seed + i`` whatever the batch size), and the LoRAs are taken off again,
+so the UNet and text encoder leave every job as they entered it. The pipeline is never reloaded.
 
 Style LoRAs are shared by many jobs: their files are read and converted (kohya → diffusers naming)
-once and kept in a small LRU of state dicts; injecting a cached state dict is all a job pays.
+once and kept in a small LRU; a job pays only for its face LoRA.
 
 Two ways to apply the LoRAs (``FACECHAIN_LORA_MERGE``):
 
