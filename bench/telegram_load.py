@@ -33,7 +33,8 @@ has a timeout and ``--deadline`` caps the whole run.
 Finding where the time goes: ``--trace`` times the bot's parts from inside its process (database
 lock waits and holds, lane slots, service calls, HTTP calls, downloads); ``--profile py-spy`` samples
 it (``pip install py-spy``) and ``--profile cprofile`` profiles it (slowly); ``--experiment NAME``
-applies a what-if change in the bot process's memory (see :data:`EXPERIMENTS`). The figures and what
+applies a what-if change in the bot process's memory (see :data:`EXPERIMENTS`). ``--loop asyncio``
+runs the bot on asyncio's own loop instead of uvloop (``FACECHAIN_UVLOOP=false``). The figures and what
 they showed are in docs/benchmarks.md.
 """
 
@@ -238,6 +239,7 @@ class ChildConfig:
     profile: bool = False
     trace: bool = False
     experiments: tuple[str, ...] = ()
+    uvloop: bool = True
 
 
 @dataclass
@@ -469,7 +471,7 @@ def bot_process(config: ChildConfig) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     out = Path(config.out_dir)
     _child_logging(out / "bot.log")
-    from bot.app import run_bot
+    from bot.app import loop_factory, run_bot
     from bot.config import BotSettings
 
     settings = BotSettings(
@@ -479,6 +481,7 @@ def bot_process(config: ChildConfig) -> None:
         telegram_token=TOKEN,
         telegram_api_url=config.api_root,
         log_level="WARNING",
+        uvloop=config.uvloop,
     )
     lags: list[tuple[float, float]] = []
     apply_experiments(config.experiments)
@@ -487,6 +490,7 @@ def bot_process(config: ChildConfig) -> None:
         tracer.install()
 
     async def serve() -> None:
+        (out / "bot_event_loop.txt").write_text(type(asyncio.get_running_loop()).__module__)
         sampler = asyncio.create_task(_sample_loop_lag(lags))
         try:
             await _until_terminated(run_bot(settings))
@@ -497,7 +501,9 @@ def bot_process(config: ChildConfig) -> None:
     if profiler is not None:
         profiler.enable()
     try:
-        asyncio.run(serve())
+        # As bot.app.main runs it: on uvloop unless --loop asyncio (FACECHAIN_UVLOOP=false).
+        with asyncio.Runner(loop_factory=loop_factory(settings)) as runner:
+            runner.run(serve())
     finally:
         if profiler is not None:
             profiler.disable()
@@ -941,6 +947,7 @@ async def run(args: argparse.Namespace, processes: Processes) -> dict[str, Any]:
                 profile=args.profile == "cprofile",
                 trace=args.trace,
                 experiments=tuple(args.experiment),
+                uvloop=args.loop == "uvloop",
             )
             processes.worker = spawn.Process(target=worker_process, args=(config,), name="gpu-worker")
             processes.bot = spawn.Process(target=bot_process, args=(config,), name="bot")
@@ -1049,6 +1056,7 @@ def summarize(
         "think_s": list(args.think) if args.think else None,
         "profile": args.profile,
         "experiments": list(args.experiment),
+        "event_loop": _read_text(out / "bot_event_loop.txt"),
         "wall_s": round(wall, 2),
         "updates": len(records) + (sum(PHOTOS - 1 for r in records if r.step == "album")),
         "answered_updates": len(records),
@@ -1172,7 +1180,7 @@ def print_table(summary: dict[str, Any]) -> None:
     pace = f"a user pauses {think[0]:g}-{think[1]:g} s before each update" if think else "zero think time"
     print(
         f"\ntelegram load: {summary['users']} users, {summary['photos']} photos, {summary['workers']} instant workers,"
-        f" {pace}, {m['cpus']} CPUs ({m['cpu']}), Python {m['python']}"
+        f" {pace}, {m['cpus']} CPUs ({m['cpu']}), Python {m['python']}, bot event loop: {summary['event_loop']}"
     )
     print(f"  wall time                    {summary['wall_s']:.1f} s")
     print(f"  updates                      {summary['updates']} ({summary['updates_per_s']} answered updates/s)")
@@ -1235,6 +1243,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         + "; ".join(f"{k}: {v}" for k, v in EXPERIMENTS.items()),
     )
     parser.add_argument(
+        "--loop",
+        choices=("uvloop", "asyncio"),
+        default="uvloop",
+        help="the bot process's event loop (FACECHAIN_UVLOOP on/off; uvloop falls back to asyncio if not installed)",
+    )
+    parser.add_argument(
         "--trace", action="store_true", help="time the bot's parts (DB lock, lanes, HTTP calls...) from inside"
     )
     parser.add_argument(
@@ -1247,6 +1261,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.users < 1 or args.workers < 1:
         parser.error("--users and --workers must be at least 1")
     return args
+
+
+def _read_text(path: Path) -> str | None:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return None
 
 
 def _seconds_range(text: str) -> tuple[float, float]:

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import importlib
 import logging
+import sys
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
@@ -86,6 +87,26 @@ def configured_adapters(settings: BotSettings) -> dict[str, AdapterRunner]:
     return adapters
 
 
+def loop_factory(settings: BotSettings) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's loop when ``FACECHAIN_UVLOOP`` is on and uvloop is installed (not on Windows); else
+    None: asyncio's default loop. The bot's one event-loop thread is its limit under load."""
+    if not settings.uvloop or sys.platform == "win32":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        log.info("FACECHAIN_UVLOOP is on but uvloop is not installed: running on asyncio's own loop")
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
+
+
+def main(settings: BotSettings) -> None:
+    """Run the bot process until stopped, on the event loop the settings choose (``loop_factory``)."""
+    with asyncio.Runner(loop_factory=loop_factory(settings)) as runner:
+        runner.run(run_bot(settings))
+
+
 async def run_bot(settings: BotSettings) -> None:
     """Run the bot process: outcome consumer, progress listener and every configured adapter."""
     adapters = configured_adapters(settings)
@@ -103,7 +124,8 @@ async def run_bot(settings: BotSettings) -> None:
         tasks += [
             asyncio.create_task(runner(settings, runtime.service), name=name) for name, runner in adapters.items()
         ]
-        log.info("bot running: %s", ", ".join(adapters))
+        loop = asyncio.get_running_loop()
+        log.info("bot running: %s (event loop: %s)", ", ".join(adapters), type(loop).__module__)
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
             for task in done:

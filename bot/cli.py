@@ -45,9 +45,9 @@ def _cmd_bot(args: argparse.Namespace) -> int:
 
     settings = load_settings(BotSettings)
     _configure_logging(settings.log_level)
-    from bot.app import run_bot
+    from bot.app import main
 
-    asyncio.run(run_bot(settings))
+    main(settings)
     return 0
 
 

@@ -3,15 +3,26 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from bot.app import loop_factory
+from bot.config import BotSettings
 from pipeline.config import WorkerSettings
 from storage.blobs import BlobStore
 from tests.discord.fake_discord import FakeDiscord
 from tests.discord.harness import OPTIONS, ScriptedRunner, Stack, bot_settings
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Callable[[], Any]]:
+    """These tests run on the bot process's own loop: uvloop where installed (``bot.app.loop_factory``),
+    asyncio's with ``FACECHAIN_UVLOOP=false``."""
+    factory = loop_factory(BotSettings(_env_file=None))
+    return {"uvloop": factory} if factory is not None else {"asyncio": asyncio.new_event_loop}
 
 
 @pytest.fixture

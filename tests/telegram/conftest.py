@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from bot.app import run_bot
+from bot.app import loop_factory, run_bot
 from bot.config import BotSettings
 from pipeline.config import WorkerSettings
 from pipeline.worker import StageRunner, run_worker
@@ -30,6 +30,13 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "bot_settings(**fields): BotSettings fields for the bot under test")
     config.addinivalue_line("markers", "gpus(n): how many GPU workers serve the queues (default 1)")
     config.addinivalue_line("markers", "real_gpu: the real pipeline stages on a tiny model instead of scripted ones")
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Callable[[], Any]]:
+    """These tests run on the bot process's own loop: uvloop where installed (``bot.app.loop_factory``),
+    asyncio's with ``FACECHAIN_UVLOOP=false``."""
+    factory = loop_factory(BotSettings(_env_file=None))
+    return {"uvloop": factory} if factory is not None else {"asyncio": asyncio.new_event_loop}
 
 
 @pytest.fixture

@@ -1,0 +1,68 @@
+"""The bot process runs on uvloop when ``FACECHAIN_UVLOOP`` is on (the default) and uvloop is installed,
+on asyncio's own loop when it is off: through the real entry point, ``facechain-bot bot``."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+import bot.app
+from bot.app import loop_factory
+from bot.cli import main
+from bot.config import BotSettings
+from bot.service import ConversationService
+
+
+class _Probed(Exception):
+    """Raised by the probe adapter once it has looked at its loop: ends ``run_bot``."""
+
+
+@pytest.fixture
+def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, redis_url: str) -> Path:
+    for name in [n for n in os.environ if n.startswith("FACECHAIN_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("FACECHAIN_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("FACECHAIN_REDIS_URL", redis_url)
+    monkeypatch.setenv("FACECHAIN_TELEGRAM_TOKEN", "123:probe")
+    return tmp_path
+
+
+def _run_bot_command(monkeypatch: pytest.MonkeyPatch) -> asyncio.AbstractEventLoop:
+    """``facechain-bot bot`` with the real runtime (SQLite, Redis, outcome worker, progress listener) and a
+    probe in place of the chat adapters; returns the loop the adapter ran on."""
+    seen: list[asyncio.AbstractEventLoop] = []
+
+    async def probe(settings: BotSettings, service: ConversationService) -> None:
+        seen.append(asyncio.get_running_loop())
+        await asyncio.sleep(0.2)  # the outcome worker and progress listener start on the same loop
+        raise _Probed
+
+    monkeypatch.setattr(bot.app, "configured_adapters", lambda settings: {"probe": probe})
+    with pytest.raises(_Probed):
+        main(["bot"])
+    assert len(seen) == 1
+    assert seen[0].is_closed(), "the runner closes its loop"
+    return seen[0]
+
+
+def test_the_bot_runs_on_uvloop_by_default(env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    uvloop = pytest.importorskip("uvloop")
+    assert BotSettings(_env_file=None).uvloop is True
+    assert isinstance(_run_bot_command(monkeypatch), uvloop.Loop)
+
+
+def test_the_bot_runs_on_asyncios_loop_when_uvloop_is_off(env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FACECHAIN_UVLOOP", "false")
+    loop = _run_bot_command(monkeypatch)
+    assert type(loop).__module__.startswith("asyncio"), type(loop)
+
+
+def test_without_uvloop_installed_the_default_loop_is_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # import uvloop → ImportError
+    assert loop_factory(BotSettings(_env_file=None, uvloop=True)) is None
+    assert loop_factory(BotSettings(_env_file=None, uvloop=False)) is None
