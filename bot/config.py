@@ -29,7 +29,9 @@ class BotSettings(BaseSettings):
     data_dir: Path = Field(default=Path("./data"), description="SQLite database and blob store.")
     redis_url: RedisDsn = Field(default=RedisDsn("redis://127.0.0.1:6379/0"))
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    uvloop: bool = Field(default=True, description="Run the bot's event loop on uvloop when it is installed.")
+    uvloop: bool = Field(
+        default=False, description="Run the bot's event loop on uvloop when it is installed (experimental)."
+    )
 
     # ---- Telegram
     telegram_token: SecretStr | None = None

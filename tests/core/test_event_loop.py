@@ -1,5 +1,5 @@
-"""The bot process runs on uvloop when ``FACECHAIN_UVLOOP`` is on (the default) and uvloop is installed,
-on asyncio's own loop when it is off: through the real entry point, ``facechain-bot bot``."""
+"""The bot process runs on asyncio's own loop by default and on uvloop when ``FACECHAIN_UVLOOP`` is on and
+uvloop is installed: through the real entry point, ``facechain-bot bot``."""
 
 from __future__ import annotations
 
@@ -50,14 +50,14 @@ def _run_bot_command(monkeypatch: pytest.MonkeyPatch) -> asyncio.AbstractEventLo
     return seen[0]
 
 
-def test_the_bot_runs_on_uvloop_by_default(env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_bot_runs_on_uvloop_when_switched_on(env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     uvloop = pytest.importorskip("uvloop")
-    assert BotSettings(_env_file=None).uvloop is True
+    monkeypatch.setenv("FACECHAIN_UVLOOP", "true")
     assert isinstance(_run_bot_command(monkeypatch), uvloop.Loop)
 
 
-def test_the_bot_runs_on_asyncios_loop_when_uvloop_is_off(env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("FACECHAIN_UVLOOP", "false")
+def test_the_bot_runs_on_asyncios_loop_by_default(env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert BotSettings(_env_file=None).uvloop is False
     loop = _run_bot_command(monkeypatch)
     assert type(loop).__module__.startswith("asyncio"), type(loop)
 

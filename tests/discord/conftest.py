@@ -19,7 +19,7 @@ from tests.discord.harness import OPTIONS, ScriptedRunner, Stack, bot_settings
 
 
 def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Callable[[], Any]]:
-    """These tests run on the bot process's own loop: uvloop where installed (``bot.app.loop_factory``),
+    """These tests run on the bot process's own loop (``bot.app.loop_factory``: uvloop when switched on),
     asyncio's with ``FACECHAIN_UVLOOP=false``."""
     factory = loop_factory(BotSettings(_env_file=None))
     return {"uvloop": factory} if factory is not None else {"asyncio": asyncio.new_event_loop}

@@ -33,7 +33,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Callable[[], Any]]:
-    """These tests run on the bot process's own loop: uvloop where installed (``bot.app.loop_factory``),
+    """These tests run on the bot process's own loop (``bot.app.loop_factory``: uvloop when switched on),
     asyncio's with ``FACECHAIN_UVLOOP=false``."""
     factory = loop_factory(BotSettings(_env_file=None))
     return {"uvloop": factory} if factory is not None else {"asyncio": asyncio.new_event_loop}
