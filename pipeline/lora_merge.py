@@ -77,7 +77,7 @@ class LayerLora:
         return int(self.down.shape[0])
 
 
-def _metadata_alpha(metadata: Mapping[str, Any] | None, part: str, module: str, rank: int) -> float | None:
+def _metadata_alpha(metadata: Mapping[str, Any] | None, part: str, module: str) -> float | None:
     """The alpha a saved peft config gives ``module`` (its pattern first), or None without metadata."""
     if not metadata:
         return None
@@ -129,7 +129,7 @@ def layers_from_state_dict(
         rank = int(down.shape[0])
         alpha = next((alphas[k] for k in alpha_keys[(part, module)] if k in alphas), None)
         if alpha is None:
-            alpha = _metadata_alpha(metadata, part, module, rank)
+            alpha = _metadata_alpha(metadata, part, module)
         scale = 1.0 if alpha is None else float(alpha) / rank
         layers.append(LayerLora(part=part, module=module, down=down, up=up, scale=scale))
     if not layers:
