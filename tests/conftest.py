@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
@@ -26,3 +27,16 @@ async def redis_url() -> AsyncIterator[str]:
     finally:
         await client.flushdb()
         await client.aclose()
+
+
+@pytest.fixture
+def cli_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, redis_url: str) -> Path:
+    """A clean environment for running the real CLI: no FACECHAIN_* from outside, data and models in
+    ``tmp_path`` (also the working directory, so no stray .env is read), the test Redis."""
+    for name in [n for n in os.environ if n.startswith("FACECHAIN_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("FACECHAIN_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("FACECHAIN_MODELS_DIR", str(tmp_path / "models"))
+    monkeypatch.setenv("FACECHAIN_REDIS_URL", redis_url)
+    return tmp_path

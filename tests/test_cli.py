@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -13,14 +12,8 @@ from tests.pipeline import photos
 
 
 @pytest.fixture
-def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, redis_url: str) -> Path:
-    for name in [n for n in os.environ if n.startswith("FACECHAIN_")]:
-        monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("FACECHAIN_DATA_DIR", str(tmp_path / "data"))
-    monkeypatch.setenv("FACECHAIN_MODELS_DIR", str(tmp_path / "models"))
-    monkeypatch.setenv("FACECHAIN_REDIS_URL", redis_url)
-    return tmp_path
+def env(cli_env: Path) -> Path:
+    return cli_env
 
 
 def test_help_names_every_command(capsys: pytest.CaptureFixture[str]) -> None:

@@ -4,7 +4,6 @@ uvloop is installed: through the real entry point, ``facechain-bot bot``."""
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
 from pathlib import Path
 
@@ -22,14 +21,9 @@ class _Probed(Exception):
 
 
 @pytest.fixture
-def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, redis_url: str) -> Path:
-    for name in [n for n in os.environ if n.startswith("FACECHAIN_")]:
-        monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("FACECHAIN_DATA_DIR", str(tmp_path / "data"))
-    monkeypatch.setenv("FACECHAIN_REDIS_URL", redis_url)
+def env(cli_env: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("FACECHAIN_TELEGRAM_TOKEN", "123:probe")
-    return tmp_path
+    return cli_env
 
 
 def _run_bot_command(monkeypatch: pytest.MonkeyPatch) -> asyncio.AbstractEventLoop:
