@@ -48,7 +48,7 @@ def pick_dtype(settings: WorkerSettings, device: torch.device, purpose: Purpose)
     return torch.float16
 
 
-def configure_backends(device: torch.device, cudnn_benchmark: bool = True) -> None:
+def configure_backends(device: torch.device, cudnn_benchmark: bool = False) -> None:
     """Enable TF32 matmuls on CUDA (the fp32 parts of training: LoRA params, loss, optimizer), and
     cuDNN's autotuner: the worker's convolutions run at a few fixed shapes, so timing the candidate
     algorithms once (during the warm-up) pays back on every later step."""

@@ -135,6 +135,7 @@ class TrainArgs:
             "alpha": settings.lora_alpha,
             "learning_rate": settings.learning_rate,
             "lr_scheduler": settings.lr_scheduler,
+            "lr_warmup_steps": settings.lr_warmup_steps,
             "steps_per_photo": settings.steps_per_photo,
             "max_train_steps": settings.max_train_steps,
             "train_batch_size": settings.train_batch_size,

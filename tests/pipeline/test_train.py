@@ -29,8 +29,9 @@ CAPTION = "<fcsks>, a handsome man"
 
 
 def _args(settings: WorkerSettings, **overrides: object) -> TrainArgs:
-    # A large learning rate so that three steps move the LoRA measurably; two crops keep it quick.
-    values: dict[str, object] = {"learning_rate": 1e-2, "crops_per_image": 2}
+    # A large learning rate so that three steps move the LoRA measurably; two crops keep it quick;
+    # batch 1 so that a sample is a step (FaceChain's recipe), whatever the worker's default batch.
+    values: dict[str, object] = {"learning_rate": 1e-2, "crops_per_image": 2, "train_batch_size": 1}
     values.update(overrides)
     return TrainArgs.from_settings(settings, **values)
 
@@ -101,6 +102,17 @@ def test_lora_alpha_is_recorded_in_the_file(tiny_pipe: object, tiny_env: WorkerS
         metadata = handle.metadata()
     assert '"unet.lora_alpha": 8.0' in metadata["lora_adapter_metadata"]
     assert '"unet.r": 4' in metadata["lora_adapter_metadata"]
+
+
+def test_worker_defaults_train_facechains_800_samples_in_100_batches_of_8() -> None:
+    args = TrainArgs.from_settings(WorkerSettings(_env_file=None))  # type: ignore[call-arg]
+
+    assert args.total_samples(5) == 800 and args.train_batch_size == 8 and args.total_steps(5) == 100
+    # The learning rate follows the batch and is held after a 10-step warm-up (docs/benchmarks.md).
+    assert args.scaled_learning_rate() == pytest.approx(8 * 1.5e-4)
+    assert (args.lr_scheduler, args.lr_warmup_steps) == ("constant_with_warmup", 10)
+    # Three photos: 600 samples, 75 steps.
+    assert args.total_steps(3) == 75
 
 
 def test_should_stop_cancels_between_steps(tiny_pipe: object, tiny_env: WorkerSettings, tmp_path: Path) -> None:
@@ -187,7 +199,7 @@ def test_script_entry_trains_like_the_diffusers_example(
         [
             "--base_model", str(tiny_model_dir), "--images_dir", str(photos), "--caption", CAPTION,
             "--output", str(out), "--resolution", "64", "--max_train_steps", "2", "--no-random_flip",
-            "--crops_per_image", "1",
+            "--crops_per_image", "1", "--train_batch_size", "1",
         ]
     )  # fmt: skip
     assert args.random_flip is False and args.rank is None
