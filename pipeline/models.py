@@ -241,8 +241,12 @@ def load_base_pipeline(
 
     The safety checker is left out (a separate NSFW check runs on the results) and the scheduler is
     DPM-Solver++ (multistep) built from the model's own noise schedule. All weights are frozen.
+    With ``prepared_model_cache`` the converted pipeline is read from (or first written to) its
+    prepared copy (:mod:`pipeline.prepared_models`).
     """
     from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
+
+    from pipeline.prepared_models import load_prepared, prepared_dir, save_prepared
 
     source = resolve_base_model(settings)
     common = {
@@ -252,11 +256,16 @@ def load_base_pipeline(
         "requires_safety_checker": False,
         "local_files_only": True,
     }
-    if source.is_dir():
-        pipe = StableDiffusionPipeline.from_pretrained(source, **common)
-    else:
-        config = find_single_file_config(source, settings)
-        pipe = StableDiffusionPipeline.from_single_file(str(source), config=str(config), **common)
+    config = None if source.is_dir() else find_single_file_config(source, settings)
+    prepared = prepared_dir(settings.models_dir, source, dtype, config) if settings.prepared_model_cache else None
+    pipe = load_prepared(prepared, common) if prepared is not None else None
+    if pipe is None:
+        if config is None:
+            pipe = StableDiffusionPipeline.from_pretrained(source, **common)
+        else:
+            pipe = StableDiffusionPipeline.from_single_file(str(source), config=str(config), **common)
+        if prepared is not None:
+            save_prepared(pipe, prepared, source)
     pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
     pipe = pipe.to(device)
     for module in (pipe.unet, pipe.vae, pipe.text_encoder):
