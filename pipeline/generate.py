@@ -13,7 +13,8 @@ Two ways to apply the LoRAs (``FACECHAIN_LORA_MERGE``):
 - ``direct`` (default): :class:`pipeline.lora_merge.WeightFuser` adds both LoRAs into the resident
   weights in place and copies the exact originals back after the job; no peft layers, so a switch
   to another user's face costs a file read and one small matmul per layer, and the UNet's captured
-  CUDA graph (:class:`pipeline.cuda_graphs.GraphedUNet`, ``FACECHAIN_CUDA_GRAPHS``) stays valid.
+  CUDA graph (:class:`pipeline.cuda_graphs.GraphedUNet`, ``FACECHAIN_CUDA_GRAPHS``) and the
+  compiled UNet (:mod:`pipeline.unet_compile`, ``FACECHAIN_TORCH_COMPILE``) stay valid.
 - ``peft``: named peft adapters with ``set_adapters``; ``fuse=True`` merges them for the job (unfused
   peft layers about double the UNet step time) and restores snapshotted originals after it. The
   direct route falls back to this one for a LoRA file it cannot place (DoRA, LoKr, ...).
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import threading
 import time
 import warnings
 from collections import OrderedDict
@@ -39,12 +41,13 @@ import torch
 from PIL import Image
 
 from pipeline.config import WorkerSettings
-from pipeline.cuda_graphs import GraphedUNet
+from pipeline.cuda_graphs import GraphedUNet, release_cached_memory
 from pipeline.devices import DeviceOutOfMemory, free_memory, is_out_of_memory
 from pipeline.jobs import ErrorCode, StyleSpec
 from pipeline.lora_files import validate_lora_file
 from pipeline.lora_merge import LayerLora, UnsupportedLora, WeightFuser, read_lora_layers
 from pipeline.prompts import build_prompt_embeds, face_prompt, negative_prompt
+from pipeline.unet_compile import compile_unet
 
 if TYPE_CHECKING:
     from diffusers import StableDiffusionPipeline
@@ -119,6 +122,7 @@ class PortraitGenerator:
         merge: str | None = None,
         cuda_graphs: bool | None = None,
         style_cache_size: int = 4,
+        compile_backend: str | Callable[..., Any] = "inductor",
     ) -> None:
         self.pipe = pipe
         self.settings = settings or WorkerSettings()
@@ -128,7 +132,17 @@ class PortraitGenerator:
         self._style_cache: OrderedDict[FileKey, LoraState] = OrderedDict()
         self._style_layers: OrderedDict[FileKey, list[LayerLora]] = OrderedDict()
         self.fuser = WeightFuser(pipe)
-        self.unet = GraphedUNet(pipe.unet)
+        # Only the direct route keeps the UNet's modules as they are (peft adapters would recompile),
+        # and Inductor is only worth its compile on a GPU.
+        compiled = None
+        if self.merge == "direct" and (pipe.unet.device.type == "cuda" or compile_backend != "inductor"):
+            compiled = compile_unet(pipe.unet, self.settings.torch_compile, compile_backend)
+        self.unet = GraphedUNet(pipe.unet, compiled=compiled)
+        self._job_lock = threading.Lock()
+        #: Set once the compiled UNet is in use, or compiling it failed (at once when there is none).
+        self.compiled_ready = threading.Event()
+        if compiled is None:
+            self.compiled_ready.set()
         use_graphs = self.settings.cuda_graphs if cuda_graphs is None else cuda_graphs
         self.unet.enabled = self.unet.enabled and use_graphs and self.merge == "direct"
 
@@ -145,15 +159,53 @@ class PortraitGenerator:
             pipe.unet.to(memory_format=torch.channels_last)
         return cls(pipe, settings, fuse=fuse)
 
-    def warm_up(self, steps: int = 2) -> float:
-        """Run a short job without LoRAs at the default batch (captures the UNet's graph); seconds taken."""
+    def warm_up(self, steps: int = 2, background_compile: bool = False) -> float:
+        """Run a short job without LoRAs at the default batch (captures the UNet's graph); seconds taken.
+
+        With ``background_compile`` and a compiled UNet, the warm-up uses the plain UNet and a
+        thread compiles (or reads from Inductor's cache) and captures the compiled one meanwhile;
+        the first job that starts after it is ready uses it. Jobs never wait for a compile.
+        """
         started = time.perf_counter()
+        compiled_unet = None
+        if background_compile and self.unet.compiled is not None:
+            compiled_unet, self.unet = self.unet, GraphedUNet(self.pipe.unet)
         prompt_embeds, negative_embeds = build_prompt_embeds(
             self.pipe.tokenizer, self.pipe.text_encoder, "a portrait", negative_prompt("")
         )
         count = min(self.settings.candidates, self.settings.generate_batch_size)
         self._run_batches(prompt_embeds, negative_embeds, list(range(count)), steps, 7.0, count, None, None)
+        if compiled_unet is not None:
+            hidden = torch.cat([negative_embeds, prompt_embeds]).to(self.pipe.device, self.pipe.unet.dtype)
+            thread = threading.Thread(
+                target=self._prepare_compiled, args=(compiled_unet, count, hidden), name="unet-compile", daemon=True
+            )
+            thread.start()
         return time.perf_counter() - started
+
+    def _prepare_compiled(self, unet: GraphedUNet, count: int, hidden: torch.Tensor) -> None:
+        """Compile and capture ``unet`` for the default job's shape, then use it from the next job on."""
+        started = time.perf_counter()
+        try:
+            config = self.pipe.unet.config
+            side = self.settings.resolution // self.pipe.vae_scale_factor
+            sample = torch.zeros((2 * count, config.in_channels, side, side), device=hidden.device, dtype=hidden.dtype)
+            timestep = torch.tensor(999, device=hidden.device)
+            with torch.no_grad():
+                unet(sample, timestep, hidden.repeat_interleave(count, dim=0))
+        except Exception:
+            log.warning("compiling the UNet failed; generation stays uncompiled", exc_info=True)
+            self.compiled_ready.set()
+            return
+        if unet.compiled is None:  # the compiled call failed and fell back (logged)
+            self.compiled_ready.set()
+            return
+        with self._job_lock:  # waits for a running job: it keeps the UNet it started with
+            previous, self.unet = self.unet, unet
+            previous.reset()
+            release_cached_memory()  # the plain UNet's graph pool
+        self.compiled_ready.set()
+        log.info("compiled UNet in use after %.1fs", time.perf_counter() - started)
 
     # ------------------------------------------------------------------------------ adapters
     def _cached_style(self, cache: OrderedDict[FileKey, T], path: Path, read: Callable[[Path], T]) -> T:
@@ -270,44 +322,45 @@ class PortraitGenerator:
         total = max(candidates, count)
         base_seed = secrets.randbelow(2**31) if seed is None else seed
         seeds = [base_seed + i for i in range(total)]
-        started = time.perf_counter()
-        pipe = self.pipe
-        if has_lora_layers(pipe) or adapter_names(pipe):
-            log.warning("adapters %s left on the pipeline by an earlier job; removing them", adapter_names(pipe))
-            self._clean(None)
+        with self._job_lock:  # one job at a time; the compiled UNet is swapped in between jobs
+            started = time.perf_counter()
+            pipe = self.pipe
+            if has_lora_layers(pipe) or adapter_names(pipe):
+                log.warning("adapters %s left on the pipeline by an earlier job; removing them", adapter_names(pipe))
+                self._clean(None)
 
-        snapshot: dict[tuple[str, str], torch.Tensor] | None = None
-        oom = False
-        try:
-            direct = self.merge == "direct" and self._fuse_direct(face_lora_path, style, style_lora_path)
-            if not direct:
-                snapshot = self._apply_peft(face_lora_path, style, style_lora_path)
-            prompt_embeds, negative_embeds = build_prompt_embeds(
-                pipe.tokenizer,
-                pipe.text_encoder,
-                face_prompt(style.prompt, trigger),
-                negative_prompt(style.negative_prompt),
-            )
-            images = self._run_batches(
-                prompt_embeds, negative_embeds, seeds, steps, guidance, batch_size, on_progress, should_stop,
-                graphed=direct,
-            )  # fmt: skip
-            log.info(
-                "generated %d candidates in %.1fs (style %s, %d steps)",
-                len(images), time.perf_counter() - started, style.name, steps,
-            )  # fmt: skip
-            return [Candidate(image=image, seed=s) for image, s in zip(images, seeds, strict=True)]
-        except Exception as exc:
-            if not is_out_of_memory(exc):
-                raise
-            oom = True
-        finally:
-            self.fuser.restore()
-            self._clean(snapshot)
-        if oom:
-            free_memory()
-            raise DeviceOutOfMemory(f"out of memory while generating (batch {batch_size})")
-        raise AssertionError("unreachable")
+            snapshot: dict[tuple[str, str], torch.Tensor] | None = None
+            oom = False
+            try:
+                direct = self.merge == "direct" and self._fuse_direct(face_lora_path, style, style_lora_path)
+                if not direct:
+                    snapshot = self._apply_peft(face_lora_path, style, style_lora_path)
+                prompt_embeds, negative_embeds = build_prompt_embeds(
+                    pipe.tokenizer,
+                    pipe.text_encoder,
+                    face_prompt(style.prompt, trigger),
+                    negative_prompt(style.negative_prompt),
+                )
+                images = self._run_batches(
+                    prompt_embeds, negative_embeds, seeds, steps, guidance, batch_size, on_progress, should_stop,
+                    graphed=direct,
+                )  # fmt: skip
+                log.info(
+                    "generated %d candidates in %.1fs (style %s, %d steps)",
+                    len(images), time.perf_counter() - started, style.name, steps,
+                )  # fmt: skip
+                return [Candidate(image=image, seed=s) for image, s in zip(images, seeds, strict=True)]
+            except Exception as exc:
+                if not is_out_of_memory(exc):
+                    raise
+                oom = True
+            finally:
+                self.fuser.restore()
+                self._clean(snapshot)
+            if oom:
+                free_memory()
+                raise DeviceOutOfMemory(f"out of memory while generating (batch {batch_size})")
+            raise AssertionError("unreachable")
 
     def _apply_peft(
         self, face_lora_path: Path, style: StyleSpec, style_lora_path: Path | None

@@ -23,6 +23,7 @@ from PIL import Image
 from pipeline import jobs
 from pipeline.config import WorkerSettings
 from pipeline.control import StageCancelled, StageControl
+from pipeline.cuda_graphs import release_cached_memory
 from pipeline.devices import DeviceOutOfMemory, pick_device, pick_dtype
 from pipeline.faces import FaceAnalyzer, cosine, load_face_analyzer
 from pipeline.generate import Candidate, GenerationCancelled, PortraitGenerator
@@ -76,8 +77,9 @@ class PipelineRunner:
                 self.train_pipe = load_base_pipeline(settings, self.device, train_dtype)
             lap("training_pipeline")
         if self.generator is not None and self.device.type == "cuda":
-            # Captures the UNet's CUDA graph and picks the kernels now, not in the first user's job.
-            self.generator.warm_up()
+            # Captures the UNet's CUDA graph now, not in the first user's job; a compiled UNet is
+            # compiled (or read from the compile cache) in the background and taken up between jobs.
+            self.generator.warm_up(background_compile=True)
             lap("generation_warm_up")
         log.info("worker ready: %s", self.startup_seconds)
         self._train_lock = threading.Lock()
@@ -141,6 +143,9 @@ class PipelineRunner:
                 return jobs.TrainOutcome(
                     run_id=request.run_id, error=jobs.ErrorCode.OUT_OF_MEMORY, rejections=rejections
                 )
+            finally:
+                # Training's blocks back to the driver: generation in this process can use them.
+                release_cached_memory()
             control.report(jobs.Stage.SAVING, 1.0, "")
             lora_key = f"{prefix}/face_lora.safetensors"
             self.blobs.put_file(lora_key, out)

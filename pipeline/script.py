@@ -95,7 +95,8 @@ def generate_for(
     model = jobs.parse_outcome_json(blobs.get_bytes(_model_key(name)))
     if not isinstance(model, jobs.TrainOutcome) or model.lora_key is None:
         raise ScriptError(f"the model record of {name!r} is damaged; train it again")
-    runner = PipelineRunner(settings.model_copy(update={"queues": ["generate"]}), blobs)
+    # One job: a compile (tens of seconds, even from the cache) would cost more than it saves.
+    runner = PipelineRunner(settings.model_copy(update={"queues": ["generate"], "torch_compile": "off"}), blobs)
     request = jobs.GenerateRequest(
         run_id=f"cli-{name}-{time.strftime('%Y%m%d%H%M%S')}"[:64], user_id=0, model_id=0,
         lora_key=model.lora_key, template_key=model.template_key, trigger=model.trigger or "",

@@ -9,7 +9,7 @@ import pytest
 from pipeline.config import WorkerSettings
 from pipeline.faces import OpenCVFaceAnalyzer
 from pipeline.nsfw import NsfwChecker
-from tests.pipeline.tiny import tiny_env, tiny_model_dir, tiny_pipe  # noqa: F401  (tiny SD fixtures)
+from tests.pipeline.tiny import loras, tiny_env, tiny_model_dir, tiny_pipe  # noqa: F401  (tiny SD fixtures)
 
 
 @pytest.fixture(scope="session")

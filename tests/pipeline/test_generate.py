@@ -13,28 +13,15 @@ from pipeline import generate as generate_module
 from pipeline.config import WorkerSettings
 from pipeline.devices import DeviceOutOfMemory
 from pipeline.generate import (
-    Candidate,
     GenerationCancelled,
     PortraitGenerator,
     adapter_names,
     has_lora_layers,
 )
-from pipeline.jobs import StyleSpec
 from pipeline.lora_files import InvalidLoraFile
-from tests.pipeline.tiny import kohya_lora_file, random_lora_file
-
-STYLE = StyleSpec(name="business_suit", prompt="wearing a tailored business suit", style_weight=0.3, face_weight=0.9)
-
-
-@pytest.fixture(scope="module")
-def loras(tiny_pipe: object, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Two face LoRAs (diffusers format) and a civitai-style kohya LoRA with text-encoder layers."""
-    folder = tmp_path_factory.mktemp("loras")
-    return {
-        "face1": random_lora_file(tiny_pipe, folder / "face1.safetensors", seed=1),
-        "face2": random_lora_file(tiny_pipe, folder / "face2.safetensors", seed=2),
-        "style": kohya_lora_file(tiny_pipe, folder / "style.safetensors", seed=3),
-    }
+from tests.pipeline.tiny import STYLE
+from tests.pipeline.tiny import generate_with as _run
+from tests.pipeline.tiny import max_pixel_diff as _max_diff
 
 
 @pytest.fixture
@@ -42,29 +29,6 @@ def generator(tiny_pipe: object, tiny_env: WorkerSettings) -> Iterator[PortraitG
     gen = PortraitGenerator(tiny_pipe, tiny_env)  # type: ignore[arg-type]
     yield gen
     assert not has_lora_layers(gen.pipe), "a test left adapters on the shared pipeline"
-
-
-def _pixels(candidates: list[Candidate]) -> list[np.ndarray]:
-    return [np.asarray(c.image, dtype=np.int16) for c in candidates]
-
-
-def _max_diff(a: list[Candidate], b: list[Candidate]) -> int:
-    return max(int(np.abs(x - y).max()) for x, y in zip(_pixels(a), _pixels(b), strict=True))
-
-
-def _run(gen: PortraitGenerator, loras: dict[str, Path], face: str = "face1", **kw: object) -> list[Candidate]:
-    values: dict[str, object] = {
-        "face_lora_path": loras[face],
-        "style": STYLE,
-        "style_lora_path": loras["style"],
-        "trigger": "a handsome man",
-        "count": 2,
-        "candidates": 3,
-        "seed": 11,
-        "batch_size": 2,
-    }
-    values.update(kw)
-    return gen.generate(**values)  # type: ignore[arg-type]
 
 
 def test_two_faces_and_a_style_swap_adapters_on_one_resident_pipeline(
@@ -104,8 +68,8 @@ def test_each_seed_reproduces_its_own_portrait(generator: PortraitGenerator, lor
     # Candidate 1 of the batch has seed 21; regenerating seed 21 alone gives the same picture
     # (up to one grey level: batched and single convolutions round differently).
     assert batch[1].seed == alone[0].seed == 21
-    assert int(np.abs(_pixels([batch[1]])[0] - _pixels(alone)[0]).max()) <= 2
-    assert int(np.abs(_pixels([batch[0]])[0] - _pixels(alone)[0]).max()) > 10
+    assert _max_diff([batch[1]], alone) <= 2
+    assert _max_diff([batch[0]], alone) > 10
 
 
 def test_style_lora_and_its_weight_matter(generator: PortraitGenerator, loras: dict[str, Path]) -> None:

@@ -20,6 +20,8 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from pipeline.config import WorkerSettings
+from pipeline.generate import Candidate, PortraitGenerator
+from pipeline.jobs import StyleSpec
 from pipeline.models import make_tiny_pipeline
 
 RESOLUTION = 64
@@ -223,3 +225,41 @@ def tiny_pipe(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) ->
 
     settings = tiny_settings(tiny_model_dir, tmp_path_factory.mktemp("tiny_pipe_env"))
     yield load_base_pipeline(settings, "cpu", torch.float32)
+
+
+@pytest.fixture(scope="session")
+def loras(tiny_pipe: object, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Two face LoRAs (diffusers format) and a civitai-style kohya LoRA with text-encoder layers."""
+    folder = tmp_path_factory.mktemp("loras")
+    return {
+        "face1": random_lora_file(tiny_pipe, folder / "face1.safetensors", seed=1),
+        "face2": random_lora_file(tiny_pipe, folder / "face2.safetensors", seed=2),
+        "style": kohya_lora_file(tiny_pipe, folder / "style.safetensors", seed=3),
+    }
+
+
+# ------------------------------------------------------------------------------------ generation
+#: The style the generation tests use (with the ``loras`` fixture's kohya style LoRA).
+STYLE = StyleSpec(name="business_suit", prompt="wearing a tailored business suit", style_weight=0.3, face_weight=0.9)
+
+
+def generate_with(gen: PortraitGenerator, loras: dict[str, Path], face: str = "face1", **kw: object) -> list[Candidate]:
+    """Three candidates (batches of 2) with ``loras[face]`` and the style LoRA, seed 11."""
+    values: dict[str, object] = {
+        "face_lora_path": loras[face],
+        "style": STYLE,
+        "style_lora_path": loras["style"],
+        "trigger": "a handsome man",
+        "count": 2,
+        "candidates": 3,
+        "seed": 11,
+        "batch_size": 2,
+    }
+    values.update(kw)
+    return gen.generate(**values)  # type: ignore[arg-type]
+
+
+def max_pixel_diff(a: list[Candidate], b: list[Candidate]) -> int:
+    """The largest difference of any pixel channel between two runs' candidates."""
+    pixels = [[np.asarray(c.image, dtype=np.int16) for c in run] for run in (a, b)]
+    return max(int(np.abs(x - y).max()) for x, y in zip(*pixels, strict=True))
