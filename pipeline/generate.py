@@ -170,6 +170,7 @@ class PortraitGenerator:
         compiled_unet = None
         if background_compile and self.unet.compiled is not None:
             compiled_unet, self.unet = self.unet, GraphedUNet(self.pipe.unet)
+            self.unet.enabled = compiled_unet.enabled  # graphs or not, as configured
         prompt_embeds, negative_embeds = build_prompt_embeds(
             self.pipe.tokenizer, self.pipe.text_encoder, "a portrait", negative_prompt("")
         )
