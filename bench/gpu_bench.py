@@ -59,7 +59,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--train-samples", type=int, default=800, help="FaceChain: 200 a photo, capped at 800")
     parser.add_argument(
         "--train-variants",
-        default="b1:graph,b8:graph,b8:graph:sqrt,b8:graph:linear,b8:eager",
+        default="b8:graph:linear:const:warm10,b1:graph,b8:graph:linear,b8:eager:linear:const:warm10",
         help="bN: batch; graph|eager; sqrt|linear: lr scaling; xF: lr × F; warmN: N warm-up steps; "
         "const: constant lr; seedN; cudnn: cuDNN autotuner on (off by default, as the worker's)",
     )
@@ -67,7 +67,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--naive-samples", type=int, default=800)
     parser.add_argument(
         "--generate-variants",
-        default="b10:graph,b10:eager,b5:eager,b10:graph:cl,naive",
+        default="b10:graph:compile,b10:graph,b10:eager,naive",
         help="bN: batch; graph|eager; cl: channels last; cudnn: autotuner on; "
         "flash|efficient|cudnnattn: attention backend; "
         "decN: VAE decode batch; vaecl: channels-last VAE; compile|tuned: torch.compile the UNet; "
