@@ -194,19 +194,17 @@ class PortraitGenerator:
             timestep = torch.tensor(999, device=hidden.device)
             with torch.no_grad():
                 unet(sample, timestep, hidden.repeat_interleave(count, dim=0))
+            if unet.compiled is None:  # the compiled call failed and fell back (logged there)
+                return
+            with self._job_lock:  # waits for a running job: it keeps the UNet it started with
+                previous, self.unet = self.unet, unet
+                previous.reset()
+                release_cached_memory()  # the plain UNet's graph pool
+            log.info("compiled UNet in use after %.1fs", time.perf_counter() - started)
         except Exception:
             log.warning("compiling the UNet failed; generation stays uncompiled", exc_info=True)
+        finally:
             self.compiled_ready.set()
-            return
-        if unet.compiled is None:  # the compiled call failed and fell back (logged)
-            self.compiled_ready.set()
-            return
-        with self._job_lock:  # waits for a running job: it keeps the UNet it started with
-            previous, self.unet = self.unet, unet
-            previous.reset()
-            release_cached_memory()  # the plain UNet's graph pool
-        self.compiled_ready.set()
-        log.info("compiled UNet in use after %.1fs", time.perf_counter() - started)
 
     # ------------------------------------------------------------------------------ adapters
     def _cached_style(self, cache: OrderedDict[FileKey, T], path: Path, read: Callable[[Path], T]) -> T:

@@ -17,16 +17,14 @@ warm-up's job shape first) to the compiled UNet and everything else to the plain
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
 
-log = logging.getLogger(__name__)
+from pipeline.cuda_graphs import UNetForward
 
 CompileMode = Literal["off", "on", "tuned"]
-UNetForward = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def configure_inductor(tuned: bool) -> None:
