@@ -81,6 +81,10 @@ def serve_worker(args: argparse.Namespace) -> None:
         return real_generate(request, control)
 
     runner.generate = generate  # type: ignore[method-assign]
+    generator = getattr(runner, "generator", None)
+    if generator is not None:
+        # The burst measures the steady state: the compiled UNet (made in the background) in use.
+        generator.compiled_ready.wait(timeout=600)
     log.rpush(READY, str(args.serve_worker))
     asyncio.run(run_worker(settings, ctx={"runner": runner, "blobs": blobs}))
 
