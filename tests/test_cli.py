@@ -48,6 +48,26 @@ def test_doctor_reports_a_missing_base_model(env: Path, capsys: pytest.CaptureFi
     assert "[ ERR] base model" in out and "models fetch" in out
 
 
+def test_doctor_says_when_compiled_kernels_would_not_survive_a_restart(
+    env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    main(["doctor"])
+    out = capsys.readouterr().out
+    assert "[warn] compile" in out and "TORCHINDUCTOR_CACHE_DIR is unset" in out
+
+    cache = env / "inductor"
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(cache))
+    main(["doctor"])
+    out = capsys.readouterr().out
+    assert "[ ok ] compile" in out and str(cache) in out and cache.is_dir()
+
+    monkeypatch.setenv("PATH", str(env / "empty-path"))
+    monkeypatch.delenv("CC", raising=False)
+    main(["doctor"])
+    assert "no C compiler" in capsys.readouterr().out
+
+
 def test_the_bot_refuses_to_start_without_any_platform(env: Path) -> None:
     with pytest.raises(SystemExit) as exited:
         main(["bot"])
