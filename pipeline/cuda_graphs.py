@@ -35,17 +35,6 @@ CAPTURE_LOCK = threading.Lock()
 CAPTURE_ERROR_MODE = "thread_local"
 
 
-def release_cached_memory() -> None:
-    """Hand the caching allocator's free blocks back to the driver, never during a capture.
-
-    Called between jobs: a worker that trains and generates in one process would otherwise keep
-    the peak of both reserved (and freeing blocks while another thread captures breaks its capture).
-    """
-    if torch.cuda.is_available():
-        with CAPTURE_LOCK:
-            torch.cuda.empty_cache()
-
-
 @dataclass
 class _Captured:
     graph: torch.cuda.CUDAGraph

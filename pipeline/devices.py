@@ -66,11 +66,19 @@ def is_out_of_memory(exc: BaseException) -> bool:
 
 
 def free_memory() -> None:
-    """Collect garbage and hand cached accelerator blocks back to the driver."""
+    """Collect garbage and hand cached accelerator blocks back to the driver, never mid-capture.
+
+    Called after an out-of-memory error and between jobs: a worker that trains and generates in one
+    process would otherwise keep the peak of both reserved. Freeing blocks while another thread
+    captures a CUDA graph would break that capture, hence the capture lock.
+    """
+    from pipeline.cuda_graphs import CAPTURE_LOCK
+
     gc.collect()
     if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-        torch.cuda.ipc_collect()
+        with CAPTURE_LOCK:
+            torch.cuda.empty_cache()
+            torch.cuda.ipc_collect()
 
 
 def out_of_memory(exc: BaseException) -> bool:

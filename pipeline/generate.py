@@ -41,7 +41,7 @@ import torch
 from PIL import Image
 
 from pipeline.config import WorkerSettings
-from pipeline.cuda_graphs import GraphedUNet, release_cached_memory
+from pipeline.cuda_graphs import GraphedUNet
 from pipeline.devices import DeviceOutOfMemory, free_memory, is_out_of_memory
 from pipeline.jobs import ErrorCode, StyleSpec
 from pipeline.lora_files import validate_lora_file
@@ -199,7 +199,7 @@ class PortraitGenerator:
             with self._job_lock:  # waits for a running job: it keeps the UNet it started with
                 previous, self.unet = self.unet, unet
                 previous.reset()
-                release_cached_memory()  # the plain UNet's graph pool
+                free_memory()  # the plain UNet's graph pool
             log.info("compiled UNet in use after %.1fs", time.perf_counter() - started)
         except Exception:
             log.warning("compiling the UNet failed; generation stays uncompiled", exc_info=True)

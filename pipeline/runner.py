@@ -23,8 +23,7 @@ from PIL import Image
 from pipeline import jobs
 from pipeline.config import WorkerSettings
 from pipeline.control import StageCancelled, StageControl
-from pipeline.cuda_graphs import release_cached_memory
-from pipeline.devices import DeviceOutOfMemory, pick_device, pick_dtype
+from pipeline.devices import DeviceOutOfMemory, free_memory, pick_device, pick_dtype
 from pipeline.faces import FaceAnalyzer, cosine, load_face_analyzer
 from pipeline.generate import Candidate, GenerationCancelled, PortraitGenerator
 from pipeline.models import ModelsMissingError, clone_pipeline, load_base_pipeline, resolve_model_file
@@ -145,7 +144,7 @@ class PipelineRunner:
                 )
             finally:
                 # Training's blocks back to the driver: generation in this process can use them.
-                release_cached_memory()
+                free_memory()
             control.report(jobs.Stage.SAVING, 1.0, "")
             lora_key = f"{prefix}/face_lora.safetensors"
             self.blobs.put_file(lora_key, out)
