@@ -9,7 +9,8 @@ optimisation is a switch, and each variant is timed on its own line, so its effe
 
 Sections:
   train        face LoRA training, 800 samples of 5 photos, per variant of --train-variants
-               (bN = batch N; graph / eager; lr scaling none/sqrt/linear); eval loss of each LoRA
+               (bN = batch N; graph / eager; lr scaling none/sqrt/linear; resident / compile: jobs on
+               a worker's trainer whose step was built, or compiled, first); eval loss of each LoRA
   naive        the naive reference recipe on the same photos and seed (diffusers' LoRA script:
                fp16 weights + autocast + GradScaler, VAE and text encoder every step, batch 1,
                loss read every step), its time per sample and its eval loss
@@ -59,9 +60,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--train-samples", type=int, default=800, help="FaceChain: 200 a photo, capped at 800")
     parser.add_argument(
         "--train-variants",
-        default="b8:graph:linear:const:warm10,b1:graph,b8:graph:linear,b8:eager:linear:const:warm10",
+        default="b8:graph:linear:const:warm10:compile,b8:graph:linear:const:warm10:resident,"
+        "b8:graph:linear:const:warm10,b1:graph",
         help="bN: batch; graph|eager; sqrt|linear: lr scaling; xF: lr × F; warmN: N warm-up steps; "
-        "const: constant lr; seedN; cudnn: cuDNN autotuner on (off by default, as the worker's)",
+        "const: constant lr; seedN; cudnn: cuDNN autotuner on (off by default, as the worker's); "
+        "resident: a worker's LoraTrainer, its step built before two timed jobs; compile: the same with "
+        "the step's UNet compiled (FACECHAIN_TRAIN_COMPILE)",
     )
     parser.add_argument("--eager-b1-samples", type=int, default=80, help="b1:eager is timed on fewer samples")
     parser.add_argument("--naive-samples", type=int, default=800)
@@ -284,7 +288,7 @@ class Bench:
         return sdpa_kernel([getattr(SDPBackend, ATTENTION_BACKENDS[backend])])
 
     def section_train(self) -> None:
-        from pipeline.train import TrainArgs, train_lora
+        from pipeline.train import LoraTrainer, TrainArgs, train_lora
 
         pipe = self.train_pipe()
         self.sync()
@@ -306,29 +310,52 @@ class Bench:
                     lr_scheduler="constant_with_warmup" if "const" in parts else "cosine",
                 )  # type: ignore[arg-type]  # fmt: skip
                 self.cudnn("cudnn" in parts)
-                losses: list[float] = []
-                out = self.work / f"lora_{variant.replace(':', '_')}.safetensors"
-                self.reset_peak()
-                self.sync()
-                started = time.perf_counter()
-                result = train_lora(
-                    pipe, self.images, CAPTION, args, out, on_progress=lambda s, n, loss, into=losses: into.append(loss)
-                )
-                self.sync()
-                seconds = time.perf_counter() - started
-                done = result.steps * batch
-                tail = max(1, len(losses) // 10)
-                record(
-                    "train", variant, samples=done, steps=result.steps, seconds=round(seconds, 2),
-                    samples_per_s=round(done / seconds, 1), ms_per_step=round(seconds / result.steps * 1e3, 2),
-                    lr=args.scaled_learning_rate(), train_loss_last10pct=round(statistics.fmean(losses[-tail:]), 5),
-                    eval_loss=self.eval_loss(out) if done == ARGS.train_samples else None,
-                    peak_alloc_gib=self.memory('peak_allocated'),
-                    peak_reserved_gib=self.memory('peak_reserved'),
-                    pipeline_resident_gib=resident,
-                )  # fmt: skip
-                if out.exists():
-                    self.face_loras.append(out)
+                # resident: a worker's trainer, its step built (and compiled) before the timed jobs;
+                # otherwise one job on a fresh adapter, its warm-up and capture timed with it.
+                trainer = None
+                if "resident" in parts or "compile" in parts:
+                    trainer = LoraTrainer(pipe, compile_mode="on" if "compile" in parts else "off")
+                    self.sync()
+                    started = time.perf_counter()
+                    trainer.warm_up(args)
+                    self.sync()
+                    record("train", f"{variant}/warm_up", seconds=round(time.perf_counter() - started, 2))
+                try:
+                    for job in range(2 if trainer is not None else 1):
+                        self._train_job(variant, job, args, pipe, trainer, train_lora, resident)
+                finally:
+                    if trainer is not None:
+                        trainer.close()
+                        self.torch._dynamo.reset()
+
+    def _train_job(
+        self, variant: str, job: int, args: Any, pipe: Any, trainer: Any, train_lora: Any, resident: float
+    ) -> None:
+        losses: list[float] = []
+        out = self.work / f"lora_{variant.replace(':', '_')}_{job}.safetensors"
+        self.reset_peak()
+        self.sync()
+        started = time.perf_counter()
+        progress = lambda s, n, loss: losses.append(loss)  # noqa: E731
+        if trainer is not None:
+            result = trainer.train(self.images, CAPTION, args, out, on_progress=progress)
+        else:
+            result = train_lora(pipe, self.images, CAPTION, args, out, on_progress=progress)
+        self.sync()
+        seconds = time.perf_counter() - started
+        done = result.steps * args.train_batch_size
+        tail = max(1, len(losses) // 10)
+        record(
+            "train", variant if job == 0 else f"{variant}/job{job + 1}", samples=done, steps=result.steps,
+            seconds=round(seconds, 2), samples_per_s=round(done / seconds, 1),
+            ms_per_step=round(seconds / result.steps * 1e3, 2), lr=args.scaled_learning_rate(),
+            train_loss_last10pct=round(statistics.fmean(losses[-tail:]), 5),
+            eval_loss=self.eval_loss(out) if done == ARGS.train_samples else None,
+            peak_alloc_gib=self.memory('peak_allocated'), peak_reserved_gib=self.memory('peak_reserved'),
+            pipeline_resident_gib=resident,
+        )  # fmt: skip
+        if out.exists() and job == 0:
+            self.face_loras.append(out)
 
     def section_naive(self) -> None:
         """The naive reference recipe (diffusers' train_text_to_image_lora.py) on the same photos."""

@@ -5,8 +5,9 @@ Run by bench/gpu_bench.py's ``cold`` section in a fresh process each time (a col
 restart that finds the caches the first one wrote). Prints one ``RESULT {json}`` line:
 
 - ``imports_s``: torch, then diffusers' pipeline classes (what every worker start pays first);
-- ``ready_s`` and the runner's own ``parts`` (face models, pipelines, warm-up); ``compiled_ready_s``
-  when the compiled UNet (``FACECHAIN_TORCH_COMPILE``), made in the background, is ready;
+- ``ready_s`` and the runner's own ``parts`` (face models, pipelines, warm-ups); ``compiled_ready_s``
+  when the compiled UNet (``FACECHAIN_TORCH_COMPILE``), made in the background, is ready, and
+  ``train_compiled_ready_s`` when the compiled training step (``FACECHAIN_TRAIN_COMPILE``) is;
 - with ``--train``: ``done_s``, the worker's train job on 5 photos as the queue runs it (preprocess,
   the face LoRA on FaceChain's 800 samples, saving the LoRA and template to the blob store), with
   the time each stage was first reported;
@@ -69,6 +70,10 @@ def main() -> None:
         # A compiled UNet is made ready in the background; the jobs below should use it.
         runner.generator.compiled_ready.wait(timeout=500)
         result["compiled_ready_s"] = round(time.perf_counter() - STARTED, 2)
+    if runner.trainer is not None:
+        # So is the compiled training step, after the UNet's.
+        runner.trainer.compiled_ready.wait(timeout=500)
+        result["train_compiled_ready_s"] = round(time.perf_counter() - STARTED, 2)
 
     if args.train or args.generate:
         from tests.pipeline import photos
@@ -111,6 +116,8 @@ def main() -> None:
     if cuda:
         result["peak_alloc_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
         result["peak_reserved_gib"] = round(torch.cuda.max_memory_reserved() / 2**30, 2)
+        # What the process holds between jobs (the caching allocator's reserve, graph pools included).
+        result["reserved_after_jobs_gib"] = round(torch.cuda.memory_reserved() / 2**30, 2)
     print("RESULT", json.dumps(result), flush=True)
 
 

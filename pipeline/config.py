@@ -102,6 +102,11 @@ class WorkerSettings(BaseSettings):
         description="torch.compile the inference UNet on a GPU (tuned: + coordinate-descent kernel tuning), "
         "in the background at start; TORCHINDUCTOR_CACHE_DIR keeps the compile for restarts.",
     )
+    train_compile: Literal["off", "on"] = Field(
+        default="on",
+        description="torch.compile the training step's UNet on a GPU, in the background at start; training "
+        "jobs wait while it compiles (minutes the first time, tens of seconds from TORCHINDUCTOR_CACHE_DIR).",
+    )
     prepared_model_cache: bool = Field(
         default=True,
         description="Keep a converted copy of the base model (safetensors in the inference dtype) under "

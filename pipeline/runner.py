@@ -30,7 +30,7 @@ from pipeline.models import ModelsMissingError, clone_pipeline, load_base_pipeli
 from pipeline.nsfw import NsfwChecker
 from pipeline.optional_models import OptionalStages, load_optional_stages
 from pipeline.preprocess import caption, preprocess_photos
-from pipeline.train import TrainArgs, TrainingCancelled, train_lora
+from pipeline.train import LoraTrainer, TrainArgs, TrainingCancelled
 from storage.blobs import BlobStore
 
 log = logging.getLogger("facechain.runner")
@@ -65,6 +65,7 @@ class PipelineRunner:
         # each has its own pipeline: training adds an adapter to its UNet while it runs.
         self.generator: PortraitGenerator | None = None
         self.train_pipe = None
+        self.trainer: LoraTrainer | None = None
         if "generate" in settings.queues:
             self.generator = PortraitGenerator.load(settings, fuse=settings.fuse_loras)
             lap("generation_pipeline")
@@ -74,20 +75,26 @@ class PipelineRunner:
                 self.train_pipe = clone_pipeline(self.generator.pipe, train_dtype)
             else:
                 self.train_pipe = load_base_pipeline(settings, self.device, train_dtype)
+            # The adapter, optimizer and captured step stay on the training UNet between jobs.
+            self.trainer = LoraTrainer(self.train_pipe, compile_mode=settings.train_compile)
             lap("training_pipeline")
         if self.generator is not None and self.device.type == "cuda":
             # Captures the UNet's CUDA graph now, not in the first user's job; a compiled UNet is
             # compiled (or read from the compile cache) in the background and taken up between jobs.
             self.generator.warm_up(background_compile=True)
             lap("generation_warm_up")
+        if self.trainer is not None and self.device.type == "cuda":
+            # The same for the training step; its compile waits for the UNet's (one at a time).
+            after = self.generator.compiled_ready if self.generator is not None else None
+            self.trainer.warm_up(TrainArgs.from_settings(settings), background_compile=True, after=after)
+            lap("training_warm_up")
         log.info("worker ready: %s", self.startup_seconds)
-        self._train_lock = threading.Lock()
         self._generate_lock = threading.Lock()
 
     # ---------------------------------------------------------------------------------- train
     def train(self, request: jobs.TrainRequest, control: StageControl) -> jobs.TrainOutcome:
         started = time.perf_counter()
-        if self.train_pipe is None:
+        if self.trainer is None:
             raise RuntimeError("this worker does not serve the train queue")
         prefix = jobs.run_prefix(request.run_id)
 
@@ -129,11 +136,11 @@ class PipelineRunner:
         def step_progress(step: int, total: int, loss: float) -> None:
             control.report(jobs.Stage.TRAINING, step / max(total, 1), f"step {step}/{total}")
 
-        with self._train_lock, tempfile.TemporaryDirectory(prefix="facechain-train-") as tmp:
+        with tempfile.TemporaryDirectory(prefix="facechain-train-") as tmp:
             out = Path(tmp) / "face_lora.safetensors"
             try:
-                result = train_lora(
-                    self.train_pipe, [k.image for k in prepared.kept], text, args, out,
+                result = self.trainer.train(
+                    [k.image for k in prepared.kept], text, args, out,
                     on_progress=step_progress, should_stop=control.should_stop,
                 )  # fmt: skip
             except TrainingCancelled:

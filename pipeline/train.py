@@ -32,6 +32,7 @@ import argparse
 import logging
 import math
 import os
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
@@ -39,21 +40,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
-import torch.nn.functional as F
 from PIL import Image, ImageOps
 
 from pipeline.config import WorkerSettings
-from pipeline.cuda_graphs import CAPTURE_ERROR_MODE, CAPTURE_LOCK
-from pipeline.devices import DeviceOutOfMemory, free_memory, is_out_of_memory
+from pipeline.devices import DeviceOutOfMemory, free_memory, is_out_of_memory, synchronize
 from pipeline.jobs import ErrorCode
+from pipeline.train_step import TRAIN_ADAPTER, LoraTrainingStep, StepSpec, has_adapters
+from pipeline.unet_compile import CompileMode, compile_unet
 
 if TYPE_CHECKING:
     from diffusers import StableDiffusionPipeline
 
 log = logging.getLogger(__name__)
 
-#: The adapter name used while training (removed before :func:`train_lora` returns).
-TRAIN_ADAPTER = "facechain_face_training"
+__all__ = ["LoraTrainer", "TrainArgs", "TrainResult", "TrainingCancelled", "has_adapters", "train_lora"]
+
 #: FaceChain's LoRA targets: the attention projections of every transformer block.
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 
@@ -222,13 +223,6 @@ def encode_caption(pipe: StableDiffusionPipeline, caption: str) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------------- LoRA plumbing
-def has_adapters(module: torch.nn.Module) -> bool:
-    """True when peft adapter layers are present in ``module`` (a UNet or text encoder)."""
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
-    return any(isinstance(m, BaseTunerLayer) for m in module.modules())
-
-
 def _load_init_lora(pipe: StableDiffusionPipeline, path: Path) -> tuple[dict[str, torch.Tensor], int]:
     """A LoRA file's UNet part in peft naming (any format diffusers reads), and its rank."""
     from diffusers.utils import convert_unet_state_dict_to_peft
@@ -242,16 +236,6 @@ def _load_init_lora(pipe: StableDiffusionPipeline, path: Path) -> tuple[dict[str
     if len(ranks) != 1:
         raise ValueError(f"{path}: LoRA layers of different ranks {sorted(ranks)} cannot seed training")
     return peft_state, ranks.pop()
-
-
-class _no_stream:
-    """A do-nothing context manager (``torch.cuda.stream`` where there is no side stream)."""
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 class _LossReadout:
@@ -304,6 +288,260 @@ def _save_lora(unet: torch.nn.Module, config: Any, out_path: Path, adapter: str 
 
 
 # ---------------------------------------------------------------------------------------- training
+class LoraTrainer:
+    """Trains face LoRAs on one resident pipeline, one job at a time, keeping the step between jobs.
+
+    The adapter, optimizer and captured training step (:class:`pipeline.train_step.LoraTrainingStep`)
+    are built by the first job (or by :meth:`warm_up`) and reused while jobs ask for the same shape
+    and hyper-parameters. With ``compile_mode`` on, the step runs through a compiled UNet
+    (:func:`pipeline.unet_compile.compile_unet`), made by :meth:`warm_up` in the background.
+    :meth:`close` removes the adapter again.
+    """
+
+    def __init__(
+        self,
+        pipe: StableDiffusionPipeline,
+        compile_mode: CompileMode = "off",
+        compile_backend: str | Callable[..., Any] = "inductor",
+    ) -> None:
+        self.pipe = pipe
+        self.compile_mode: CompileMode = compile_mode
+        if pipe.unet.device.type != "cuda" and compile_backend == "inductor":
+            # Inductor on a CPU: minutes of compile for seconds of gain.
+            self.compile_mode = "off"
+        self.compile_backend = compile_backend
+        self.step: LoraTrainingStep | None = None
+        self._lock = threading.Lock()
+        #: Set once the compiled step is in use, or compiling it failed (at once when there is none).
+        self.compiled_ready = threading.Event()
+        if self.compile_mode == "off":
+            self.compiled_ready.set()
+
+    # --------------------------------------------------------------------------------- jobs
+    def train(
+        self,
+        images: Sequence[Image.Image],
+        caption: str,
+        args: TrainArgs,
+        out_path: Path,
+        on_progress: ProgressFn | None = None,
+        should_stop: StopFn | None = None,
+    ) -> TrainResult:
+        """Train a face LoRA from ``images`` captioned ``caption``; save it to ``out_path``.
+
+        ``on_progress(step, total, loss)`` is called once per step, in order. ``should_stop()`` is
+        polled before every step; when it returns True, :class:`TrainingCancelled` is raised.
+        Running out of accelerator memory raises :class:`~pipeline.devices.DeviceOutOfMemory` (the
+        resident step is dropped then, to be built again by the next job).
+        """
+        from diffusers import DDPMScheduler
+        from diffusers.optimization import get_scheduler
+
+        if not images:
+            raise ValueError("no training images")
+        with self._lock:
+            pipe = self.pipe
+            started = time.perf_counter()
+            device = pipe.unet.device
+            total = args.total_steps(len(images))
+            oom = False
+            try:
+                init_state, rank = None, args.rank
+                if args.init_lora is not None:
+                    init_state, rank = _load_init_lora(pipe, Path(args.init_lora))
+                    if rank != args.rank:
+                        log.info("initial face LoRA has rank %d; training at that rank instead of %d", rank, args.rank)
+                latent_mean, latent_std = encode_views(pipe, images, args)
+                text = encode_caption(pipe, caption)
+                step = self._step_for(args, rank, tuple(latent_mean.shape[1:]), tuple(text.shape[1:]))
+                step.begin(args.seed, text.to(step.hidden.dtype), init_state)
+
+                noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+                train_steps = noise_scheduler.config.num_train_timesteps
+                velocity = noise_scheduler.config.prediction_type == "v_prediction"
+                scaling = pipe.vae.config.scaling_factor
+                alphas_cumprod = noise_scheduler.alphas_cumprod.to(device=device, dtype=torch.float32)
+                # The schedule is computed on the host (on a stand-in optimizer): a scheduler stepping
+                # a tensor learning rate would read it back from the GPU every step.
+                learning_rate = args.scaled_learning_rate()
+                schedule_holder = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=learning_rate)
+                lr_schedule = get_scheduler(
+                    args.lr_scheduler, schedule_holder, num_warmup_steps=args.lr_warmup_steps, num_training_steps=total
+                )
+                generator = torch.Generator(device=device).manual_seed(args.seed)
+                batch = args.train_batch_size
+                shape = step.noisy.shape
+
+                def sample_inputs() -> None:
+                    """A random batch of cached views, noised at random timesteps, into the step's inputs
+                    (sampled on the device: a host-to-device copy would wait for the queued steps)."""
+                    index = torch.randint(0, latent_mean.shape[0], (batch,), generator=generator, device=device)
+                    eps = torch.randn(shape, generator=generator, device=device)
+                    latents = (latent_mean[index] + latent_std[index] * eps) * scaling
+                    noise = torch.randn(shape, generator=generator, device=device)
+                    t = torch.randint(0, train_steps, (batch,), generator=generator, device=device)
+                    a = alphas_cumprod[t].view(-1, 1, 1, 1)
+                    # DDPMScheduler.add_noise / get_velocity, on device-resident alphas.
+                    step.noisy.copy_(a.sqrt() * latents + (1 - a).sqrt() * noise)
+                    step.target.copy_(a.sqrt() * noise - (1 - a).sqrt() * latents if velocity else noise)
+                    step.timesteps.copy_(t)
+
+                pending: _LossReadout | None = None
+                final_loss = math.nan
+                for index in range(1, total + 1):
+                    if should_stop is not None and should_stop():
+                        raise TrainingCancelled(index - 1)
+                    step.set_learning_rate(lr_schedule.get_last_lr()[0])
+                    loss = step.run(sample_inputs)
+                    schedule_holder.step()
+                    lr_schedule.step()
+                    # Report the previous step now that this one is queued. Its loss was copied out
+                    # asynchronously, so reading it waits for that step only, never for this one.
+                    if pending is not None and on_progress is not None:
+                        on_progress(index - 1, total, pending.value())
+                    pending = _LossReadout(loss)
+                if pending is not None:
+                    final_loss = pending.value()
+                    if on_progress is not None:
+                        on_progress(total, total, final_loss)
+                if not math.isfinite(final_loss):
+                    log.warning("training ended with a non-finite loss (%s)", final_loss)
+                _save_lora(pipe.unet, step.config, out_path)
+                return TrainResult(
+                    steps=total, final_loss=final_loss, seconds=time.perf_counter() - started, lora_path=out_path
+                )
+            except TrainingCancelled:
+                raise  # the step stays: the next job starts it afresh
+            except Exception as exc:
+                self._drop_step()
+                if not is_out_of_memory(exc):
+                    raise
+                oom = True
+            if oom:
+                free_memory()
+                raise DeviceOutOfMemory(
+                    f"out of memory while training ({len(images)} photos, batch {args.train_batch_size})"
+                )
+            raise AssertionError("unreachable")
+
+    def warm_up(self, args: TrainArgs, background_compile: bool = False, after: threading.Event | None = None) -> float:
+        """Build and capture the step for the default job's shape now (the worker's start); seconds.
+
+        The warm-up steps run on random inputs; every job restarts the adapter from its initial
+        weights, so they leave nothing behind. With ``background_compile`` and a compile mode, a
+        thread then compiles the step (or reads it from Inductor's cache) once ``after`` is set
+        (another stage's compile: compiles run one at a time); training jobs wait while it holds
+        the trainer (tens of seconds from the cache).
+        """
+        started = time.perf_counter()
+        with self._lock:
+            step = self._build_plain_for_default(args)
+            self._exercise(step)
+        if self.compile_mode != "off":
+            if background_compile:
+                thread = threading.Thread(
+                    target=self._prepare_compiled, args=(args, after), name="train-compile", daemon=True
+                )
+                thread.start()
+            else:
+                self._prepare_compiled(args, after)
+        return time.perf_counter() - started
+
+    def close(self) -> None:
+        """Remove the adapter: the UNet is frozen and in eval mode again, as loaded."""
+        with self._lock:
+            self._drop_step()
+
+    # ----------------------------------------------------------------------------- internals
+    def _spec(self, args: TrainArgs, rank: int, latent_shape: tuple[int, ...], text_shape: tuple[int, ...]) -> StepSpec:
+        device = self.pipe.unet.device
+        return StepSpec(
+            rank=rank,
+            alpha=args.alpha,
+            target_modules=tuple(args.target_modules),
+            batch=args.train_batch_size,
+            latent_shape=latent_shape,
+            text_shape=text_shape,
+            amp_dtype=_autocast_dtype(args, device),
+            max_grad_norm=args.max_grad_norm,
+            betas=(args.adam_beta1, args.adam_beta2),
+            weight_decay=args.adam_weight_decay,
+            eps=args.adam_epsilon,
+            cuda_graph=args.cuda_graphs,
+            warmup_steps=max(1, args.graph_warmup_steps),
+        )
+
+    def _step_for(
+        self, args: TrainArgs, rank: int, latent_shape: tuple[int, ...], text_shape: tuple[int, ...]
+    ) -> LoraTrainingStep:
+        """The resident step when it fits this job, else a new one (the old adapter removed first)."""
+        spec = self._spec(args, rank, latent_shape, text_shape)
+        if self.step is not None and self.step.spec == spec:
+            return self.step
+        if self.step is not None:
+            log.info("training settings changed; building the training step again")
+        self._drop_step()
+        self.step = LoraTrainingStep(self.pipe.unet, spec)
+        return self.step
+
+    def _build_plain_for_default(self, args: TrainArgs) -> LoraTrainingStep:
+        pipe = self.pipe
+        side = args.resolution // pipe.vae_scale_factor
+        latent_shape = (pipe.unet.config.in_channels, side, side)
+        text_shape = (pipe.tokenizer.model_max_length, pipe.text_encoder.config.hidden_size)
+        return self._step_for(args, args.rank, latent_shape, text_shape)
+
+    @staticmethod
+    def _exercise(step: LoraTrainingStep) -> None:
+        """Run the step until it is captured (and compiled, with a compiled forward) on random inputs."""
+        generator = torch.Generator(device=step.device).manual_seed(0)
+
+        def fill() -> None:
+            step.noisy.normal_(generator=generator)
+            step.target.normal_(generator=generator)
+            step.timesteps.random_(0, 1000, generator=generator)
+
+        step.begin(0, torch.zeros_like(step.hidden))
+        step.set_learning_rate(0.0)
+        for _ in range(step.spec.warmup_steps + 2):
+            step.run(fill)
+        synchronize(step.device)
+
+    def _prepare_compiled(self, args: TrainArgs, after: threading.Event | None) -> None:
+        """Compile the step's UNet, warm it up and capture it, then use it for every later job."""
+        try:
+            if after is not None:
+                after.wait()
+            with self._lock:
+                started = time.perf_counter()
+                step = self._build_plain_for_default(args)
+                forward = compile_unet(self.pipe.unet, self.compile_mode, self.compile_backend)
+                previous = step.forward
+                step.use_forward(forward)
+                free_memory()  # the plain step's graph pool
+                try:
+                    self._exercise(step)
+                except Exception as exc:
+                    if is_out_of_memory(exc):
+                        raise
+                    log.warning("compiling the training step failed; training stays uncompiled", exc_info=True)
+                    step.use_forward(previous)
+                    self._exercise(step)
+                    return
+                log.info("compiled training step in use after %.1fs", time.perf_counter() - started)
+        except Exception:
+            log.warning("preparing the compiled training step failed", exc_info=True)
+            with self._lock:
+                self._drop_step()
+        finally:
+            self.compiled_ready.set()
+
+    def _drop_step(self) -> None:
+        if self.step is not None:
+            self.step.close()
+            self.step = None
+
+
 def train_lora(
     pipe: StableDiffusionPipeline,
     images: Sequence[Image.Image],
@@ -313,199 +551,16 @@ def train_lora(
     on_progress: ProgressFn | None = None,
     should_stop: StopFn | None = None,
 ) -> TrainResult:
-    """Train a face LoRA on ``pipe.unet`` from ``images`` captioned ``caption``; save it to ``out_path``.
+    """Train one face LoRA on ``pipe.unet`` (see :meth:`LoraTrainer.train`) and leave nothing behind.
 
-    ``on_progress(step, total, loss)`` is called once per step, in order. ``should_stop()`` is polled
-    before every step; when it returns True, :class:`TrainingCancelled` is raised. Running out of
-    accelerator memory raises :class:`~pipeline.devices.DeviceOutOfMemory`. Whatever happens, the
-    UNet is left without adapters, frozen and in eval mode, ready for generation.
+    Whatever happens, the UNet is left without adapters, frozen and in eval mode, ready for
+    generation. A worker keeps a :class:`LoraTrainer` instead, so that the next job reuses the step.
     """
-    from diffusers import DDPMScheduler
-    from diffusers.optimization import get_scheduler
-    from diffusers.training_utils import cast_training_params
-    from peft import LoraConfig, set_peft_model_state_dict
-
-    if not images:
-        raise ValueError("no training images")
-    unet = pipe.unet
-    if has_adapters(unet):
-        raise RuntimeError("the UNet already carries LoRA adapters; remove them before training")
-    started = time.perf_counter()
-    device = unet.device
-    total = args.total_steps(len(images))
-    amp_dtype = _autocast_dtype(args, device)
-    oom = False
+    trainer = LoraTrainer(pipe)
     try:
-        init_state, rank = None, args.rank
-        if args.init_lora is not None:
-            init_state, rank = _load_init_lora(pipe, Path(args.init_lora))
-            if rank != args.rank:
-                log.info("initial face LoRA has rank %d; training at that rank instead of %d", rank, args.rank)
-        latent_mean, latent_std = encode_views(pipe, images, args)
-        text = encode_caption(pipe, caption).to(unet.dtype)
-        noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
-        train_steps = noise_scheduler.config.num_train_timesteps
-        prediction = noise_scheduler.config.prediction_type
-        scaling = pipe.vae.config.scaling_factor
-
-        config = LoraConfig(
-            r=rank,
-            lora_alpha=args.alpha,
-            init_lora_weights="gaussian",
-            target_modules=list(args.target_modules),
-        )
-        unet.add_adapter(config, adapter_name=TRAIN_ADAPTER)
-        if init_state is not None:
-            result = set_peft_model_state_dict(unet, init_state, adapter_name=TRAIN_ADAPTER)
-            if result.unexpected_keys:
-                log.warning("initial face LoRA: %d keys did not match the UNet", len(result.unexpected_keys))
-        cast_training_params(unet, dtype=torch.float32)
-        params = [p for p in unet.parameters() if p.requires_grad]
-        use_graph = args.cuda_graphs and device.type == "cuda" and amp_dtype != torch.float16
-        learning_rate = args.scaled_learning_rate()
-        optimizer = torch.optim.AdamW(
-            params,
-            # A captured optimizer step reads its learning rate from device memory.
-            lr=torch.tensor(learning_rate, device=device) if use_graph else learning_rate,
-            betas=(args.adam_beta1, args.adam_beta2),
-            weight_decay=args.adam_weight_decay,
-            eps=args.adam_epsilon,
-            fused=device.type == "cuda",
-            capturable=use_graph,
-        )
-        # The schedule is computed on the host (on a stand-in optimizer): a scheduler stepping a
-        # tensor learning rate would read it back from the GPU every step.
-        schedule_holder = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=learning_rate)
-        lr_schedule = get_scheduler(
-            args.lr_scheduler, schedule_holder, num_warmup_steps=args.lr_warmup_steps, num_training_steps=total
-        )
-        scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
-        generator = torch.Generator(device=device).manual_seed(args.seed)
-        batch = args.train_batch_size
-        hidden = text.expand(batch, -1, -1).contiguous()
-        alphas_cumprod = noise_scheduler.alphas_cumprod.to(device=device, dtype=torch.float32)
-        velocity = prediction == "v_prediction"
-        # The step's inputs live in fixed tensors, refilled every step (a CUDA graph reads them there).
-        shape = (batch, *latent_mean.shape[1:])
-        noisy = torch.empty(shape, device=device, dtype=unet.dtype)
-        timesteps = torch.empty(batch, device=device, dtype=torch.long)
-        target = torch.empty(shape, device=device, dtype=torch.float32)
-
-        def sample_inputs() -> None:
-            """A random batch of cached views, noised at random timesteps (sampled on the device:
-            a host-to-device copy would wait for the queued steps)."""
-            index = torch.randint(0, latent_mean.shape[0], (batch,), generator=generator, device=device)
-            eps = torch.randn(shape, generator=generator, device=device)
-            latents = (latent_mean[index] + latent_std[index] * eps) * scaling
-            noise = torch.randn(shape, generator=generator, device=device)
-            t = torch.randint(0, train_steps, (batch,), generator=generator, device=device)
-            a = alphas_cumprod[t].view(-1, 1, 1, 1)
-            # DDPMScheduler.add_noise / get_velocity, on device-resident alphas.
-            noisy.copy_(a.sqrt() * latents + (1 - a).sqrt() * noise)
-            target.copy_(a.sqrt() * noise - (1 - a).sqrt() * latents if velocity else noise)
-            timesteps.copy_(t)
-
-        def forward_backward() -> torch.Tensor:
-            with torch.autocast(
-                device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None, cache_enabled=False
-            ):
-                predicted = unet(noisy, timesteps, hidden, return_dict=False)[0]
-            loss = F.mse_loss(predicted.float(), target, reduction="mean")
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.unscale_(optimizer)
-            else:
-                loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, args.max_grad_norm, foreach=device.type == "cuda")
-            if scaler is not None:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            return loss
-
-        def set_learning_rate() -> None:
-            value = lr_schedule.get_last_lr()[0]
-            group = optimizer.param_groups[0]
-            if isinstance(group["lr"], torch.Tensor):
-                group["lr"].fill_(value)
-            else:
-                group["lr"] = value
-
-        unet.train()
-        graph: torch.cuda.CUDAGraph | None = None
-        graph_loss: torch.Tensor | None = None
-        warm_stream = torch.cuda.Stream(device=device) if use_graph else None
-        if warm_stream is not None:
-            warm_stream.wait_stream(torch.cuda.current_stream(device))
-        pending: _LossReadout | None = None
-        final_loss = math.nan
-        for step in range(1, total + 1):
-            if should_stop is not None and should_stop():
-                raise TrainingCancelled(step - 1)
-            set_learning_rate()
-            if graph is None and use_graph and step > args.graph_warmup_steps and step < total:
-                assert warm_stream is not None
-                torch.cuda.current_stream(device).wait_stream(warm_stream)
-                optimizer.zero_grad(set_to_none=True)
-                warm_stream = None
-                try:
-                    with CAPTURE_LOCK:
-                        # The warm-up steps' blocks go back to the driver so the graph's own pool
-                        # can take the memory (otherwise both stay reserved).
-                        torch.cuda.empty_cache()
-                        graph = torch.cuda.CUDAGraph()
-                        with torch.cuda.graph(graph, capture_error_mode=CAPTURE_ERROR_MODE):
-                            graph_loss = forward_backward()
-                except Exception as exc:
-                    if is_out_of_memory(exc):
-                        raise
-                    log.warning("CUDA graph capture of the training step failed; training eagerly", exc_info=True)
-                    graph, use_graph = None, False
-                    optimizer.zero_grad(set_to_none=True)
-            if graph is not None:
-                sample_inputs()
-                graph.replay()
-                assert graph_loss is not None
-                loss = graph_loss
-            else:
-                with torch.cuda.stream(warm_stream) if warm_stream is not None else _no_stream():
-                    sample_inputs()
-                    loss = forward_backward()
-                    optimizer.zero_grad(set_to_none=True)
-                if warm_stream is not None:
-                    torch.cuda.current_stream(device).wait_stream(warm_stream)
-            schedule_holder.step()
-            lr_schedule.step()
-            # Report the previous step now that this one is queued. Its loss was copied out
-            # asynchronously, so reading it waits for that step only, never for this one.
-            if pending is not None and on_progress is not None:
-                on_progress(step - 1, total, pending.value())
-            pending = _LossReadout(loss)
-        if pending is not None:
-            final_loss = pending.value()
-            if on_progress is not None:
-                on_progress(total, total, final_loss)
-        del graph
-        if not math.isfinite(final_loss):
-            log.warning("training ended with a non-finite loss (%s)", final_loss)
-        _save_lora(unet, config, out_path)
-        return TrainResult(
-            steps=total, final_loss=final_loss, seconds=time.perf_counter() - started, lora_path=out_path
-        )
-    except Exception as exc:
-        if not is_out_of_memory(exc):
-            raise
-        oom = True
+        return trainer.train(images, caption, args, out_path, on_progress, should_stop)
     finally:
-        unet.eval()
-        if has_adapters(unet):
-            unet.unload_lora()
-        unet.requires_grad_(False)
-    if oom:
-        free_memory()
-        raise DeviceOutOfMemory(f"out of memory while training ({len(images)} photos, batch {args.train_batch_size})")
-    raise AssertionError("unreachable")
+        trainer.close()
 
 
 # --------------------------------------------------------------------------------------- script mode

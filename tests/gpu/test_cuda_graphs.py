@@ -110,3 +110,57 @@ def test_inductor_compiled_generation_matches_the_plain_unet_and_follows_a_face_
     assert np.abs(first - pixels(plain, faces[0])).mean() <= 1.5
     assert np.abs(second - pixels(plain, faces[1])).mean() <= 1.5
     assert np.abs(first - second).mean() > 5
+
+
+def test_a_resident_graphed_trainer_starts_every_job_afresh(cuda_pipe: object, tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    from pipeline.train import LoraTrainer, TrainArgs, train_lora
+    from tests.pipeline.tiny import face_images
+
+    args = TrainArgs(train_batch_size=2, max_train_steps=16, resolution=64, seed=3)
+    fresh = tmp_path / "fresh.safetensors"
+    train_lora(cuda_pipe, face_images(2), "<fcsks>, a man", args, fresh)  # type: ignore[arg-type]
+    trainer = LoraTrainer(cuda_pipe)  # type: ignore[arg-type]
+    try:
+        trainer.warm_up(args)
+        assert trainer.step is not None and trainer.step.graph is not None, "captured at start-up"
+        other = TrainArgs(train_batch_size=2, max_train_steps=16, resolution=64, seed=8)
+        trainer.train(face_images(3, seed=5), "<fcsks>, a woman", other, tmp_path / "other.safetensors")
+        again = trainer.train(face_images(2), "<fcsks>, a man", args, tmp_path / "again.safetensors")
+        assert trainer.step.captures == 1, "jobs replay the start-up's graph"
+    finally:
+        trainer.close()
+    first, second = load_file(fresh), load_file(again.lora_path)
+    assert first.keys() == second.keys()
+    assert all(torch.allclose(first[k], second[k], atol=1e-4) for k in first)
+
+
+def test_inductor_compiled_training_follows_the_plain_losses(cuda_pipe: object, tmp_path: Path) -> None:
+    from pipeline.train import LoraTrainer, TrainArgs
+
+    args = TrainArgs(train_batch_size=2, max_train_steps=24, resolution=64, seed=4)
+    runs = {}
+    for mode in ("off", "on"):
+        torch._dynamo.reset()
+        trainer = LoraTrainer(cuda_pipe, compile_mode=mode)  # type: ignore[arg-type]
+        losses: list[float] = []
+        try:
+            trainer.warm_up(args)
+            assert trainer.step is not None and (trainer.step.forward is not None) == (mode == "on")
+            trainer.train(
+                face_images_for_test(), "<fcsks>, a man", args, tmp_path / f"{mode}.safetensors",
+                on_progress=lambda s, n, v, into=losses: into.append(v),
+            )  # fmt: skip
+        finally:
+            trainer.close()
+        runs[mode] = losses
+    assert len(runs["on"]) == 12
+    assert np.allclose(runs["off"], runs["on"], rtol=3e-2), runs
+    assert not np.allclose(runs["on"][:3], runs["on"][-3:]), "the loss must move for the comparison to mean something"
+
+
+def face_images_for_test() -> list[object]:
+    from tests.pipeline.tiny import face_images
+
+    return list(face_images(3))

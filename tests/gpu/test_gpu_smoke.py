@@ -55,6 +55,9 @@ def test_train_and_generate_on_cuda_at_full_size(tmp_path_factory: pytest.TempPa
         max_train_steps=20,
         candidates=4,
         generate_batch_size=4,
+        # The compiles (minutes, in background threads) have their own tests in test_cuda_graphs.py.
+        torch_compile="off",
+        train_compile="off",
     )  # type: ignore[call-arg]
     blobs = BlobStore(settings.blob_dir)
     keys = []

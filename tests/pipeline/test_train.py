@@ -10,11 +10,13 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file
+from torch._dynamo.utils import counters
 
 from pipeline.config import WorkerSettings
 from pipeline.devices import DeviceOutOfMemory
 from pipeline.lora_files import validate_lora_file
 from pipeline.train import (
+    LoraTrainer,
     TrainArgs,
     TrainingCancelled,
     _square_views,
@@ -229,3 +231,104 @@ def test_a_larger_batch_does_the_same_samples_in_fewer_steps(batch: int, steps: 
     args = TrainArgs(train_batch_size=batch)
     assert args.total_samples(5) == 800
     assert args.total_steps(5) == steps
+
+
+def _same_weights(a: Path, b: Path) -> bool:
+    first, second = load_file(a), load_file(b)
+    return first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_a_resident_trainer_keeps_its_step_and_every_job_starts_afresh(
+    tiny_pipe: object, tiny_env: WorkerSettings, tmp_path: Path
+) -> None:
+    # What a worker does: one trainer, many people. A job must not inherit the previous person's
+    # adapter weights or optimizer moments: the same photos and seed give the very same LoRA as a
+    # fresh adapter does.
+    fresh = tmp_path / "fresh.safetensors"
+    train_lora(tiny_pipe, face_images(2, seed=1), CAPTION, _args(tiny_env, seed=7), fresh)  # type: ignore[arg-type]
+    trainer = LoraTrainer(tiny_pipe)  # type: ignore[arg-type]
+    try:
+        first = trainer.train(face_images(2, seed=1), CAPTION, _args(tiny_env, seed=7), tmp_path / "a1.safetensors")
+        step = trainer.step
+        other = trainer.train(face_images(3, seed=2), CAPTION, _args(tiny_env, seed=9), tmp_path / "b.safetensors")
+        again = trainer.train(face_images(2, seed=1), CAPTION, _args(tiny_env, seed=7), tmp_path / "a2.safetensors")
+
+        assert trainer.step is step, "the adapter and optimizer are built once"
+        assert has_adapters(tiny_pipe.unet)  # type: ignore[attr-defined]
+        assert _same_weights(first.lora_path, again.lora_path)
+        assert _same_weights(first.lora_path, fresh)
+        assert not _same_weights(first.lora_path, other.lora_path)
+    finally:
+        trainer.close()
+    _assert_clean(tiny_pipe)
+
+
+def test_a_cancelled_job_leaves_the_next_job_a_clean_start(
+    tiny_pipe: object, tiny_env: WorkerSettings, tmp_path: Path
+) -> None:
+    trainer = LoraTrainer(tiny_pipe)  # type: ignore[arg-type]
+    try:
+        with pytest.raises(TrainingCancelled):
+            trainer.train(
+                face_images(2, seed=3), CAPTION, _args(tiny_env, seed=1, steps_per_photo=3), tmp_path / "x.safetensors",
+                should_stop=iter([False, False, True]).__next__,
+            )  # fmt: skip
+        done = trainer.train(face_images(2, seed=1), CAPTION, _args(tiny_env, seed=7), tmp_path / "a.safetensors")
+    finally:
+        trainer.close()
+    fresh = tmp_path / "fresh.safetensors"
+    train_lora(tiny_pipe, face_images(2, seed=1), CAPTION, _args(tiny_env, seed=7), fresh)  # type: ignore[arg-type]
+    assert _same_weights(done.lora_path, fresh)
+
+
+def test_other_training_settings_rebuild_the_step(tiny_pipe: object, tiny_env: WorkerSettings, tmp_path: Path) -> None:
+    trainer = LoraTrainer(tiny_pipe)  # type: ignore[arg-type]
+    try:
+        trainer.train(face_images(1), CAPTION, _args(tiny_env), tmp_path / "r4.safetensors")
+        rank4 = trainer.step
+        out = tmp_path / "r8.safetensors"
+        trainer.train(face_images(1), CAPTION, _args(tiny_env, rank=8, alpha=8.0), out)
+        assert trainer.step is not rank4
+        assert {w.shape[0] for k, w in load_file(out).items() if k.endswith("lora.down.weight")} == {8}
+    finally:
+        trainer.close()
+    _assert_clean(tiny_pipe)
+
+
+def test_compiled_training_step_follows_the_plain_one_and_is_traced_once(
+    tiny_pipe: object, tiny_env: WorkerSettings, tmp_path: Path
+) -> None:
+    # aot_eager: Dynamo traces the UNet with its adapter and AOT autograd builds the backward, as
+    # with Inductor (which compiles the same graphs to kernels on the GPU machine).
+    args = _args(tiny_env, seed=5, max_train_steps=4, steps_per_photo=2)
+    plain: list[float] = []
+    train_lora(
+        tiny_pipe, face_images(2), CAPTION, args, tmp_path / "plain.safetensors",  # type: ignore[arg-type]
+        on_progress=lambda s, n, loss: plain.append(loss),
+    )  # fmt: skip
+    torch._dynamo.reset()
+    trainer = LoraTrainer(tiny_pipe, compile_mode="on", compile_backend="aot_eager")  # type: ignore[arg-type]
+    try:
+        assert not trainer.compiled_ready.is_set()
+        trainer.warm_up(args)
+        assert trainer.compiled_ready.is_set() and trainer.step is not None and trainer.step.forward is not None
+        graphs = counters["stats"]["unique_graphs"]
+        compiled: list[float] = []
+        first = trainer.train(
+            face_images(2), CAPTION, args, tmp_path / "compiled.safetensors",
+            on_progress=lambda s, n, loss: compiled.append(loss),
+        )  # fmt: skip
+        trainer.train(face_images(3, seed=4), CAPTION, _args(tiny_env, seed=6), tmp_path / "other.safetensors")
+        assert counters["stats"]["unique_graphs"] == graphs, "a new job must not trace the UNet again"
+    finally:
+        trainer.close()
+        torch._dynamo.reset()
+    assert len(compiled) == len(plain) == 4
+    assert compiled == pytest.approx(plain, rel=1e-4)
+    assert _same_weights_close(first.lora_path, tmp_path / "plain.safetensors")
+    _assert_clean(tiny_pipe)
+
+
+def _same_weights_close(a: Path, b: Path) -> bool:
+    first, second = load_file(a), load_file(b)
+    return first.keys() == second.keys() and all(torch.allclose(first[k], second[k], atol=1e-5) for k in first)
