@@ -320,17 +320,25 @@ class Bench:
                     trainer.warm_up(args)
                     self.sync()
                     record("train", f"{variant}/warm_up", seconds=round(time.perf_counter() - started, 2))
+                rows = []
                 try:
                     for job in range(2 if trainer is not None else 1):
-                        self._train_job(variant, job, args, pipe, trainer, train_lora, resident)
+                        rows.append(self._train_job(variant, job, args, pipe, trainer, train_lora, resident))
                 finally:
                     if trainer is not None:
                         trainer.close()
                         self.torch._dynamo.reset()
+                # The eval loss fuses each LoRA into the training UNet: only once the adapter is gone.
+                for name, values, out in rows:
+                    eval_loss = self.eval_loss(out) if values["samples"] == ARGS.train_samples else None
+                    record("train", name, **values, eval_loss=eval_loss)
+                    if name == variant:
+                        self.face_loras.append(out)
 
     def _train_job(
         self, variant: str, job: int, args: Any, pipe: Any, trainer: Any, train_lora: Any, resident: float
-    ) -> None:
+    ) -> tuple[str, dict[str, Any], Path]:
+        """One timed job: its row's name and values (the eval loss is added later) and its LoRA."""
         losses: list[float] = []
         out = self.work / f"lora_{variant.replace(':', '_')}_{job}.safetensors"
         self.reset_peak()
@@ -345,17 +353,14 @@ class Bench:
         seconds = time.perf_counter() - started
         done = result.steps * args.train_batch_size
         tail = max(1, len(losses) // 10)
-        record(
-            "train", variant if job == 0 else f"{variant}/job{job + 1}", samples=done, steps=result.steps,
-            seconds=round(seconds, 2), samples_per_s=round(done / seconds, 1),
+        values = dict(
+            samples=done, steps=result.steps, seconds=round(seconds, 2), samples_per_s=round(done / seconds, 1),
             ms_per_step=round(seconds / result.steps * 1e3, 2), lr=args.scaled_learning_rate(),
             train_loss_last10pct=round(statistics.fmean(losses[-tail:]), 5),
-            eval_loss=self.eval_loss(out) if done == ARGS.train_samples else None,
             peak_alloc_gib=self.memory('peak_allocated'), peak_reserved_gib=self.memory('peak_reserved'),
             pipeline_resident_gib=resident,
         )  # fmt: skip
-        if out.exists() and job == 0:
-            self.face_loras.append(out)
+        return (variant if job == 0 else f"{variant}/job{job + 1}"), values, out
 
     def section_naive(self) -> None:
         """The naive reference recipe (diffusers' train_text_to_image_lora.py) on the same photos."""
