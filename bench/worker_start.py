@@ -5,7 +5,8 @@ Run by bench/gpu_bench.py's ``cold`` section in a fresh process each time (a col
 restart that finds the caches the first one wrote). Prints one ``RESULT {json}`` line:
 
 - ``imports_s``: torch, then diffusers' pipeline classes (what every worker start pays first);
-- ``ready_s`` and the runner's own ``parts`` (face models, pipelines, warm-ups); ``compiled_ready_s``
+- ``ready_s`` (taking jobs), ``warmed_up_s`` (graphs captured, in the background) and the runner's
+  own ``parts`` (face models, pipelines, warm-ups); ``compiled_ready_s``
   when the compiled UNet (``FACECHAIN_TORCH_COMPILE``), made in the background, is ready, and
   ``train_compiled_ready_s`` when the compiled training step (``FACECHAIN_TRAIN_COMPILE``) is;
 - with ``--train``: ``done_s``, the worker's train job on 5 photos as the queue runs it (preprocess,
@@ -60,12 +61,12 @@ def main() -> None:
     blobs = BlobStore(settings.blob_dir)
     runner = PipelineRunner(settings, blobs)
     cuda = torch.cuda.is_available()
-    if cuda:
-        torch.cuda.synchronize()
     result["ready_s"] = round(time.perf_counter() - STARTED, 2)
-    result["parts"] = runner.startup_seconds
     result["allocated_gib"] = round(torch.cuda.memory_allocated() / 2**30, 2) if cuda else 0.0
     print("READY", result["ready_s"], flush=True)
+    runner.warmed_up.wait(timeout=500)
+    result["warmed_up_s"] = round(time.perf_counter() - STARTED, 2)
+    result["parts"] = runner.startup_seconds
     if runner.generator is not None:
         # A compiled UNet is made ready in the background; the jobs below should use it.
         runner.generator.compiled_ready.wait(timeout=500)

@@ -168,14 +168,15 @@ class PortraitGenerator:
         """
         started = time.perf_counter()
         compiled_unet = None
-        if background_compile and self.unet.compiled is not None:
-            compiled_unet, self.unet = self.unet, GraphedUNet(self.pipe.unet)
-            self.unet.enabled = compiled_unet.enabled  # graphs or not, as configured
-        prompt_embeds, negative_embeds = build_prompt_embeds(
-            self.pipe.tokenizer, self.pipe.text_encoder, "a portrait", negative_prompt("")
-        )
-        count = min(self.settings.candidates, self.settings.generate_batch_size)
-        self._run_batches(prompt_embeds, negative_embeds, list(range(count)), steps, 7.0, count, None, None)
+        with self._job_lock:  # a job that arrives meanwhile waits for the capture
+            if background_compile and self.unet.compiled is not None:
+                compiled_unet, self.unet = self.unet, GraphedUNet(self.pipe.unet)
+                self.unet.enabled = compiled_unet.enabled  # graphs or not, as configured
+            prompt_embeds, negative_embeds = build_prompt_embeds(
+                self.pipe.tokenizer, self.pipe.text_encoder, "a portrait", negative_prompt("")
+            )
+            count = min(self.settings.candidates, self.settings.generate_batch_size)
+            self._run_batches(prompt_embeds, negative_embeds, list(range(count)), steps, 7.0, count, None, None)
         if compiled_unet is not None:
             hidden = torch.cat([negative_embeds, prompt_embeds]).to(self.pipe.device, self.pipe.unet.dtype)
             thread = threading.Thread(

@@ -78,17 +78,37 @@ class PipelineRunner:
             # The adapter, optimizer and captured step stay on the training UNet between jobs.
             self.trainer = LoraTrainer(self.train_pipe, compile_mode=settings.train_compile)
             lap("training_pipeline")
-        if self.generator is not None and self.device.type == "cuda":
-            # Captures the UNet's CUDA graph now, not in the first user's job; a compiled UNet is
-            # compiled (or read from the compile cache) in the background and taken up between jobs.
-            self.generator.warm_up(background_compile=True)
-            lap("generation_warm_up")
-        if self.trainer is not None and self.device.type == "cuda":
-            # The same for the training step; its compile waits for the UNet's (one at a time).
-            after = self.generator.compiled_ready if self.generator is not None else None
-            self.trainer.warm_up(TrainArgs.from_settings(settings), background_compile=True, after=after)
-            lap("training_warm_up")
         log.info("worker ready: %s", self.startup_seconds)
+        #: Set once the warm-ups below are done (their compiles may still run: ``compiled_ready``).
+        self.warmed_up = threading.Event()
+        if self.device.type == "cuda":
+            threading.Thread(target=self._warm_up, name="warm-up", daemon=True).start()
+        else:
+            self.warmed_up.set()
+
+    def _warm_up(self) -> None:
+        """Capture the CUDA graphs now rather than in the first users' jobs, then compile.
+
+        In the background: the worker takes jobs meanwhile, and a job waits only for its own
+        stage's capture (seconds). Compiled versions are made (or read from Inductor's cache) after
+        that and taken up between jobs; the training step's compile waits for the UNet's.
+        """
+        clock = time.perf_counter()
+        try:
+            if self.generator is not None:
+                self.generator.warm_up(background_compile=True)
+                self.startup_seconds["generation_warm_up"] = round(time.perf_counter() - clock, 2)
+                clock = time.perf_counter()
+            if self.trainer is not None:
+                after = self.generator.compiled_ready if self.generator is not None else None
+                self.trainer.warm_up(TrainArgs.from_settings(self.settings), background_compile=True, after=after)
+                self.startup_seconds["training_warm_up"] = round(time.perf_counter() - clock, 2)
+            log.info("warmed up: %s", self.startup_seconds)
+        except Exception:
+            # The first jobs capture instead (and report their own errors).
+            log.warning("warming the worker up failed", exc_info=True)
+        finally:
+            self.warmed_up.set()
         self._generate_lock = threading.Lock()
 
     # ---------------------------------------------------------------------------------- train
@@ -184,16 +204,16 @@ class PipelineRunner:
         def step_progress(done: int, total: int) -> None:
             control.report(jobs.Stage.GENERATING, done / max(total, 1), "")
 
-        with self._generate_lock:
-            try:
-                candidates = self.generator.generate(
-                    face_lora, request.style, style_lora, request.trigger, request.count, request.candidates,
-                    seed=request.seed, on_progress=step_progress, should_stop=control.should_stop,
-                )  # fmt: skip
-            except GenerationCancelled:
-                raise StageCancelled() from None
-            except DeviceOutOfMemory:
-                return jobs.GenerateOutcome(run_id=request.run_id, error=jobs.ErrorCode.OUT_OF_MEMORY)
+        # One job at a time on the GPU: the generator holds its own lock.
+        try:
+            candidates = self.generator.generate(
+                face_lora, request.style, style_lora, request.trigger, request.count, request.candidates,
+                seed=request.seed, on_progress=step_progress, should_stop=control.should_stop,
+            )  # fmt: skip
+        except GenerationCancelled:
+            raise StageCancelled() from None
+        except DeviceOutOfMemory:
+            return jobs.GenerateOutcome(run_id=request.run_id, error=jobs.ErrorCode.OUT_OF_MEMORY)
 
         control.report(jobs.Stage.RANKING, 0.0, "")
         if self.stages.face_fusion is not None and request.template_key and self.blobs.exists(request.template_key):
