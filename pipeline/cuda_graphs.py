@@ -29,7 +29,7 @@ ShapeKey = tuple[tuple[int, ...], tuple[int, ...], torch.dtype]
 UNetForward = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 #: One capture at a time in the process: a worker serving both queues trains and generates in two
-#: threads, and each captures graphs (training: one per job).
+#: threads, and each captures graphs. Held for the capture only, never for a compile.
 CAPTURE_LOCK = threading.Lock()
 #: Only the capturing thread's unsafe calls fail a capture; the other stage's thread keeps working.
 CAPTURE_ERROR_MODE = "thread_local"
@@ -104,8 +104,7 @@ class GraphedUNet:
         captured = self._graphs.get(key)
         if captured is None:
             try:
-                with CAPTURE_LOCK:
-                    captured = self._capture(key, sample, timestep, hidden)
+                captured = self._capture(key, sample, timestep, hidden)
             except torch.OutOfMemoryError:
                 self.reset()  # the job reports out of memory; a later job may capture again
                 raise
@@ -132,13 +131,16 @@ class GraphedUNet:
             for _ in range(2):
                 self._forward_for(key)(static_sample, static_timestep, static_hidden)
         torch.cuda.current_stream(sample.device).wait_stream(side)
-        torch.cuda.empty_cache()  # the warm-up's cached blocks back to the driver, for the graph's pool
-        if self._pool is None:
-            self._pool = torch.cuda.graph_pool_handle()
-        graph = torch.cuda.CUDAGraph()
-        forward = self._forward_for(key)  # after the warm-up: compilation may have been turned off
-        with torch.cuda.graph(graph, pool=self._pool, capture_error_mode=CAPTURE_ERROR_MODE):
-            output = forward(static_sample, static_timestep, static_hidden)
+        # Only the capture itself is exclusive: the warm-up above may be a compile of a minute or
+        # more, which must not hold up the other stage's capture.
+        with CAPTURE_LOCK:
+            torch.cuda.empty_cache()  # the warm-up's cached blocks back to the driver, for the graph's pool
+            if self._pool is None:
+                self._pool = torch.cuda.graph_pool_handle()
+            graph = torch.cuda.CUDAGraph()
+            forward = self._forward_for(key)  # after the warm-up: compilation may have been turned off
+            with torch.cuda.graph(graph, pool=self._pool, capture_error_mode=CAPTURE_ERROR_MODE):
+                output = forward(static_sample, static_timestep, static_hidden)
         captured = _Captured(graph, static_sample, static_timestep, static_hidden, output)
         self._graphs[key] = captured
         self.captures += 1
