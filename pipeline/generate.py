@@ -141,6 +141,8 @@ class PortraitGenerator:
         self._job_lock = threading.Lock()
         #: Set once the compiled UNet is in use, or compiling it failed (at once when there is none).
         self.compiled_ready = threading.Event()
+        self._pending_compile: tuple[GraphedUNet, int, torch.Tensor] | None = None
+        self._compile_thread: threading.Thread | None = None
         if compiled is None:
             self.compiled_ready.set()
         use_graphs = self.settings.cuda_graphs if cuda_graphs is None else cuda_graphs
@@ -159,12 +161,13 @@ class PortraitGenerator:
             pipe.unet.to(memory_format=torch.channels_last)
         return cls(pipe, settings, fuse=fuse)
 
-    def warm_up(self, steps: int = 2, background_compile: bool = False) -> float:
+    def warm_up(self, steps: int = 2, background_compile: bool = False, defer_compile: bool = False) -> float:
         """Run a short job without LoRAs at the default batch (captures the UNet's graph); seconds taken.
 
         With ``background_compile`` and a compiled UNet, the warm-up uses the plain UNet and a
-        thread compiles (or reads from Inductor's cache) and captures the compiled one meanwhile;
-        the first job that starts after it is ready uses it. Jobs never wait for a compile.
+        thread compiles (or reads from Inductor's cache) and captures the compiled one afterwards;
+        the first job that starts after it is ready uses it. Jobs never wait for a compile. With
+        ``defer_compile`` that thread starts only at :meth:`start_background_compile`.
         """
         started = time.perf_counter()
         compiled_unet = None
@@ -179,11 +182,22 @@ class PortraitGenerator:
             self._run_batches(prompt_embeds, negative_embeds, list(range(count)), steps, 7.0, count, None, None)
         if compiled_unet is not None:
             hidden = torch.cat([negative_embeds, prompt_embeds]).to(self.pipe.device, self.pipe.unet.dtype)
-            thread = threading.Thread(
-                target=self._prepare_compiled, args=(compiled_unet, count, hidden), name="unet-compile", daemon=True
-            )
-            thread.start()
+            self._pending_compile = (compiled_unet, count, hidden)
+            if not defer_compile:
+                self.start_background_compile()
         return time.perf_counter() - started
+
+    def start_background_compile(self) -> None:
+        """Start the compile that :meth:`warm_up` prepared; with none prepared, ``compiled_ready`` is set."""
+        if self._pending_compile is None:
+            if self._compile_thread is None:
+                self.compiled_ready.set()  # nothing will be compiled in the background
+            return
+        args, self._pending_compile = self._pending_compile, None
+        self._compile_thread = threading.Thread(
+            target=self._prepare_compiled, args=args, name="unet-compile", daemon=True
+        )
+        self._compile_thread.start()
 
     def _prepare_compiled(self, unet: GraphedUNet, count: int, hidden: torch.Tensor) -> None:
         """Compile and capture ``unet`` for the default job's shape, then use it from the next job on."""

@@ -91,12 +91,13 @@ class PipelineRunner:
 
         In the background: the worker takes jobs meanwhile, and a job waits only for its own
         stage's capture (seconds). Compiled versions are made (or read from Inductor's cache) after
-        that and taken up between jobs; the training step's compile waits for the UNet's.
+        both captures, one at a time, and taken up between jobs: on an H200 the training step's
+        eager warm-up took 52–60 s instead of 1.3 s while the UNet compiled beside it.
         """
         clock = time.perf_counter()
         try:
             if self.generator is not None:
-                self.generator.warm_up(background_compile=True)
+                self.generator.warm_up(background_compile=True, defer_compile=True)
                 self.startup_seconds["generation_warm_up"] = round(time.perf_counter() - clock, 2)
                 clock = time.perf_counter()
             if self.trainer is not None:
@@ -109,6 +110,8 @@ class PipelineRunner:
             log.warning("warming the worker up failed", exc_info=True)
         finally:
             self.warmed_up.set()
+            if self.generator is not None:
+                self.generator.start_background_compile()
         self._generate_lock = threading.Lock()
 
     # ---------------------------------------------------------------------------------- train

@@ -99,3 +99,26 @@ def test_background_compile_is_taken_up_by_the_next_job(
     made = generate_with(compiled, loras, candidates=2, batch_size=2)
     assert max_pixel_diff(made, generate_with(plain, loras, candidates=2, batch_size=2)) <= 1
     assert _graphs() - before == 1, "the job ran on the shape compiled in the background"
+
+
+def test_a_deferred_background_compile_starts_only_when_asked(
+    tiny_pipe: object, tiny_env: WorkerSettings, loras: dict[str, Path]
+) -> None:
+    # The worker captures the training step between the UNet's warm-up and its compile.
+    compiled = _compiled(tiny_pipe, tiny_env)
+    before = _graphs()
+
+    compiled.warm_up(steps=1, background_compile=True, defer_compile=True)
+    assert not compiled.compiled_ready.wait(timeout=0.5)
+    assert _graphs() == before, "nothing compiled before start_background_compile"
+    compiled.start_background_compile()
+    assert compiled.compiled_ready.wait(timeout=120)
+    assert _graphs() - before == 1 and compiled.unet.compiled is not None
+
+
+def test_with_no_compile_prepared_starting_one_just_reports_ready(tiny_pipe: object, tiny_env: WorkerSettings) -> None:
+    # A warm-up that failed before preparing the compile must not leave waiters hanging.
+    compiled = _compiled(tiny_pipe, tiny_env)
+    assert not compiled.compiled_ready.is_set()
+    compiled.start_background_compile()
+    assert compiled.compiled_ready.is_set()
