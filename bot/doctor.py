@@ -177,15 +177,21 @@ __all__ = ["Check", "run_doctor"]
 
 async def _check_compile(settings: WorkerSettings) -> Check:
     """torch.compile of the UNet needs a C compiler (Triton) and a cache that survives restarts."""
-    if settings.torch_compile == "off":
-        return Check("compile", True, "FACECHAIN_TORCH_COMPILE=off: the UNet runs uncompiled", required=False)
+    if settings.torch_compile == "off" and settings.train_compile == "off":
+        return Check(
+            "compile",
+            True,
+            "FACECHAIN_TORCH_COMPILE=off, FACECHAIN_TRAIN_COMPILE=off: the UNet runs uncompiled",
+            required=False,
+        )
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if compiler is None:
         return Check(
             "compile",
             False,
             "no C compiler: torch.compile cannot build its GPU kernels and the worker runs uncompiled "
-            "(a /generate about 25% slower); install gcc, or set FACECHAIN_TORCH_COMPILE=off",
+            "(a /generate about 25% slower, training about 40%); install gcc, or set FACECHAIN_TORCH_COMPILE=off "
+            "and FACECHAIN_TRAIN_COMPILE=off",
             required=False,
         )
     cache = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
@@ -194,7 +200,7 @@ async def _check_compile(settings: WorkerSettings) -> Check:
             "compile",
             False,
             f"compiler {compiler}, but TORCHINDUCTOR_CACHE_DIR is unset: compiled kernels go to /tmp and "
-            "every restart compiles again (about a minute); point it at a persistent folder",
+            "every restart compiles again (minutes); point it at a persistent folder",
             required=False,
         )
     await _check_writable(Path(cache))

@@ -63,7 +63,8 @@ def train_from_folder(
         key = f"local/{name}/photos/{stamp}/{index:03d}{path.suffix.lower()}"
         blobs.put_file(key, path)
         keys.append(key)
-    runner = PipelineRunner(settings.model_copy(update={"queues": ["train"]}), blobs)
+    # One job: the training step's compile (minutes the first time) would cost more than it saves.
+    runner = PipelineRunner(settings.model_copy(update={"queues": ["train"], "train_compile": "off"}), blobs)
     request = jobs.TrainRequest(
         run_id=f"cli-{name}-{stamp}"[:64], user_id=0, model_id=0, photo_keys=keys, subject=subject,
         min_photos=1, max_train_steps=steps,

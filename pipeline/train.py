@@ -22,8 +22,13 @@ Written like diffusers' ``examples/text_to_image/train_text_to_image_lora.py`` (
    into the graph's static inputs. An eager step is a few thousand kernel launches (the reference
    measured batch 1 and batch 8 steps at the same ≈ 135 ms: launch-bound); a replay is one.
    The same kernels run either way, so the losses match the eager loop's.
-5. Saved with ``StableDiffusionPipeline.save_lora_weights`` in the diffusers format, the file that
-   ``pipe.load_lora_weights`` reads; then the adapter is removed and the UNet is as it was.
+5. The adapter, optimizer and captured step stay on the training UNet between jobs
+   (:class:`LoraTrainer`, :mod:`pipeline.train_step`): a job re-initialises them in place, so it
+   pays neither the set-up nor a new capture, and a compiled step (``FACECHAIN_TRAIN_COMPILE``) is
+   traced once per worker, not once per job.
+6. Saved with ``StableDiffusionPipeline.save_lora_weights`` in the diffusers format, the file that
+   ``pipe.load_lora_weights`` reads. :func:`train_lora` is the one-job form (the script mode's):
+   it removes the adapter afterwards and leaves the UNet as it was.
 """
 
 from __future__ import annotations

@@ -102,3 +102,18 @@ def test_script_mode_trains_and_generates_with_a_tiny_model(
 def test_generate_for_an_unknown_name_says_how_to_train(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["generate", "nobody", "--style", "watercolor", "--out", str(env / "o")]) == 2
     assert "facechain-bot train" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("unet", "training", "needs_compiler"), [("off", "off", False), ("off", "on", True)])
+def test_doctor_asks_for_a_compiler_while_either_compile_is_on(
+    env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], unet: str, training: str,
+    needs_compiler: bool,
+) -> None:  # fmt: skip
+    monkeypatch.setenv("FACECHAIN_TORCH_COMPILE", unet)
+    monkeypatch.setenv("FACECHAIN_TRAIN_COMPILE", training)
+    monkeypatch.setenv("PATH", str(env / "empty-path"))
+    monkeypatch.delenv("CC", raising=False)
+    main(["doctor"])
+    out = capsys.readouterr().out
+    assert ("no C compiler" in out) is needs_compiler
+    assert ("FACECHAIN_TRAIN_COMPILE=off: the UNet runs uncompiled" in out) is not needs_compiler
