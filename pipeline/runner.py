@@ -95,6 +95,7 @@ class PipelineRunner:
         eager warm-up took 52–60 s instead of 1.3 s while the UNet compiled beside it.
         """
         clock = time.perf_counter()
+        training_warmed = False
         try:
             if self.generator is not None:
                 self.generator.warm_up(background_compile=True, defer_compile=True)
@@ -103,6 +104,7 @@ class PipelineRunner:
             if self.trainer is not None:
                 after = self.generator.compiled_ready if self.generator is not None else None
                 self.trainer.warm_up(TrainArgs.from_settings(self.settings), background_compile=True, after=after)
+                training_warmed = True
                 self.startup_seconds["training_warm_up"] = round(time.perf_counter() - clock, 2)
             log.info("warmed up: %s", self.startup_seconds)
         except Exception:
@@ -112,7 +114,8 @@ class PipelineRunner:
             self.warmed_up.set()
             if self.generator is not None:
                 self.generator.start_background_compile()
-        self._generate_lock = threading.Lock()
+            if self.trainer is not None and not training_warmed:
+                self.trainer.compiled_ready.set()  # no compile will come
 
     # ---------------------------------------------------------------------------------- train
     def train(self, request: jobs.TrainRequest, control: StageControl) -> jobs.TrainOutcome:

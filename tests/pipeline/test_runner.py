@@ -121,3 +121,28 @@ def test_face_fusion_blends_the_template_face_into_each_candidate_before_ranking
     assert len(seen) == 2 and set(seen[0]) == {"template", "user"}
     assert outcome.ok, "without fusion these candidates have no face; fused, they show the user"
     assert all(p.score is not None and p.score > 0.9 for p in outcome.portraits)
+
+
+def test_the_warm_up_builds_the_training_step_that_jobs_then_reuse(tiny_model_dir: Path, tmp_path: Path) -> None:
+    # On a GPU the worker runs this on a background thread at start; here it is called directly.
+    settings = tiny_settings(tiny_model_dir, tmp_path, rank_faces=False, nsfw_check=False)
+    runner = PipelineRunner(settings, BlobStore(settings.blob_dir))
+    assert runner.trainer is not None and runner.trainer.step is None
+
+    runner._warm_up()
+
+    assert runner.warmed_up.is_set() and runner.trainer.compiled_ready.is_set()
+    assert {"generation_warm_up", "training_warm_up"} <= runner.startup_seconds.keys()
+    step = runner.trainer.step
+    assert step is not None
+    keys = []
+    for i, image in enumerate(photos.same_person_set(photos.astronaut())[:3]):
+        keys.append(f"users/1/photos/1/{i}.png")
+        runner.blobs.put_bytes(keys[-1], photos.encode(image))
+    outcome = runner.train(
+        jobs.TrainRequest(run_id="t-warm-0001", user_id=1, model_id=1, photo_keys=keys, subject=jobs.Subject.MAN),
+        _control(),
+    )
+    assert outcome.ok, outcome
+    assert runner.trainer.step is step, "the job trained on the step built at start"
+    runner.trainer.close()
