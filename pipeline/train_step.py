@@ -78,10 +78,10 @@ class LoraTrainingStep:
 
     Fill :attr:`noisy`, :attr:`timesteps`, :attr:`target` (and :attr:`hidden` in :meth:`begin`)
     inside the ``fill`` callback of :meth:`run`: a captured graph reads its inputs from these tensors.
-    ``forward`` replaces the plain UNet call (a compiled UNet, :mod:`pipeline.unet_compile`).
+    :meth:`use_forward` replaces the plain UNet call (a compiled UNet, :mod:`pipeline.unet_compile`).
     """
 
-    def __init__(self, unet: torch.nn.Module, spec: StepSpec, forward: UNetForward | None = None) -> None:
+    def __init__(self, unet: torch.nn.Module, spec: StepSpec) -> None:
         from diffusers.training_utils import cast_training_params
         from peft import LoraConfig
 
@@ -90,7 +90,8 @@ class LoraTrainingStep:
         self.unet = unet
         self.spec = spec
         self.device = unet.device
-        self.forward = forward
+        #: What the step calls instead of the plain UNet (:meth:`use_forward`).
+        self.forward: UNetForward | None = None
         self.config: LoraConfig = LoraConfig(
             r=spec.rank,
             lora_alpha=spec.alpha,
