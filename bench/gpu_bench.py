@@ -22,7 +22,8 @@ Sections:
   post         face detection + embedding of 10 candidates and the NSFW check of 4 (CPU)
   cold         a fresh worker process (bench/worker_start.py): imports, models, warm-up; twice: cold
                (--cold-fresh: empty compile and prepared-model caches first), then a restart;
-               with --cold-jobs also a /done (preprocess + train + save) and a /generate in each
+               with --cold-jobs also a /done (preprocess + train + save) and a /generate in each;
+               --cold-attempts restart makes only the restart (after a cold start in an earlier call)
 
 The eval loss: mean MSE of the UNet with the LoRA fused, over 64 fixed (view, noise, timestep)
 triples drawn from the same cached photo views (the loss the training minimises), untrained = no LoRA.
@@ -85,6 +86,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--cold-env", default="", help="FACECHAIN_X=v,... for the cold section's worker processes")
     parser.add_argument("--cold-fresh", action="store_true", help="empty the compile + prepared caches before cold")
     parser.add_argument("--cold-jobs", action="store_true", help="a /done and a /generate after each start")
+    parser.add_argument(
+        "--cold-attempts", default="cold,restart",
+        help="which starts to make: cold,restart (both), or one (e.g. restart in a later call on the same machine)",
+    )  # fmt: skip
     return parser.parse_args()
 
 
@@ -662,7 +667,7 @@ class Bench:
         root = Path(__file__).resolve().parents[1]
         command = [sys.executable, str(root / "bench" / "worker_start.py"), "--model", str(self.model)]
         command += ["--work", str(cold_work)] + (["--train", "--generate"] if ARGS.cold_jobs else [])
-        for attempt in ("cold", "restart"):
+        for attempt in ARGS.cold_attempts.split(","):
             started = time.perf_counter()
             done = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=560, check=False)
             wall = time.perf_counter() - started
