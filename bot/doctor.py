@@ -6,6 +6,7 @@ import asyncio
 import importlib.util
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -87,6 +88,7 @@ async def run_doctor(*, gpu: bool = True, print_line: Callable[[str], None] = pr
         checks.append(await _guard("base model", lambda: _check_base_model(worker_settings)))
         checks.append(await _guard("face backend", lambda: _check_faces(worker_settings)))
         checks.append(await _guard("compile", lambda: _check_compile(worker_settings), required=False))
+        checks.append(await _guard("bytecode", _check_bytecode, required=False))
 
     for check in checks:
         print_line(check.line())
@@ -205,3 +207,45 @@ async def _check_compile(settings: WorkerSettings) -> Check:
         )
     await _check_writable(Path(cache))
     return Check("compile", True, f"compiler {compiler}, compile cache {cache} (writable)", required=False)
+
+
+#: The packages whose imports are most of a worker's start (torch alone is thousands of modules).
+WORKER_PACKAGES = ("torch", "diffusers", "transformers", "sympy")
+
+
+async def _check_bytecode(packages: tuple[str, ...] = WORKER_PACKAGES) -> Check:
+    """Python's compiled bytecode for the worker's big packages is there, or Python can write it.
+
+    Without either, every worker start compiles them from source again: on an H200 a restart's
+    imports took 11-15 s instead of 6 s (docs/benchmarks.md).
+    """
+    checked, missing = await asyncio.to_thread(_find_uncompiled, packages)
+    if missing:
+        return Check(
+            "bytecode",
+            False,
+            f"no compiled bytecode for {', '.join(missing)}, and Python cannot write it here "
+            "(PYTHONDONTWRITEBYTECODE or a read-only folder): every worker start compiles them again "
+            "(seconds); run `python -m compileall -q -j 0 <site-packages>` once, or set "
+            "PYTHONPYCACHEPREFIX to a writable folder that persists",
+            required=False,
+        )
+    return Check("bytecode", True, "compiled or writable: " + (", ".join(checked) or "none installed"), required=False)
+
+
+def _find_uncompiled(packages: tuple[str, ...]) -> tuple[list[str], list[str]]:
+    """(installed packages looked at, those whose bytecode is neither there nor writable)."""
+    checked, missing = [], []
+    for name in packages:
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.origin is None or not spec.origin.endswith(".py"):
+            continue
+        checked.append(name)
+        cached = Path(importlib.util.cache_from_source(spec.origin))
+        if cached.is_file():
+            continue
+        writable_at = cached.parent if cached.parent.exists() else cached.parent.parent
+        if not sys.dont_write_bytecode and os.access(writable_at, os.W_OK):
+            continue  # written by the first start
+        missing.append(name)
+    return checked, missing

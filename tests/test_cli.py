@@ -117,3 +117,30 @@ def test_doctor_asks_for_a_compiler_while_either_compile_is_on(
     out = capsys.readouterr().out
     assert ("no C compiler" in out) is needs_compiler
     assert ("FACECHAIN_TRAIN_COMPILE=off: the UNet runs uncompiled" in out) is not needs_compiler
+
+
+def test_doctor_warns_when_a_worker_would_compile_its_imports_at_every_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+    import compileall
+    import sys
+
+    from bot.doctor import _check_bytecode
+
+    package = tmp_path / "site" / "heavypkg"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("VALUE = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    monkeypatch.setattr(sys, "pycache_prefix", None)
+
+    monkeypatch.setattr(sys, "dont_write_bytecode", False)
+    assert asyncio.run(_check_bytecode(("heavypkg",))).ok  # the first start writes it
+
+    monkeypatch.setattr(sys, "dont_write_bytecode", True)  # PYTHONDONTWRITEBYTECODE=1, as in many images
+    check = asyncio.run(_check_bytecode(("heavypkg",)))
+    assert not check.ok and not check.required
+    assert "heavypkg" in check.detail and "compileall" in check.detail and "PYTHONPYCACHEPREFIX" in check.detail
+
+    assert compileall.compile_dir(str(package), quiet=1)
+    assert asyncio.run(_check_bytecode(("heavypkg",))).ok

@@ -59,3 +59,12 @@ def test_dockerfiles_exist_and_the_bot_image_has_no_torch() -> None:
         assert (ROOT / services[name]["build"]["dockerfile"]).is_file()
     bot_dockerfile = (ROOT / services["bot"]["build"]["dockerfile"]).read_text()
     assert "gpu" not in bot_dockerfile and "torch" not in bot_dockerfile.lower()
+
+
+def test_the_worker_image_ships_bytecode_for_everything_it_installs() -> None:
+    # Its user cannot write .pyc files at run time: without them every restart compiles torch's
+    # Python again (imports 11-15 s instead of 6 s on an H200).
+    lines = [line for line in (ROOT / "Dockerfile.worker").read_text().splitlines() if line.startswith("RUN ")]
+    last_install = max(i for i, line in enumerate(lines) if "pip install" in line)
+    compile_steps = [i for i, line in enumerate(lines) if "compileall" in line and "purelib" in line]
+    assert compile_steps and compile_steps[-1] > last_install
