@@ -19,7 +19,8 @@ Sections:
   compilecheck the compiled UNet against the plain one on one step with two face LoRAs fused in
                place in turn: its error, and whether it follows the LoRA switch (no recompile)
   switch       another user's face LoRA: read + fuse, restore; graph captures before and after
-  post         face detection + embedding of 10 candidates and the NSFW check of 4 (CPU)
+  post         the worker's portrait picking: detection + embedding of 10 candidates, ranking, the
+               NSFW check of the best 4 (CPU), one thread and --post-threads threads
   cold         a fresh worker process (bench/worker_start.py): imports, models, warm-up; twice: cold
                (--cold-fresh: empty compile and prepared-model caches first), then a restart;
                with --cold-jobs also a /done (preprocess + train + save) and a /generate in each;
@@ -86,6 +87,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--cold-env", default="", help="FACECHAIN_X=v,... for the cold section's worker processes")
     parser.add_argument("--cold-fresh", action="store_true", help="empty the compile + prepared caches before cold")
     parser.add_argument("--cold-jobs", action="store_true", help="a /done and a /generate after each start")
+    parser.add_argument("--post-threads", default="4,8", help="thread counts for the post section (beside 1)")
     parser.add_argument(
         "--cold-attempts", default="cold,restart",
         help="which starts to make: cold,restart (both), or one (e.g. restart in a later call on the same machine)",
@@ -623,30 +625,37 @@ class Bench:
         del torch
 
     def section_post(self) -> None:
-        """Face filter + ranking of 10 candidates and the NSFW check of 4, on real photos (CPU)."""
-        import numpy as np
+        """The worker's portrait picking (pipeline/portraits.py) for 10 candidates, 4 delivered (CPU).
 
-        from pipeline.faces import cosine, load_face_analyzer
+        Face detection + embedding of the 10 candidates, ranking, then the NSFW check of the best 4,
+        on real photos; once one after another (``FACECHAIN_POST_THREADS=1``) and once per thread
+        count in ``--post-threads``.
+        """
+        import numpy as np
+        from PIL import Image
+
+        from pipeline.faces import load_face_analyzer
         from pipeline.nsfw import NsfwChecker
+        from pipeline.portraits import PortraitPicker
 
         analyzer = load_face_analyzer(self.settings)
         nsfw = NsfwChecker()
-        candidates = [np.asarray(img) for img in (self.images * 2)[:10]]
-        template = analyzer.embed(candidates[0], analyzer.detect(candidates[0])[0])
-        times = []
-        for _ in range(3):
-            started = time.perf_counter()
-            scores = []
-            for pixels in candidates:
-                found = analyzer.detect(pixels)
-                if len(found) == 1:
-                    scores.append(cosine(analyzer.embed(pixels, found[0]), template))
-            from PIL import Image
-
-            nsfw.scores([Image.fromarray(c) for c in candidates[:4]])
-            times.append(time.perf_counter() - started)
-        record("post", "rank_10_nsfw_4", seconds_median=round(statistics.median(times), 3), faces=len(scores),
-               cpu_count=os.cpu_count())  # fmt: skip
+        photos = [np.asarray(img) for img in (self.images * 2)[:10]]
+        candidates = [(Image.fromarray(pixels), seed) for seed, pixels in enumerate(photos)]
+        for threads in [1] + [int(t) for t in ARGS.post_threads.split(",") if t]:
+            picker = PortraitPicker(analyzer, nsfw, threads=threads)
+            times = []
+            for _ in range(5):
+                started = time.perf_counter()
+                template = picker.submit(picker.embed_template, photos[0]).result()
+                picked = picker.pick(candidates, 4, rank=True, template=template, nsfw_threshold=0.5)
+                times.append(time.perf_counter() - started)
+            picker.close()
+            record(
+                "post", f"pick_4_of_10_threads_{threads}", seconds_median=round(statistics.median(times), 3),
+                seconds_min=round(min(times), 3), delivered=len(picked.portraits), dropped=picked.dropped,
+                cpu_count=os.cpu_count(),
+            )  # fmt: skip
 
     def section_cold(self) -> None:
         """A fresh worker process to ready (bench/worker_start.py), twice: cold, then restart."""

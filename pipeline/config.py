@@ -6,6 +6,7 @@ One pydantic-settings class; nothing else in pipeline/ reads the environment. Ev
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -83,6 +84,11 @@ class WorkerSettings(BaseSettings):
     rank_faces: bool = Field(default=True, description="Filter and rank candidates by face similarity.")
     nsfw_check: bool = True
     nsfw_threshold: float = Field(default=0.5, ge=0.0, le=1.0)
+    post_threads: int = Field(
+        default=0, ge=0, le=64,
+        description="CPU threads that rank candidates and run the NSFW check side by side; 0 = one per "
+        "core (at most 8), 1 = one after another.",
+    )  # fmt: skip
     face_fusion: bool = Field(default=False, description="Fuse the template face (ModelScope model).")
     fuse_loras: bool = Field(
         default=True, description="peft route: fuse style and face LoRA into the UNet for a job (exact restore)."
@@ -116,3 +122,8 @@ class WorkerSettings(BaseSettings):
     @property
     def blob_dir(self) -> Path:
         return self.data_dir / "blobs"
+
+    @property
+    def post_thread_count(self) -> int:
+        """``post_threads`` with 0 resolved to this machine's cores (at most 8)."""
+        return self.post_threads or min(8, os.cpu_count() or 1)

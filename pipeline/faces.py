@@ -322,12 +322,21 @@ class OpenCVFaceAnalyzer:
             detector_path = detector_path or default_det
             recognizer_path = recognizer_path or default_rec
         self.max_detect_side = max_detect_side
-        self._detector = cv2.FaceDetectorYN.create(
-            str(detector_path), "", (320, 320), score_threshold, nms_threshold, 5000
-        )
-        self._recognizer = cv2.FaceRecognizerSF.create(str(recognizer_path), "")
-        # setInputSize mutates the detector: one image at a time per instance.
-        self._lock = threading.Lock()
+        self._paths = (str(detector_path), str(recognizer_path))
+        self._thresholds = (score_threshold, nms_threshold)
+        # OpenCV's detector keeps its input size and both nets their buffers: each thread that
+        # analyses faces (training, generation, their ranking pool) gets its own pair.
+        self._local = threading.local()
+        self._models()  # unreadable model files fail here, at start, not in a job
+
+    def _models(self) -> tuple[Any, Any]:
+        models = getattr(self._local, "models", None)
+        if models is None:
+            detector_path, recognizer_path = self._paths
+            score_threshold, nms_threshold = self._thresholds
+            detector = cv2.FaceDetectorYN.create(detector_path, "", (320, 320), score_threshold, nms_threshold, 5000)
+            models = self._local.models = (detector, cv2.FaceRecognizerSF.create(recognizer_path, ""))
+        return models
 
     def detect(self, image_rgb: np.ndarray) -> list[Face]:
         """Faces in an RGB image, largest first; big photos are detected on a downscaled copy."""
@@ -335,9 +344,9 @@ class OpenCVFaceAnalyzer:
         factor = math.ceil(max(rgb.shape[:2]) / self.max_detect_side)
         small = shrink(rgb, factor)
         bgr = cv2.cvtColor(small, cv2.COLOR_RGB2BGR)
-        with self._lock:
-            self._detector.setInputSize((bgr.shape[1], bgr.shape[0]))
-            _, rows = self._detector.detect(bgr)
+        detector, _ = self._models()
+        detector.setInputSize((bgr.shape[1], bgr.shape[0]))
+        _, rows = detector.detect(bgr)
         if rows is None:
             return []
         faces: list[Face] = []
@@ -364,9 +373,9 @@ class OpenCVFaceAnalyzer:
         row = np.concatenate(
             [np.asarray(face.box, np.float32), face.landmarks.astype(np.float32).ravel(), [face.score]]
         ).astype(np.float32)[None, :]
-        with self._lock:
-            crop = self._recognizer.alignCrop(bgr, row)
-            feature = self._recognizer.feature(crop)
+        _, recognizer = self._models()
+        crop = recognizer.alignCrop(bgr, row)
+        feature = recognizer.feature(crop)
         return _normalise(feature)
 
 

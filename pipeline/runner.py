@@ -24,19 +24,18 @@ from pipeline import jobs
 from pipeline.config import WorkerSettings
 from pipeline.control import StageCancelled, StageControl
 from pipeline.devices import DeviceOutOfMemory, free_memory, pick_device, pick_dtype
-from pipeline.faces import FaceAnalyzer, cosine, load_face_analyzer
+from pipeline.faces import FaceAnalyzer, load_face_analyzer
 from pipeline.generate import Candidate, GenerationCancelled, PortraitGenerator
 from pipeline.models import ModelsMissingError, clone_pipeline, load_base_pipeline, resolve_model_file
 from pipeline.nsfw import NsfwChecker
 from pipeline.optional_models import OptionalStages, load_optional_stages
+from pipeline.portraits import PortraitPicker
 from pipeline.preprocess import caption, preprocess_photos
 from pipeline.train import LoraTrainer, TrainArgs, TrainingCancelled
 from storage.blobs import BlobStore
 
 log = logging.getLogger("facechain.runner")
 
-#: A candidate's face must be at least this fraction of the image side to count as a portrait.
-MIN_PORTRAIT_FACE = 0.08
 PORTRAIT_JPEG_QUALITY = 92
 
 
@@ -59,6 +58,7 @@ class PipelineRunner:
         self.analyzer: FaceAnalyzer = load_face_analyzer(settings)
         self.stages: OptionalStages = load_optional_stages(settings)
         self.nsfw: NsfwChecker | None = NsfwChecker() if settings.nsfw_check else None
+        self.picker = PortraitPicker(self.analyzer, self.nsfw, threads=settings.post_thread_count)
         self.device = pick_device(settings)
         lap("face_and_nsfw_models")
         # Training and generation may run at once in one process (one arq worker per queue), so
@@ -210,6 +210,9 @@ class PipelineRunner:
         def step_progress(done: int, total: int) -> None:
             control.report(jobs.Stage.GENERATING, done / max(total, 1), "")
 
+        # The user's template face is embedded on the CPU while the GPU denoises.
+        template = self.picker.submit(self._template_embedding, request.template_key)
+
         # One job at a time on the GPU: the generator holds its own lock.
         try:
             candidates = self.generator.generate(
@@ -224,42 +227,24 @@ class PipelineRunner:
         control.report(jobs.Stage.RANKING, 0.0, "")
         if self.stages.face_fusion is not None and request.template_key and self.blobs.exists(request.template_key):
             # FaceChain blends the user's best face into each candidate before ranking them.
-            template = np.asarray(Image.open(io.BytesIO(self.blobs.get_bytes(request.template_key))).convert("RGB"))
+            face = self._template_image(request.template_key)
             candidates = [
-                Candidate(Image.fromarray(self.stages.fuse_face(np.asarray(c.image.convert("RGB")), template)), c.seed)
+                Candidate(Image.fromarray(self.stages.fuse_face(np.asarray(c.image.convert("RGB")), face)), c.seed)
                 for c in candidates
             ]
-        ranked: list[tuple[Image.Image, int, float | None]]
-        dropped = 0
-        if self.settings.rank_faces:
-            template = self._template_embedding(request.template_key)
-            ranked = []
-            for candidate in candidates:
-                score = self._portrait_score(candidate.image, template)
-                if score is None:
-                    dropped += 1
-                else:
-                    ranked.append((candidate.image, candidate.seed, score))
-            ranked.sort(key=lambda item: item[2] if item[2] is not None else 0.0, reverse=True)
-        else:
-            ranked = [(c.image, c.seed, None) for c in candidates]
-
+        nsfw_threshold = None if request.allow_nsfw else self.settings.nsfw_threshold
+        picked = self.picker.pick(
+            [(c.image, c.seed) for c in candidates], request.count, rank=self.settings.rank_faces,
+            template=template.result(), nsfw_threshold=nsfw_threshold,
+        )  # fmt: skip
         portraits: list[jobs.Portrait] = []
-        blocked = 0
         prefix = jobs.run_prefix(request.run_id)
-        for image, seed, score in ranked:
-            if len(portraits) == request.count:
-                break
-            if (
-                self.nsfw is not None
-                and not request.allow_nsfw
-                and self.nsfw.is_blocked(image, self.settings.nsfw_threshold)
-            ):
-                blocked += 1
-                continue
+        for chosen in picked.portraits:
             key = f"{prefix}/portrait_{len(portraits)}.jpg"
-            self.blobs.put_bytes(key, _jpeg(image))
-            portraits.append(jobs.Portrait(key=key, seed=seed, score=None if score is None else round(score, 4)))
+            self.blobs.put_bytes(key, _jpeg(chosen.image))
+            score = None if chosen.score is None else round(chosen.score, 4)
+            portraits.append(jobs.Portrait(key=key, seed=chosen.seed, score=score))
+        blocked, dropped = picked.blocked, picked.dropped
         seconds = round(time.perf_counter() - started, 2)
         if not portraits:
             return jobs.GenerateOutcome(
@@ -279,22 +264,13 @@ class PipelineRunner:
             return self.blobs.path(reference)
         return resolve_model_file(self.settings, reference)
 
-    def _template_embedding(self, key: str | None) -> np.ndarray | None:
-        if key is None or not self.blobs.exists(key):
-            return None
-        image = np.asarray(Image.open(io.BytesIO(self.blobs.get_bytes(key))).convert("RGB"))
-        faces = self.analyzer.detect(image)
-        return self.analyzer.embed(image, faces[0]) if faces else None
+    def _template_image(self, key: str) -> np.ndarray:
+        return np.asarray(Image.open(io.BytesIO(self.blobs.get_bytes(key))).convert("RGB"))
 
-    def _portrait_score(self, image: Image.Image, template: np.ndarray | None) -> float | None:
-        """Similarity to the template face; None when the candidate lacks exactly one sensible face."""
-        pixels = np.asarray(image.convert("RGB"))
-        faces = self.analyzer.detect(pixels)
-        if len(faces) != 1 or faces[0].side < MIN_PORTRAIT_FACE * min(image.size):
+    def _template_embedding(self, key: str | None) -> np.ndarray | None:
+        if not self.settings.rank_faces or key is None or not self.blobs.exists(key):
             return None
-        if template is None:
-            return float(faces[0].score)
-        return cosine(self.analyzer.embed(pixels, faces[0]), template)
+        return self.picker.embed_template(self._template_image(key))
 
 
 def _png(image: Image.Image) -> bytes:
