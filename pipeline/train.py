@@ -298,9 +298,9 @@ class LoraTrainer:
 
     The adapter, optimizer and captured training step (:class:`pipeline.train_step.LoraTrainingStep`)
     are built by the first job (or by :meth:`warm_up`) and reused while jobs ask for the same shape
-    and hyper-parameters. With ``compile_mode`` on, the step runs through a compiled UNet
-    (:func:`pipeline.unet_compile.compile_unet`), made by :meth:`warm_up` in the background.
-    :meth:`close` removes the adapter again.
+    and hyper-parameters. With ``compile_mode`` on, :meth:`warm_up` builds a compiled step
+    (:func:`pipeline.unet_compile.compile_unet`) in the background on a copy of the UNet, while jobs
+    train on the plain step, and swaps it in between two jobs. :meth:`close` removes the adapter again.
     """
 
     def __init__(
@@ -434,9 +434,9 @@ class LoraTrainer:
 
         The warm-up steps run on random inputs; every job restarts the adapter from its initial
         weights, so they leave nothing behind. With ``background_compile`` and a compile mode, a
-        thread then compiles the step (or reads it from Inductor's cache) once ``after`` is set
-        (another stage's compile: compiles run one at a time); training jobs wait while it holds
-        the trainer (tens of seconds from the cache).
+        thread then compiles a step of its own (or reads it from Inductor's cache) once ``after`` is
+        set (another stage's compile: compiles run one at a time); jobs meanwhile train on the plain
+        step and wait only for the swap.
         """
         started = time.perf_counter()
         with self._lock:
@@ -489,12 +489,16 @@ class LoraTrainer:
         self.step = LoraTrainingStep(self.pipe.unet, spec)
         return self.step
 
-    def _build_plain_for_default(self, args: TrainArgs) -> LoraTrainingStep:
+    def _default_shapes(self, args: TrainArgs) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """(latent shape, caption hidden-state shape) of a job at ``args``' resolution."""
         pipe = self.pipe
         side = args.resolution // pipe.vae_scale_factor
         latent_shape = (pipe.unet.config.in_channels, side, side)
         text_shape = (pipe.tokenizer.model_max_length, pipe.text_encoder.config.hidden_size)
-        return self._step_for(args, args.rank, latent_shape, text_shape)
+        return latent_shape, text_shape
+
+    def _build_plain_for_default(self, args: TrainArgs) -> LoraTrainingStep:
+        return self._step_for(args, args.rank, *self._default_shapes(args))
 
     @staticmethod
     def _exercise(step: LoraTrainingStep) -> None:
@@ -513,31 +517,40 @@ class LoraTrainer:
         synchronize(step.device)
 
     def _prepare_compiled(self, args: TrainArgs, after: threading.Event | None) -> None:
-        """Compile the step's UNet, warm it up and capture it, then use it for every later job."""
+        """Build the compiled step beside the resident one, then swap it in between two jobs.
+
+        The compile traces (and first runs) the step it compiles, for minutes the first time: it
+        gets a copy of the UNet with a step of its own, so that jobs keep training on the plain step
+        meanwhile. The copy, compiled and captured, then becomes the training UNet.
+        """
         try:
             if after is not None:
                 after.wait()
+            started = time.perf_counter()
             with self._lock:
-                started = time.perf_counter()
-                step = self._build_plain_for_default(args)
-                forward = compile_unet(self.pipe.unet, self.compile_mode, self.compile_backend)
-                previous = step.forward
-                step.use_forward(forward)
-                free_memory()  # the plain step's graph pool
-                try:
-                    self._exercise(step)
-                except Exception as exc:
-                    if is_out_of_memory(exc):
-                        raise
+                unet = _frozen_copy(self.pipe.unet)
+                spec = self._spec(args, args.rank, *self._default_shapes(args))
+            step = LoraTrainingStep(unet, spec)
+            try:
+                step.use_forward(compile_unet(unet, self.compile_mode, self.compile_backend))
+                self._exercise(step)
+            except Exception as exc:
+                step.close()
+                del step, unet
+                free_memory()
+                if is_out_of_memory(exc):
+                    log.warning("out of memory while compiling the training step; training stays uncompiled")
+                else:
                     log.warning("compiling the training step failed; training stays uncompiled", exc_info=True)
-                    step.use_forward(previous)
-                    self._exercise(step)
-                    return
-                log.info("compiled training step in use after %.1fs", time.perf_counter() - started)
+                return
+            with self._lock:
+                self._drop_step()  # the plain step and its adapter, with the UNet they were on
+                self.pipe.unet = unet
+                self.step = step
+            free_memory()
+            log.info("compiled training step in use after %.1fs", time.perf_counter() - started)
         except Exception:
             log.warning("preparing the compiled training step failed", exc_info=True)
-            with self._lock:
-                self._drop_step()
         finally:
             self.compiled_ready.set()
 
@@ -545,6 +558,18 @@ class LoraTrainer:
         if self.step is not None:
             self.step.close()
             self.step = None
+
+
+def _frozen_copy(unet: torch.nn.Module) -> torch.nn.Module:
+    """A copy of ``unet`` on its device without any adapter: frozen and in eval mode, as loaded."""
+    import copy
+
+    clone = copy.deepcopy(unet)
+    if has_adapters(clone):
+        clone.unload_lora()  # type: ignore[operator]
+    clone.requires_grad_(False)
+    clone.eval()
+    return clone
 
 
 def train_lora(

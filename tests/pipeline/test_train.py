@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import math
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -326,6 +329,47 @@ def test_compiled_training_step_follows_the_plain_one_and_is_traced_once(
     assert len(compiled) == len(plain) == 4
     assert compiled == pytest.approx(plain, rel=1e-4)
     assert _same_weights_close(first.lora_path, tmp_path / "plain.safetensors")
+    _assert_clean(tiny_pipe)
+
+
+def test_jobs_train_on_the_plain_step_while_the_compiled_one_is_made(
+    tiny_pipe: object, tiny_env: WorkerSettings, tmp_path: Path
+) -> None:
+    # The first compile of a deployment takes minutes on the GPU; a /done meanwhile must not wait
+    # for it. Here the compile is held until the job is done.
+    args = _args(tiny_env, seed=7)
+    fresh = tmp_path / "fresh.safetensors"
+    train_lora(tiny_pipe, face_images(2, seed=1), CAPTION, args, fresh)  # type: ignore[arg-type]
+    compiling, release = threading.Event(), threading.Event()
+
+    def held_backend(graph: torch.fx.GraphModule, example_inputs: list[torch.Tensor]) -> Any:
+        compiling.set()
+        assert release.wait(timeout=120)
+        return torch._dynamo.lookup_backend("aot_eager")(graph, example_inputs)
+
+    torch._dynamo.reset()
+    trainer = LoraTrainer(tiny_pipe, compile_mode="on", compile_backend=held_backend)  # type: ignore[arg-type]
+    try:
+        trainer.warm_up(args, background_compile=True)
+        assert compiling.wait(timeout=120)
+        plain = trainer.step
+        with ThreadPoolExecutor(1) as pool:
+            job = pool.submit(trainer.train, face_images(2, seed=1), CAPTION, args, tmp_path / "during.safetensors")
+            during = job.result(timeout=60)  # the compile is still held: this job must not wait for it
+        assert not trainer.compiled_ready.is_set() and trainer.step is plain and plain is not None
+        assert plain.forward is None
+
+        release.set()
+        assert trainer.compiled_ready.wait(timeout=300)
+        assert trainer.step is not plain and trainer.step is not None and trainer.step.forward is not None
+        after = trainer.train(face_images(2, seed=1), CAPTION, args, tmp_path / "after.safetensors")
+    finally:
+        release.set()
+        trainer.close()
+        torch._dynamo.reset()
+    # The same LoRA as a fresh adapter (up to the last bits: the compile shared the CPU's threads).
+    assert _same_weights_close(during.lora_path, fresh)
+    assert _same_weights_close(after.lora_path, fresh)
     _assert_clean(tiny_pipe)
 
 
