@@ -110,8 +110,8 @@ class WorkerSettings(BaseSettings):
     )
     train_compile: Literal["off", "on"] = Field(
         default="on",
-        description="torch.compile the training step's UNet on a GPU, in the background at start; training "
-        "jobs wait while it compiles (minutes the first time, tens of seconds from TORCHINDUCTOR_CACHE_DIR).",
+        description="torch.compile the training step's UNet on a GPU, in the background at start on a copy of "
+        "the UNet (minutes the first time, seconds from TORCHINDUCTOR_CACHE_DIR); jobs train uncompiled meanwhile.",
     )
     prepared_model_cache: bool = Field(
         default=True,
