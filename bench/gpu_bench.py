@@ -6,11 +6,17 @@ optimisation is a switch, and each variant is timed on its own line, so its effe
 
     python3 bench/gpu_bench.py --out $OUT --sections train,generate,switch,cold,post
     python3 bench/gpu_bench.py --out $OUT --sections naive,equivalence   # the reference recipe, same data
+    python3 bench/gpu_bench.py --out $OUT --sections recipes   # facechain vs fast (pipeline/recipe.py)
 
 Sections:
   train        face LoRA training, 800 samples of 5 photos, per variant of --train-variants
                (bN = batch N; graph / eager; lr scaling none/sqrt/linear; resident / compile: jobs on
                a worker's trainer whose step was built, or compiled, first); eval loss of each LoRA
+  recipes      both named recipes (pipeline/recipe.py: facechain, fast) trained on the same photos and
+               seed in one run, each at its own budget (--recipe-samples: the same cap for both): time,
+               eval loss on the training photos' views and on held-out photos' views, and the face
+               similarity of portraits generated with each LoRA to the held-out photos (the worker's
+               face recognizer; meaningless on random weights, which draw no faces: --model for real ones)
   naive        the naive reference recipe on the same photos and seed (diffusers' LoRA script:
                fp16 weights + autocast + GradScaler, VAE and text encoder every step, batch 1,
                loss read every step), its time per sample and its eval loss
@@ -27,7 +33,8 @@ Sections:
                --cold-attempts restart makes only the restart (after a cold start in an earlier call)
 
 The eval loss: mean MSE of the UNet with the LoRA fused, over 64 fixed (view, noise, timestep)
-triples drawn from the same cached photo views (the loss the training minimises), untrained = no LoRA.
+triples drawn from the same cached photo views (the loss the training minimises), untrained = no LoRA;
+the recipes section also draws them from held-out photos of the same person.
 Results are JSON lines in OUT/bench.jsonl; a summary is printed last.
 """
 
@@ -47,6 +54,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.harness import print_summary, run_sections
 
 RESULTS: list[dict[str, Any]] = []
 #: Generation variant tokens that pin scaled_dot_product_attention to one backend.
@@ -84,6 +93,18 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--work", default="/tmp/facechain-bench")
     parser.add_argument("--tiny", action="store_true", help="tiny model on the CPU: checks the code paths only")
+    parser.add_argument(
+        "--model",
+        default="",
+        help="a diffusers folder to use instead of random SD 1.5 weights (with --tiny: a tiny one)",
+    )
+    parser.add_argument("--recipes", default="facechain,fast", help="recipes section: which named recipes")
+    parser.add_argument(
+        "--recipe-samples", type=int, default=0, help="recipes section: cap both on this many samples (0: their own)"
+    )
+    parser.add_argument("--held-out", type=int, default=3, help="recipes section: held-out photos of the person")
+    parser.add_argument("--photos-dir", default="", help="training photos (sorted; default: edits of one test photo)")
+    parser.add_argument("--held-out-dir", default="", help="held-out photos of the same person (recipes section)")
     parser.add_argument("--cold-env", default="", help="FACECHAIN_X=v,... for the cold section's worker processes")
     parser.add_argument("--cold-fresh", action="store_true", help="empty the compile + prepared caches before cold")
     parser.add_argument("--cold-jobs", action="store_true", help="a /done and a /generate after each start")
@@ -120,27 +141,34 @@ def main() -> None:
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
     record("env", "env", gpu=gpu, torch=torch.__version__, python=sys.version.split()[0])
     started = time.perf_counter()
-    model = work / ("tiny" if ARGS.tiny else "sd15")
-    if not (model / "model_index.json").exists():
+    model = Path(ARGS.model) if ARGS.model else work / ("tiny" if ARGS.tiny else "sd15")
+    if not ARGS.model and not (model / "model_index.json").exists():
         if ARGS.tiny:
             from pipeline.models import make_tiny_pipeline
 
             make_tiny_pipeline(model)
         else:
             make_random_pipeline(model, full_size=True)
-    record("setup", "random_sd15_ready", seconds=round(time.perf_counter() - started, 1))
-    bench = Bench(model, work)
-    for section in filter(None, sections):
-        started = time.perf_counter()
-        try:
-            getattr(bench, f"section_{section}")()
-        except Exception as exc:  # one broken section must not cost the others' device time
-            traceback.print_exc()
-            record(section, "error", error=f"{type(exc).__name__}: {exc}"[:800])
-        print(f"section {section} took {time.perf_counter() - started:.1f}s", flush=True)
-    print("\n==== SUMMARY ====")
-    for row in RESULTS:
-        print(json.dumps(row))
+    record("setup", "model_ready", model=str(model), random_weights=ARGS.tiny or not ARGS.model,
+           seconds=round(time.perf_counter() - started, 1))  # fmt: skip
+    run_sections(Bench(model, work), sections, record)
+    print_summary(RESULTS)
+
+
+def _collect_into(losses: list[float]) -> Any:
+    """A training progress callback that keeps every loss."""
+    return lambda step, total, loss: losses.append(loss)
+
+
+def _photos_in(folder: str) -> list[Any]:
+    """The RGB pixels of the photos in ``folder`` (sorted by name); [] for no folder."""
+    if not folder:
+        return []
+    import numpy as np
+    from PIL import Image, ImageOps
+
+    paths = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in {".jpg", ".jpeg", ".png", ".webp"})
+    return [np.asarray(ImageOps.exif_transpose(Image.open(p)).convert("RGB")) for p in paths]
 
 
 class Bench:
@@ -154,19 +182,31 @@ class Bench:
 
         self.torch = torch
         self.model, self.work = model, work
-        tiny = {"device": "cpu", "dtype": "fp32", "resolution": 64} if ARGS.tiny else {}
+        # Explicit sides: the bench's images and latents are made at this size before any model loads.
+        tiny = {"device": "cpu", "dtype": "fp32", "resolution": 64} if ARGS.tiny else {"resolution": 512}
         self.settings = WorkerSettings(
             _env_file=None, base_model=str(model), data_dir=work / "data", models_dir=work / "models",
             inference_steps=ARGS.steps, candidates=ARGS.candidates, rank_faces=False, **tiny,
         )  # type: ignore[call-arg]  # fmt: skip
         self.device = pick_device(self.settings)
         configure_backends(self.device)
-        faces = photos.same_person_set(photos.astronaut())[: ARGS.photos]
+        faces = _photos_in(ARGS.photos_dir) or photos.same_person_set(photos.astronaut())
         side = self.settings.resolution
-        self.images = [Image.fromarray(img).resize((side, side)) for img in faces]
+        self.images = [Image.fromarray(img).resize((side, side)) for img in faces[: ARGS.photos]]
         self._train_pipe: Any = None
         self._infer_pipe: Any = None
-        self._eval: tuple[Any, Any, Any, Any] | None = None
+        self._eval: dict[str, tuple[Any, Any, Any, Any]] = {}
+        # Held-out photos of the same person, never trained on: --held-out-dir, or other edits of the
+        # training photo (no package ships two photos of one person; real ones are further apart).
+        self.held_out_pixels = (
+            _photos_in(ARGS.held_out_dir)
+            or [
+                photos.rotated(photos.exposed(photos.astronaut(), 0.85), -8),
+                photos.cropped(photos.scaled(photos.astronaut(), 1.15), 20, 10, 30, 40),
+                photos.rotated(photos.flipped(photos.astronaut()), 4),
+            ]
+        )[: ARGS.held_out]
+        self.held_out = [Image.fromarray(img).resize((side, side)) for img in self.held_out_pixels]
         self.face_loras: list[Path] = []
 
     # ----------------------------------------------------------------------------- helpers
@@ -209,16 +249,18 @@ class Bench:
             )
         return self._infer_pipe
 
-    def eval_set(self) -> tuple[Any, Any, Any, Any]:
-        """64 fixed (noisy latent, timestep, target, text) samples from the photos' cached views."""
+    def eval_set(self, images: list[Any] | None = None, key: str = "train") -> tuple[Any, Any, Any, Any]:
+        """64 fixed (noisy latent, timestep, target, text) samples from the cached views of ``images``
+        (the training photos by default)."""
         from diffusers import DDPMScheduler
 
         from pipeline.train import TrainArgs, encode_caption, encode_views
 
-        if self._eval is None:
+        if key not in self._eval:
             torch = self.torch
             pipe = self.train_pipe()
-            mean, std = encode_views(pipe, self.images, TrainArgs())
+            args = TrainArgs(resolution=self.settings.resolution)
+            mean, std = encode_views(pipe, self.images if images is None else images, args)
             g = torch.Generator(device=self.device).manual_seed(1234)
             n = 64
             index = torch.randint(0, mean.shape[0], (n,), generator=g, device=self.device)
@@ -229,15 +271,15 @@ class Bench:
             scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
             noisy = scheduler.add_noise(latents, noise, t)
             text = encode_caption(pipe, CAPTION)
-            self._eval = (noisy, t, noise, text)
-        return self._eval
+            self._eval[key] = (noisy, t, noise, text)
+        return self._eval[key]
 
-    def eval_loss(self, lora: Path | None) -> float:
+    def eval_loss(self, lora: Path | None, images: list[Any] | None = None, key: str = "train") -> float:
         from pipeline.lora_merge import WeightFuser, read_lora_layers
 
         torch = self.torch
         pipe = self.train_pipe()
-        noisy, t, noise, text = self.eval_set()
+        noisy, t, noise, text = self.eval_set(images, key)
         fuser = WeightFuser(pipe)
         if lora is not None:
             fuser.fuse([(read_lora_layers(pipe, lora, self.device), 1.0)])
@@ -369,6 +411,98 @@ class Bench:
         )  # fmt: skip
         return (variant if job == 0 else f"{variant}/job{job + 1}"), values, out
 
+    def section_recipes(self) -> None:
+        """The named recipes (pipeline/recipe.py) on the same photos and seed, one after another.
+
+        Each trains with its own knobs and budget (``--recipe-samples`` caps both alike), then its LoRA
+        is scored: eval loss on the training photos' views and on held-out photos' views, and the
+        faces of portraits generated with it (the recipe's prompts, steps and scheduler, a style
+        without a LoRA) against the held-out photos, through the worker's face recognizer.
+        """
+        from pipeline import jobs
+        from pipeline.faces import load_face_analyzer
+        from pipeline.recipe import get_recipe
+        from pipeline.train import TrainArgs, train_lora
+
+        pipe = self.train_pipe()
+        analyzer = load_face_analyzer(self.settings)
+        held_out_faces = []
+        for pixels in self.held_out_pixels:
+            found = analyzer.detect(pixels)
+            if found:
+                held_out_faces.append(analyzer.embed(pixels, found[0]))
+        random_weights = ARGS.tiny or not ARGS.model
+        record(
+            "recipes", "setup", photos=len(self.images), held_out_photos=len(self.held_out),
+            held_out_faces=len(held_out_faces), random_weights=random_weights,
+            note="random weights draw no faces: the face similarity is meaningless (None) on them"
+            if random_weights else "",
+            untrained_eval_loss=self.eval_loss(None),
+            untrained_eval_loss_held_out=self.eval_loss(None, self.held_out, "held_out"),
+        )  # fmt: skip
+        style = jobs.StyleSpec(name="portrait", prompt="wearing a dark suit, plain background")
+        for name in ARGS.recipes.split(","):
+            with self.variant("recipes", name):
+                recipe = get_recipe(name)
+                overrides: dict[str, Any] = {"resolution": self.settings.resolution, "cuda_graphs": True}
+                if ARGS.recipe_samples:
+                    overrides["max_train_steps"] = ARGS.recipe_samples
+                args = TrainArgs.from_recipe(recipe, **overrides)
+                out = self.work / f"lora_recipe_{name}.safetensors"
+                losses: list[float] = []
+                self.reset_peak()
+                self.sync()
+                started = time.perf_counter()
+                result = train_lora(pipe, self.images, CAPTION, args, out, on_progress=_collect_into(losses))
+                self.sync()
+                seconds = time.perf_counter() - started
+                tail = max(1, len(losses) // 10)
+                similarity = self._recipe_similarity(recipe, out, style, held_out_faces, analyzer)
+                record(
+                    "recipes", name, batch=args.train_batch_size, samples=args.total_samples(len(self.images)),
+                    steps=result.steps, lr=args.scaled_learning_rate(), lr_scheduler=args.lr_scheduler,
+                    lr_warmup_steps=args.lr_warmup_steps, seed=args.seed, seconds=round(seconds, 2),
+                    train_loss_last10pct=round(statistics.fmean(losses[-tail:]), 5),
+                    eval_loss=self.eval_loss(out),
+                    eval_loss_held_out=self.eval_loss(out, self.held_out, "held_out"),
+                    peak_alloc_gib=self.memory("peak_allocated"), **similarity,
+                )  # fmt: skip
+
+    def _recipe_similarity(
+        self, recipe: Any, lora: Path, style: Any, held_out: list[Any], analyzer: Any
+    ) -> dict[str, Any]:
+        """Portraits with ``lora`` at the recipe's generation knobs (--steps denoising steps), their
+        faces against the held-out faces: mean cosine similarity per candidate with one face."""
+        import numpy as np
+
+        from pipeline.faces import cosine
+        from pipeline.generate import PortraitGenerator
+        from pipeline.models import make_scheduler
+
+        knobs = {k: getattr(recipe, k) for k in ("guidance_scale", "scheduler", "prompt_encoding")}
+        settings = self.settings.model_copy(update={**knobs, "inference_steps": ARGS.steps, "torch_compile": "off"})
+        pipe = self.infer_pipe()
+        kept = pipe.scheduler
+        pipe.scheduler = make_scheduler(settings.scheduler, pipe.scheduler.config)
+        try:
+            generator = PortraitGenerator(pipe, settings)
+            made = generator.generate(lora, style, None, CAPTION, ARGS.candidates, ARGS.candidates, seed=1)
+            generator.unet.reset()
+        finally:
+            pipe.scheduler = kept
+        scores = []
+        for candidate in made:
+            pixels = np.asarray(candidate.image.convert("RGB"))
+            faces = analyzer.detect(pixels)
+            if len(faces) == 1 and held_out:
+                embedding = analyzer.embed(pixels, faces[0])
+                scores.append(statistics.fmean(cosine(embedding, other) for other in held_out))
+        return {
+            "candidates": len(made), "candidates_with_one_face": len(scores),
+            "face_similarity_best": round(max(scores), 4) if scores else None,
+            "face_similarity_mean": round(statistics.fmean(scores), 4) if scores else None,
+        }  # fmt: skip
+
     def section_naive(self) -> None:
         """The naive reference recipe (diffusers' train_text_to_image_lora.py) on the same photos."""
         import torch.nn.functional as F
@@ -456,23 +590,23 @@ class Bench:
             made.append(path)
         return made
 
-    def _style_lora(self) -> Path:
+    def _suit_style(self) -> tuple[Any, Path]:
+        """The style the generate and switch sections use: its spec, and its (random) kohya LoRA file."""
+        from pipeline import jobs
         from tests.pipeline.tiny import kohya_lora_file
 
         path = self.work / "style.safetensors"
         if not path.exists():
             kohya_lora_file(self.infer_pipe(), path, seed=7, rank=16)
-        return path
+        return jobs.StyleSpec(name="suit", prompt="(business suit:1.2)", style_weight=0.8, face_weight=0.9), path
 
     def section_generate(self) -> None:
-        from pipeline import jobs
         from pipeline.generate import PortraitGenerator
 
         torch = self.torch
         pipe = self.infer_pipe()
         faces = self._face_loras(2)
-        style_lora = self._style_lora()
-        style = jobs.StyleSpec(name="suit", prompt="(business suit:1.2)", style_weight=0.8, face_weight=0.9)
+        style, style_lora = self._suit_style()
         reference: list[Any] | None = None  # the first variant's last images: the others are compared to them
         for variant in ARGS.generate_variants.split(","):
             with self.variant("generate", variant):
@@ -577,14 +711,12 @@ class Bench:
         )  # fmt: skip
 
     def section_switch(self) -> None:
-        from pipeline import jobs
         from pipeline.generate import PortraitGenerator
 
         torch = self.torch
         pipe = self.infer_pipe()
         faces = self._face_loras(6)
-        style_lora = self._style_lora()
-        style = jobs.StyleSpec(name="suit", prompt="(business suit:1.2)", style_weight=0.8, face_weight=0.9)
+        style, style_lora = self._suit_style()
         generator = PortraitGenerator(pipe, self.settings)
         generator.generate(faces[0], style, style_lora, CAPTION, 1, 1, seed=1, steps=2, batch_size=1)
         captures = generator.unet.captures

@@ -68,10 +68,10 @@ def serve_worker(args: argparse.Namespace) -> None:
     from redis import Redis
 
     from pipeline.worker import build_runner, run_worker
-    from storage.blobs import BlobStore
+    from storage.blob_config import open_blob_store
 
     settings = settings_for(args)
-    blobs = BlobStore(settings.blob_dir)
+    blobs = open_blob_store(settings, settings.data_dir)
     runner = build_runner(settings, blobs)
     real_generate = runner.generate
     log = Redis.from_url(args.redis_url)
@@ -96,7 +96,7 @@ def prepare(args: argparse.Namespace) -> list[str]:
 
     from pipeline.devices import pick_device, pick_dtype
     from pipeline.models import load_base_pipeline, make_random_pipeline, make_tiny_pipeline
-    from storage.blobs import BlobStore
+    from storage.blob_config import open_blob_store
     from tests.pipeline.tiny import random_lora_file
 
     settings = settings_for(args)
@@ -105,7 +105,7 @@ def prepare(args: argparse.Namespace) -> list[str]:
         make_tiny_pipeline(model) if args.tiny else make_random_pipeline(model, full_size=True)
     device = pick_device(settings)
     pipe = load_base_pipeline(settings, device, pick_dtype(settings, device, "infer"))
-    blobs = BlobStore(settings.blob_dir)
+    blobs = open_blob_store(settings, settings.data_dir)
     keys = []
     for user in range(args.users):
         key = f"users/{user + 1}/models/1/face_lora.safetensors"

@@ -250,22 +250,9 @@ class InstantGpu:
     portrait: bytes
 
     def train(self, request: Any, control: Any) -> Any:
-        from pipeline import jobs
+        from tests.scripted_stages import trained_outcome
 
-        prefix = jobs.run_prefix(request.run_id)
-        lora_key, template_key = f"{prefix}/face_lora.safetensors", f"{prefix}/template.jpg"
-        self.blobs.put_bytes(lora_key, b"lora")
-        self.blobs.put_bytes(template_key, self.portrait)
-        subject = request.subject or jobs.Subject.PERSON
-        return jobs.TrainOutcome(
-            run_id=request.run_id,
-            lora_key=lora_key,
-            template_key=template_key,
-            subject=subject,
-            trigger=f"{jobs.TRIGGER_TOKEN}, {jobs.TRIGGER_PHRASES[subject]}",
-            used_photos=list(request.photo_keys),
-            steps=1,
-        )
+        return trained_outcome(request, self.blobs, ("template.jpg", self.portrait), list(request.photo_keys))
 
     def generate(self, request: Any, control: Any) -> Any:
         from pipeline import jobs
@@ -378,18 +365,23 @@ class Tracer:
         from storage.blobs import BlobStore
         from storage.db import Database
 
-        Database.locked = self.lock_timed("db statement", Database.locked)  # type: ignore[method-assign]
-        Database.transaction = self.lock_timed("db transaction", Database.transaction)  # type: ignore[method-assign]
-        ConversationService.handle = self.timed("service.handle", ConversationService.handle)  # type: ignore[method-assign]
-        ConversationService._read = self.timed("service._read (state + facts)", ConversationService._read)  # type: ignore[method-assign]
-        ConversationService.on_outcome = self.timed("service.on_outcome", ConversationService.on_outcome)  # type: ignore[method-assign]
-        ConversationService.on_progress = self.timed("service.on_progress", ConversationService.on_progress)  # type: ignore[method-assign]
-        TelegramSender.send = self.timed("sender.send", TelegramSender.send)  # type: ignore[method-assign]
-        ArqJobQueue.position = self.timed("redis queue.position", ArqJobQueue.position)  # type: ignore[method-assign]
-        ArqJobQueue.submit = self.timed("redis queue.submit", ArqJobQueue.submit)  # type: ignore[method-assign]
-        BlobStore.put_photo = self.timed_sync("blobs.put_photo (thread)", BlobStore.put_photo)  # type: ignore[method-assign]
-        HTTPXRequest.do_request = self.timed("Bot API HTTP call", HTTPXRequest.do_request)  # type: ignore[method-assign]
-        AiohttpRequest.do_request = self.timed("Bot API HTTP call", AiohttpRequest.do_request)  # type: ignore[method-assign]
+        # (wrapper, class, method, the name its time is recorded under)
+        wrapped: list[tuple[Callable[..., Any], type, str, str]] = [
+            (self.lock_timed, Database, "locked", "db statement"),
+            (self.lock_timed, Database, "transaction", "db transaction"),
+            (self.timed, ConversationService, "handle", "service.handle"),
+            (self.timed, ConversationService, "_read", "service._read (state + facts)"),
+            (self.timed, ConversationService, "on_outcome", "service.on_outcome"),
+            (self.timed, ConversationService, "on_progress", "service.on_progress"),
+            (self.timed, TelegramSender, "send", "sender.send"),
+            (self.timed, ArqJobQueue, "position", "redis queue.position"),
+            (self.timed, ArqJobQueue, "submit", "redis queue.submit"),
+            (self.timed_sync, BlobStore, "put_photo", "blobs.put_photo (thread)"),
+            (self.timed, HTTPXRequest, "do_request", "Bot API HTTP call"),
+            (self.timed, AiohttpRequest, "do_request", "Bot API HTTP call"),
+        ]
+        for wrap, owner, method, name in wrapped:
+            setattr(owner, method, wrap(name, getattr(owner, method)))
         make_downloader = telegram_app.make_downloader  # type: ignore[attr-defined]
 
         def traced_downloader(*args: Any, **kwargs: Any) -> Any:
@@ -519,7 +511,7 @@ def worker_process(config: ChildConfig) -> None:
     _child_logging(Path(config.out_dir) / "worker.log")
     from pipeline.config import WorkerSettings
     from pipeline.worker import run_worker
-    from storage.blobs import BlobStore
+    from storage.blobs import LocalBlobStore
 
     settings = WorkerSettings(
         _env_file=None,
@@ -528,7 +520,7 @@ def worker_process(config: ChildConfig) -> None:
         train_timeout_s=120,
         generate_timeout_s=120,
     )
-    runner = InstantGpu(BlobStore(settings.blob_dir), _tiny_jpeg())
+    runner = InstantGpu(LocalBlobStore(settings.blob_dir), _tiny_jpeg())
 
     async def serve() -> None:
         await asyncio.gather(*(run_worker(settings, ctx={"runner": runner}) for _ in range(config.workers)))

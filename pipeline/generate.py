@@ -43,10 +43,10 @@ from PIL import Image
 from pipeline.config import WorkerSettings
 from pipeline.cuda_graphs import GraphedUNet
 from pipeline.devices import DeviceOutOfMemory, free_memory, is_out_of_memory
-from pipeline.jobs import ErrorCode, StyleSpec
-from pipeline.lora_files import validate_lora_file
+from pipeline.jobs import TRIGGER_TOKEN, ErrorCode, StyleSpec
+from pipeline.lora_files import MAX_LOAD_BYTES, validate_lora_file
 from pipeline.lora_merge import LayerLora, UnsupportedLora, WeightFuser, read_lora_layers
-from pipeline.prompts import build_prompt_embeds, face_prompt, negative_prompt
+from pipeline.prompts import build_prompt_embeds, portrait_negative_prompt, portrait_prompt
 from pipeline.unet_compile import compile_unet
 
 if TYPE_CHECKING:
@@ -56,8 +56,8 @@ log = logging.getLogger(__name__)
 
 STYLE_ADAPTER = "style"
 FACE_ADAPTER = "face"
-#: Style LoRAs beyond this are refused before loading (a SD 1.5 LoRA of rank 128 is about 150 MB).
-MAX_STYLE_LORA_BYTES = 512 * 1024 * 1024
+#: The warm-up's stand-in job: a style and prompt of the usual shape.
+WARM_UP_STYLE = StyleSpec(name="warm-up", prompt="a portrait")
 
 GenerateProgressFn = Callable[[int, int], None]
 StopFn = Callable[[], bool]
@@ -101,9 +101,11 @@ def has_lora_layers(pipe: StableDiffusionPipeline) -> bool:
 def read_lora(pipe: StableDiffusionPipeline, path: Path) -> LoraState:
     """A LoRA file as diffusers-format state dict, network alphas and adapter metadata.
 
-    ``use_safetensors=True``: otherwise diffusers falls back to unpickling a file that fails to
-    parse as safetensors, whatever its name.
+    The file is checked first (:func:`~pipeline.lora_files.validate_lora_file`: a LoRA, finite
+    weights). ``use_safetensors=True``: otherwise diffusers falls back to unpickling a file that
+    fails to parse as safetensors, whatever its name.
     """
+    validate_lora_file(path, MAX_LOAD_BYTES)
     state, alphas, metadata = pipe.lora_state_dict(
         str(path.parent), weight_name=path.name, use_safetensors=True, return_lora_metadata=True
     )
@@ -124,8 +126,12 @@ class PortraitGenerator:
         style_cache_size: int = 4,
         compile_backend: str | Callable[..., Any] = "inductor",
     ) -> None:
+        from pipeline.models import model_side
+
         self.pipe = pipe
         self.settings = settings or WorkerSettings()
+        #: The side of every portrait: FACECHAIN_RESOLUTION (the recipe's 512), at most the model's own.
+        self.resolution = model_side(self.settings.resolution, pipe)
         self.fuse = fuse
         self.merge = merge or self.settings.lora_merge
         self.style_cache_size = style_cache_size
@@ -175,11 +181,10 @@ class PortraitGenerator:
             if background_compile and self.unet.compiled is not None:
                 compiled_unet, self.unet = self.unet, GraphedUNet(self.pipe.unet)
                 self.unet.enabled = compiled_unet.enabled  # graphs or not, as configured
-            prompt_embeds, negative_embeds = build_prompt_embeds(
-                self.pipe.tokenizer, self.pipe.text_encoder, "a portrait", negative_prompt("")
-            )
+            prompt_embeds, negative_embeds = self._prompt_embeds(WARM_UP_STYLE, TRIGGER_TOKEN)
             count = min(self.settings.candidates, self.settings.generate_batch_size)
-            self._run_batches(prompt_embeds, negative_embeds, list(range(count)), steps, 7.0, count, None, None)
+            guidance = self.settings.guidance_scale
+            self._run_batches(prompt_embeds, negative_embeds, list(range(count)), steps, guidance, count, None, None)
         if compiled_unet is not None:
             hidden = torch.cat([negative_embeds, prompt_embeds]).to(self.pipe.device, self.pipe.unet.dtype)
             self._pending_compile = (compiled_unet, count, hidden)
@@ -204,7 +209,7 @@ class PortraitGenerator:
         started = time.perf_counter()
         try:
             config = self.pipe.unet.config
-            side = self.settings.resolution // self.pipe.vae_scale_factor
+            side = self.resolution // self.pipe.vae_scale_factor
             sample = torch.zeros((2 * count, config.in_channels, side, side), device=hidden.device, dtype=hidden.dtype)
             timestep = torch.tensor(999, device=hidden.device)
             with torch.no_grad():
@@ -223,14 +228,13 @@ class PortraitGenerator:
 
     # ------------------------------------------------------------------------------ adapters
     def _cached_style(self, cache: OrderedDict[FileKey, T], path: Path, read: Callable[[Path], T]) -> T:
-        """A style LoRA file read once (checked first) and kept while its size and mtime stay."""
+        """A style LoRA file read once (``read`` checks it first) and kept while its size and mtime stay."""
         stat = path.stat()
         key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
         cached = cache.get(key)
         if cached is not None:
             cache.move_to_end(key)
             return cached
-        validate_lora_file(path, MAX_STYLE_LORA_BYTES)
         loaded = cache[key] = read(path)
         while len(cache) > self.style_cache_size:
             cache.popitem(last=False)
@@ -349,12 +353,7 @@ class PortraitGenerator:
                 direct = self.merge == "direct" and self._fuse_direct(face_lora_path, style, style_lora_path)
                 if not direct:
                     snapshot = self._apply_peft(face_lora_path, style, style_lora_path)
-                prompt_embeds, negative_embeds = build_prompt_embeds(
-                    pipe.tokenizer,
-                    pipe.text_encoder,
-                    face_prompt(style.prompt, trigger),
-                    negative_prompt(style.negative_prompt),
-                )
+                prompt_embeds, negative_embeds = self._prompt_embeds(style, trigger)
                 images = self._run_batches(
                     prompt_embeds, negative_embeds, seeds, steps, guidance, batch_size, on_progress, should_stop,
                     graphed=direct,
@@ -375,6 +374,16 @@ class PortraitGenerator:
                 free_memory()
                 raise DeviceOutOfMemory(f"out of memory while generating (batch {batch_size})")
             raise AssertionError("unreachable")
+
+    def _prompt_embeds(self, style: StyleSpec, trigger: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """The style's portrait prompt and negative prompt (pipeline/prompts.py), encoded."""
+        return build_prompt_embeds(
+            self.pipe.tokenizer,
+            self.pipe.text_encoder,
+            portrait_prompt(style, trigger),
+            portrait_negative_prompt(style, trigger),
+            self.settings.prompt_encoding,
+        )
 
     def _apply_peft(
         self, face_lora_path: Path, style: StyleSpec, style_lora_path: Path | None
@@ -446,7 +455,7 @@ class PortraitGenerator:
         unet, scheduler = pipe.unet, pipe.scheduler
         device, dtype = unet.device, unet.dtype
         n = len(seeds)
-        latent_side = self.settings.resolution // pipe.vae_scale_factor
+        latent_side = self.resolution // pipe.vae_scale_factor
         shape = (n, unet.config.in_channels, latent_side, latent_side)
         # CPU generators: a seed gives the same starting noise on any GPU (or none).
         generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]

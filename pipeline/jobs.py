@@ -19,8 +19,11 @@ import json
 import re
 from enum import StrEnum
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
+
+from pipeline import recipe
 
 CONTRACT_VERSION: Literal[1] = 1
 
@@ -32,6 +35,22 @@ GENERATE_QUEUE = "facechain:queue:generate"
 #: The bot's own queue: workers send outcomes here as jobs (durable, unlike pub/sub).
 BOT_QUEUE = "facechain:queue:bot"
 
+#: The URL schemes arq (``RedisSettings.from_dsn``) reads: TCP, TLS, and a local socket.
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+
+def _check_redis_url(url: str) -> str:
+    parts = urlsplit(url.strip())
+    if parts.scheme not in REDIS_SCHEMES:
+        raise ValueError("expected a redis://host:port/db, rediss://host:port/db or unix:///path/to.sock URL")
+    if parts.scheme == "unix" and not parts.path:
+        raise ValueError("a unix:// Redis URL needs the socket's path: unix:///run/redis/redis.sock")
+    return url.strip()
+
+
+#: How both sides reach the queues (the ``FACECHAIN_REDIS_URL`` setting of each process).
+RedisUrl = Annotated[str, AfterValidator(_check_redis_url)]
+
 # ------------------------------------------------------------------------------------------- jobs
 TRAIN_JOB = "train_face_model"
 GENERATE_JOB = "generate_portraits"
@@ -41,16 +60,58 @@ DELIVER_JOB = "deliver_outcome"
 #: Pub/sub channel for :class:`Progress` messages (lossy: a bot that is down misses them).
 PROGRESS_CHANNEL = "facechain:progress"
 
+#: Seconds both sides' Redis clients wait to connect, and for the answer to a command. No command either
+#: side sends blocks in Redis, so a longer wait means Redis hangs (stopped, or cut off without a reset):
+#: it is then treated as down.
+REDIS_CONNECT_TIMEOUT_S = 3.0
+REDIS_COMMAND_TIMEOUT_S = 5.0
+
+#: The most portraits one generation delivers, and the most candidates it may make for them.
+MAX_PORTRAITS = 10
+MAX_CANDIDATES = 40
+
 #: Trigger token FaceChain trains the face LoRA on.
-TRIGGER_TOKEN = "<fcsks>"
+TRIGGER_TOKEN = recipe.TRIGGER_TOKEN
 
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{7,63}$")
+#: Schemes of a model reference: a weight file the worker resolves in FACECHAIN_MODELS_DIR (``modelscope:``,
+#: ``ms:``, ``hf:``, ``huggingface:``: where ``models fetch`` puts it) or on its disk (``file:``). A blob key
+#: never has a colon, so the two cannot be mistaken for each other.
+MODEL_REFERENCE_SCHEMES: tuple[str, ...] = ("modelscope", "ms", "hf", "huggingface", "file")
 _BLOB_KEY = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.=-]*(/[A-Za-z0-9_][A-Za-z0-9_.=-]*)*$")
+
+
+def worker_health_key(queue: str) -> str:
+    """The key a worker serving ``queue`` (``train`` or ``generate``) refreshes while its event loop runs."""
+    return f"facechain:health:{queue}"
+
+
+def is_model_reference(value: str) -> bool:
+    """True for a scheme-prefixed model reference (``modelscope:…``, ``hf:…``, ``file:…``), never a blob key."""
+    scheme, colon, rest = value.partition(":")
+    return bool(colon and rest) and scheme.lower() in MODEL_REFERENCE_SCHEMES
 
 
 def cancel_key(run_id: str) -> str:
     """Redis key the bot sets to ask a running job to stop at its next step."""
     return f"facechain:cancel:{run_id}"
+
+
+def heartbeat_key(run_id: str) -> str:
+    """Redis key a worker keeps alive (a short TTL, refreshed by its event loop) while it holds a run.
+
+    Its value is the arq job id of the attempt being worked on. The bot's run supervisor reads it: a
+    run whose job is in progress but whose heartbeat has lapsed lost its worker (killed, or cut off).
+    """
+    return f"facechain:heartbeat:{run_id}"
+
+
+def superseded_key(job_id: str) -> str:
+    """Redis key the bot sets when it gave up on one attempt (its worker went silent) and started another.
+
+    A worker that still holds that attempt (it was only cut off from Redis) stops it and reports nothing.
+    """
+    return f"facechain:superseded:{job_id}"
 
 
 def arq_job_id(run_id: str, attempt: int) -> str:
@@ -60,6 +121,11 @@ def arq_job_id(run_id: str, attempt: int) -> str:
     id: the attempt number makes one while keeping the run id visible.
     """
     return f"{run_id}.{attempt}"
+
+
+def deliver_job_id(job_id: str) -> str:
+    """The arq job id of the outcome of job ``job_id`` on the bot's queue: one outcome per attempt."""
+    return f"deliver.{job_id}"
 
 
 def run_prefix(run_id: str) -> str:
@@ -82,9 +148,16 @@ class ErrorCode(StrEnum):
     OUT_OF_MEMORY = "out_of_memory"
     CANCELLED = "cancelled"
     TIMEOUT = "timeout"
+    #: A weight is not on the worker; for a generation, the style's LoRA (the outcome names the style).
     MODEL_MISSING = "model_missing"
+    #: The user's face LoRA is refused on load (NaN or infinite weights, not a LoRA): train again.
+    FACE_MODEL_DAMAGED = "face_model_damaged"
+    #: The style's LoRA is refused on load (NaN or infinite weights, not a LoRA): an admin replaces it.
+    STYLE_DAMAGED = "style_damaged"
     BAD_PAYLOAD = "bad_payload"
     INTERNAL = "internal"
+    #: The run's worker stopped (killed, crashed, cut off) on every attempt; said by the bot, not a worker.
+    WORKER_LOST = "worker_lost"
 
 
 class RejectReason(StrEnum):
@@ -109,14 +182,8 @@ class Subject(StrEnum):
     PERSON = "person"
 
 
-#: FaceChain-style trigger phrase per subject: what the caption says after the trigger token.
-TRIGGER_PHRASES: dict[Subject, str] = {
-    Subject.MAN: "a handsome man",
-    Subject.WOMAN: "a beautiful woman",
-    Subject.BOY: "a boy, children",
-    Subject.GIRL: "a girl, children",
-    Subject.PERSON: "a person",
-}
+#: FaceChain's trigger phrase per subject: what the caption says after the trigger token.
+TRIGGER_PHRASES: dict[Subject, str] = {Subject(name): phrase for name, phrase in recipe.TRIGGER_PHRASES.items()}
 
 
 class Stage(StrEnum):
@@ -181,17 +248,57 @@ class TrainRequest(_Payload):
 
 
 class StyleSpec(BaseModel):
-    """A style as the worker needs it: prompts, an optional style LoRA and the two multipliers."""
+    """A style as the worker needs it: prompts, an optional style LoRA and the two multipliers.
+
+    The LoRA comes from one of two places, in two fields so that they are never confused: ``lora``,
+    a model reference of a style file (built-in or FACECHAIN_STYLES_DIR) that the worker resolves in
+    its models or styles directory, or ``lora_key``, the blob key of a LoRA an admin uploaded for a
+    community style.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = Field(min_length=1, max_length=64)
     prompt: str = Field(max_length=2000)
     negative_prompt: str = Field(default="", max_length=2000)
-    #: A blob key (admin upload) or a model reference the worker resolves (built-in styles).
+    #: A model reference (``modelscope:owner/name@rev/file.safetensors``, ``hf:…``, ``file:/path``).
     lora: str | None = Field(default=None, max_length=512)
-    style_weight: float = Field(default=0.3, ge=0.0, le=2.0)
-    face_weight: float = Field(default=0.9, ge=0.0, le=2.0)
+    #: A blob key: an admin's uploaded LoRA.
+    lora_key: BlobKey | None = None
+    style_weight: float = Field(default=recipe.FACECHAIN.style_weight, ge=0.0, le=2.0)
+    face_weight: float = Field(default=recipe.FACECHAIN.face_weight, ge=0.0, le=2.0)
+    #: Words the style LoRA was trained on; they open the style's part of the prompt.
+    trigger_words: str = Field(default="", max_length=300)
+    #: "painting": FaceChain's photo words leave the prompt and "paintings, sketches" the negative.
+    medium: recipe.Medium = "photo"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _upload_in_old_field(cls, data: Any) -> Any:
+        # A job queued by a bot from before ``lora_key`` carries an upload's blob key in ``lora``.
+        if isinstance(data, dict) and data.get("lora_key") is None:
+            lora = data.get("lora")
+            if isinstance(lora, str) and lora and not is_model_reference(lora):
+                data = {**data, "lora": None, "lora_key": lora}
+        return data
+
+    @field_validator("lora")
+    @classmethod
+    def _valid_reference(cls, value: str | None) -> str | None:
+        if value is not None and not is_model_reference(value):
+            raise ValueError(f"not a model reference (modelscope:, hf: or file:): {value[:80]!r}")
+        return value
+
+    @field_validator("lora_key")
+    @classmethod
+    def _valid_key(cls, value: str | None) -> str | None:
+        return None if value is None else _check_blob_key(value)
+
+    @model_validator(mode="after")
+    def _one_lora(self) -> StyleSpec:
+        if self.lora is not None and self.lora_key is not None:
+            raise ValueError("a style has one LoRA: a model reference (lora) or an uploaded blob (lora_key)")
+        return self
 
 
 class GenerateRequest(_Payload):
@@ -204,8 +311,8 @@ class GenerateRequest(_Payload):
     template_key: BlobKey | None = None
     trigger: str = Field(max_length=200)
     style: StyleSpec
-    count: int = Field(default=4, ge=1, le=10)
-    candidates: int = Field(default=10, ge=1, le=40)
+    count: int = Field(default=4, ge=1, le=MAX_PORTRAITS)
+    candidates: int = Field(default=recipe.FACECHAIN.candidates, ge=1, le=MAX_CANDIDATES)
     seed: int | None = None
     allow_nsfw: bool = False
 
@@ -229,12 +336,25 @@ class PhotoRejection(BaseModel):
     detail: str = ""
 
 
-class TrainOutcome(_Payload):
+class _Outcome(_Payload):
+    """What every outcome carries: how the run ended, how long it took and which stages ran."""
+
+    error: ErrorCode | None = None
+    message: str = ""
+    seconds: float = 0.0
+    #: The pipeline stages that ran, in order (training: ``orientation``, ``detection``, ...,
+    #: ``lora_training``; generation: ``generation``, ``face_fusion``, ``ranking``, ``nsfw_check``).
+    stages_run: list[str] = Field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+class TrainOutcome(_Outcome):
     """What a training run produced. ``error`` is None exactly when a LoRA was written."""
 
     kind: Literal["train"] = "train"
-    error: ErrorCode | None = None
-    message: str = ""
     lora_key: BlobKey | None = None
     template_key: BlobKey | None = None
     subject: Subject | None = None
@@ -244,11 +364,6 @@ class TrainOutcome(_Payload):
     #: The face backend gave no attributes and the request named no subject: ask the user.
     needs_subject: bool = False
     steps: int = 0
-    seconds: float = 0.0
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
 
 
 class Portrait(BaseModel):
@@ -262,23 +377,16 @@ class Portrait(BaseModel):
     score: float | None = None
 
 
-class GenerateOutcome(_Payload):
+class GenerateOutcome(_Outcome):
     """What a generation run produced. ``error`` is None exactly when portraits were delivered."""
 
     kind: Literal["generate"] = "generate"
-    error: ErrorCode | None = None
-    message: str = ""
     style: str = ""
     portraits: list[Portrait] = Field(default_factory=list)
     #: Candidates withheld by the NSFW check (never sent).
     blocked: int = 0
     #: Candidates dropped for having no single, sensible face.
     dropped: int = 0
-    seconds: float = 0.0
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
 
 
 Outcome = Annotated[TrainOutcome | GenerateOutcome, Field(discriminator="kind")]

@@ -4,7 +4,15 @@ The bot process runs this on an admin's upload, so it imports neither torch nor 
 ``.safetensors`` file is an 8-byte little-endian header length, a JSON header naming every tensor
 (dtype, shape, byte range), then raw tensor bytes. Reading the header is enough to tell a real LoRA
 from a renamed text file, a pickle (``.bin``/``.pt``/``.ckpt``, which can run code when loaded and is
-never opened here) or a full checkpoint. Nothing beyond the header is read.
+never opened here) or a full checkpoint. The header also bounds the tensor count and dimensions.
+
+Then every floating-point value is checked for NaN and infinity, also without numpy: a value is
+non-finite exactly when its exponent bits are all ones, and those bits sit in the top byte (or two)
+of each little-endian element. Strided slices and ``bytes.translate`` test a whole chunk in C, so a
+100 MB file takes a fraction of a second.
+
+The GPU worker runs the same check before it loads any face or style LoRA (``pipeline.lora_merge``,
+``pipeline.generate``).
 """
 
 from __future__ import annotations
@@ -12,12 +20,23 @@ from __future__ import annotations
 import json
 import re
 import struct
+from collections.abc import Iterator
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 #: A LoRA header is a few hundred KiB at most; a larger claim is treated as corrupt.
 MAX_HEADER_BYTES = 16 * 1024 * 1024
+#: An SD 1.5 LoRA on every UNet and text-encoder layer, convolutions and DoRA scales included, holds
+#: about 1,600 tensors; anything beyond this many is not one (and would only cost parsing time).
+MAX_TENSORS = 4096
+#: LoRA weights are vectors (alphas, scales), matrices or 4-D convolution kernels.
+MAX_DIMENSIONS = 4
+#: The largest LoRA file the worker loads, face or style (an SD 1.5 LoRA of rank 128 is about 150 MB);
+#: admins' uploads have their own, lower limit.
+MAX_LOAD_BYTES = 512 * 1024 * 1024
+#: How much of a tensor is checked at once (a multiple of every element size).
+_SCAN_CHUNK = 4 * 1024 * 1024
 
 _DTYPE_BYTES: dict[str, int] = {
     "BOOL": 1,
@@ -60,15 +79,18 @@ class LoraFileError(StrEnum):
     TOO_LARGE = "too_large"
     BAD_TENSOR_NAMES = "bad_tensor_names"
     BAD_HEADER = "bad_header"
+    TOO_MANY_TENSORS = "too_many_tensors"
+    NON_FINITE = "non_finite"
 
 
 class InvalidLoraFile(ValueError):
-    """The file is not a usable Stable Diffusion LoRA; ``code`` says why."""
+    """The file is not a usable Stable Diffusion LoRA; ``code`` says why, ``path`` which file (if one)."""
 
-    def __init__(self, code: LoraFileError, detail: str) -> None:
+    def __init__(self, code: LoraFileError, detail: str, path: Path | None = None) -> None:
         super().__init__(f"{code.value}: {detail}")
         self.code = code
         self.detail = detail
+        self.path = path
 
 
 def _sniff(prefix: bytes) -> str:
@@ -87,6 +109,11 @@ def read_safetensors_header(source: Path | str | bytes, max_bytes: int | None = 
     present). Raises :class:`InvalidLoraFile` with ``not_safetensors``, ``too_large`` or
     ``bad_header``.
     """
+    return _read_header(source, max_bytes)[0]
+
+
+def _read_header(source: Path | str | bytes, max_bytes: int | None) -> tuple[dict[str, Any], int]:
+    """The checked header and where the data section starts (offsets in the header count from there)."""
     if isinstance(source, bytes):
         total = len(source)
         if max_bytes is not None and total > max_bytes:
@@ -117,7 +144,7 @@ def read_safetensors_header(source: Path | str | bytes, max_bytes: int | None = 
     if not isinstance(header, dict):
         raise InvalidLoraFile(LoraFileError.BAD_HEADER, "header is not a JSON object")
     _check_layout(header, data_bytes=total - 8 - length)
-    return header
+    return header, 8 + length
 
 
 def _check_layout(header: dict[str, Any], data_bytes: int) -> None:
@@ -167,12 +194,32 @@ def is_lora_tensor_name(name: str) -> bool:
 def validate_lora_file(path_or_bytes: Path | str | bytes, max_bytes: int) -> None:
     """Raise :class:`InvalidLoraFile` unless this is a plausible SD LoRA in safetensors format.
 
-    Codes: ``too_large`` (over ``max_bytes``), ``not_safetensors`` (a pickle, zip, text or other
-    file), ``bad_header`` (corrupt safetensors header), ``bad_tensor_names`` (tensors that are not
-    LoRA up/down weights of a UNet or text encoder: a full checkpoint, an embedding, random names).
+    Codes: ``too_large`` (over ``max_bytes``: the tensors' total size is the file's, less its header),
+    ``not_safetensors`` (a pickle, zip, text or other file), ``bad_header`` (corrupt safetensors
+    header, or a tensor of more than :data:`MAX_DIMENSIONS` dimensions), ``too_many_tensors`` (more
+    than :data:`MAX_TENSORS`), ``bad_tensor_names`` (tensors that are not LoRA up/down weights of a
+    UNet or text encoder: a full checkpoint, an embedding, random names), ``non_finite`` (a NaN or
+    infinite weight). A file's error carries its ``path``.
     """
-    header = read_safetensors_header(path_or_bytes, max_bytes=max_bytes)
+    try:
+        header, data_start = _read_header(path_or_bytes, max_bytes)
+        _check_tensors(header)
+        _check_finite(path_or_bytes, header, data_start)
+    except InvalidLoraFile as exc:
+        if not isinstance(path_or_bytes, bytes):
+            exc.path = Path(path_or_bytes)
+        raise
+
+
+def _check_tensors(header: dict[str, Any]) -> None:
+    """Count, dimensions and names of the tensors (the header alone)."""
     names = [name for name in header if name != "__metadata__"]
+    if len(names) > MAX_TENSORS:
+        raise InvalidLoraFile(LoraFileError.TOO_MANY_TENSORS, f"{len(names)} tensors, at most {MAX_TENSORS}")
+    deep = next((name for name in names if len(header[name]["shape"]) > MAX_DIMENSIONS), None)
+    if deep is not None:
+        dims = len(header[deep]["shape"])
+        raise InvalidLoraFile(LoraFileError.BAD_HEADER, f"tensor {deep[:80]!r} has {dims} dimensions")
     if not names:
         raise InvalidLoraFile(LoraFileError.BAD_TENSOR_NAMES, "the file holds no tensors")
     strangers = [name for name in names if not is_lora_tensor_name(name)]
@@ -183,3 +230,76 @@ def validate_lora_file(path_or_bytes: Path | str | bytes, max_bytes: int) -> Non
         )
     if not any(_DOWN_WEIGHT.search(name) for name in names):
         raise InvalidLoraFile(LoraFileError.BAD_TENSOR_NAMES, "no LoRA down/A weights in the file")
+
+
+# ------------------------------------------------------------------------------------- finite values
+# Per float dtype: (element size, index and mask of the byte holding the exponent's top bits, index
+# and mask of the byte holding the rest, or -1). A value is NaN or infinite exactly when all of its
+# exponent bits are set.
+_EXPONENT_BYTES: dict[str, tuple[int, int, int, int, int]] = {
+    "F8_E5M2": (1, 0, 0x7C, -1, 0),
+    "F8_E4M3": (1, 0, 0x7F, -1, 0),  # the "fn" variant: no infinity, NaN is S.1111.111
+    "F16": (2, 1, 0x7C, -1, 0),
+    "BF16": (2, 1, 0x7F, 0, 0x80),
+    "F32": (4, 3, 0x7F, 2, 0x80),
+    "F64": (8, 7, 0x7F, 6, 0xF0),
+}
+_ALL_SET: dict[int, bytes] = {}
+
+
+def _all_set_table(mask: int) -> bytes:
+    """A ``bytes.translate`` table: 1 for a byte with every bit of ``mask`` set, else 0."""
+    table = _ALL_SET.get(mask)
+    if table is None:
+        table = _ALL_SET[mask] = bytes(1 if b & mask == mask else 0 for b in range(256))
+    return table
+
+
+def has_non_finite(data: bytes, dtype: str) -> bool:
+    """Whether little-endian ``dtype`` elements packed in ``data`` include a NaN or an infinity.
+
+    Integer and boolean dtypes are always finite.
+    """
+    spec = _EXPONENT_BYTES.get(dtype)
+    if spec is None:
+        return False
+    size, top, top_mask, rest, rest_mask = spec
+    flags = data[top::size].translate(_all_set_table(top_mask))
+    if 1 not in flags:
+        return False  # the common case: one pass in C, no element is even close
+    if rest < 0:
+        return True
+    rest_flags = data[rest::size].translate(_all_set_table(rest_mask))
+    return int.from_bytes(flags, "little") & int.from_bytes(rest_flags, "little") != 0
+
+
+def _tensor_chunks(
+    source: Path | str | bytes, header: dict[str, Any], data_start: int
+) -> Iterator[tuple[str, str, bytes]]:
+    """(name, dtype, bytes) of every floating-point tensor, in chunks of at most :data:`_SCAN_CHUNK`."""
+    spans = sorted(
+        (entry["data_offsets"][0], entry["data_offsets"][1], name, entry["dtype"])
+        for name, entry in header.items()
+        if name != "__metadata__" and entry["dtype"] in _EXPONENT_BYTES
+    )
+    if isinstance(source, bytes):
+        for begin, end, name, dtype in spans:
+            for at in range(data_start + begin, data_start + end, _SCAN_CHUNK):
+                yield name, dtype, source[at : min(at + _SCAN_CHUNK, data_start + end)]
+        return
+    with Path(source).open("rb") as fh:
+        for begin, end, name, dtype in spans:
+            fh.seek(data_start + begin)
+            left = end - begin
+            while left > 0:
+                chunk = fh.read(min(_SCAN_CHUNK, left))
+                if not chunk:
+                    raise InvalidLoraFile(LoraFileError.BAD_HEADER, "the file ended inside a tensor")
+                left -= len(chunk)
+                yield name, dtype, chunk
+
+
+def _check_finite(source: Path | str | bytes, header: dict[str, Any], data_start: int) -> None:
+    for name, dtype, chunk in _tensor_chunks(source, header, data_start):
+        if has_non_finite(chunk, dtype):
+            raise InvalidLoraFile(LoraFileError.NON_FINITE, f"tensor {name[:80]!r} holds NaN or infinite values")

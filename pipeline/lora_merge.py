@@ -15,6 +15,7 @@ Files this module cannot map to layers (DoRA, LoKr, keys that name no Linear or 
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -22,6 +23,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+
+from pipeline.lora_files import MAX_LOAD_BYTES, InvalidLoraFile, LoraFileError, validate_lora_file
 
 if TYPE_CHECKING:
     from diffusers import StableDiffusionPipeline
@@ -131,6 +134,8 @@ def layers_from_state_dict(
         if alpha is None:
             alpha = _metadata_alpha(metadata, part, module)
         scale = 1.0 if alpha is None else float(alpha) / rank
+        if not math.isfinite(scale):
+            raise InvalidLoraFile(LoraFileError.NON_FINITE, f"{part}.{module}: alpha {alpha} / rank {rank}")
         layers.append(LayerLora(part=part, module=module, down=down, up=up, scale=scale))
     if not layers:
         raise UnsupportedLora("no LoRA layers in the file")
@@ -142,9 +147,12 @@ def read_lora_layers(
 ) -> list[LayerLora]:
     """A LoRA file's layers, through diffusers' reader (which converts kohya names and alphas).
 
-    With ``device``, the weights come back there in fp32, moved in one copy. ``use_safetensors=True``:
-    without it diffusers would unpickle a file that fails to parse.
+    The file is checked first: :class:`~pipeline.lora_files.InvalidLoraFile` for one that is not a
+    LoRA, too large, or with NaN or infinite weights. With ``device``, the weights come back there in
+    fp32, moved in one copy. ``use_safetensors=True``: without it diffusers would unpickle a file that
+    fails to parse.
     """
+    validate_lora_file(path, MAX_LOAD_BYTES)
     state, alphas, metadata = pipe.lora_state_dict(
         str(path.parent), weight_name=path.name, use_safetensors=True, return_lora_metadata=True
     )

@@ -21,13 +21,18 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pipeline.config import WorkerSettings
+from pipeline.errors import WorkerSetupError
 from pipeline.jobs import ErrorCode
+from pipeline.jobs import is_model_reference as is_model_reference  # re-exported: one definition, in the contract
+from pipeline.recipe import BASE_MODELS, SchedulerName
+from pipeline.styles import lora_roots, outside_roots
+from storage.files import make_private_dirs, restrict_tree
 
 if TYPE_CHECKING:
     import torch
@@ -36,9 +41,9 @@ if TYPE_CHECKING:
 Hub = Literal["modelscope", "huggingface"]
 
 #: Where a hub repo keeps its diffusers folder, when it holds several (FaceChain's base model does).
-BASE_MODEL_SUBFOLDERS: dict[str, str] = {"ly261666/cv_portrait_model": "film/film"}
+BASE_MODEL_SUBFOLDERS: dict[str, str] = {m.repo: m.subfolder for m in BASE_MODELS.values()}
 #: Revisions FaceChain pins; used by ``models fetch`` when a reference names none.
-DEFAULT_REVISIONS: dict[str, str] = {"ly261666/cv_portrait_model": "v2.0"}
+DEFAULT_REVISIONS: dict[str, str] = {m.repo: m.revision for m in BASE_MODELS.values()}
 #: Owners whose bare ``owner/name`` ids live on ModelScope (FaceChain's home); others: Hugging Face.
 MODELSCOPE_OWNERS: frozenset[str] = frozenset({"ly261666", "YorickHe", "damo", "iic", "Cherrytest"})
 #: Local diffusers folders of the SD 1.5 architecture a single-file checkpoint can borrow configs from.
@@ -55,18 +60,20 @@ _SCHEMES: dict[str, Hub] = {
     "huggingface": "huggingface",
 }
 _PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+#: Files of a base model or style repository that no loader here reads (other frameworks' formats,
+#: pickles). Stage models are fetched by their own file lists instead (pipeline/stage_models.py).
 _FETCH_IGNORE = ["*.ckpt", "*.msgpack", "*.onnx", "*.onnx_data", "*.h5", "*.ot", "*.pb", "*.tflite"]
 
 
-class ModelsMissingError(FileNotFoundError):
+class ModelsMissingError(WorkerSetupError, FileNotFoundError):
     """A weight the worker needs is not on this machine."""
 
     error_code = ErrorCode.MODEL_MISSING
 
-    def __init__(self, what: str, looked_at: Path | Sequence[Path], hint: str = "") -> None:
+    def __init__(self, what: str, looked_at: Path | Sequence[Path], hint: str = "", *, message: str = "") -> None:
         paths = [looked_at] if isinstance(looked_at, Path) else list(looked_at)
         where = ", ".join(str(p) for p in paths)
-        message = (
+        message = message or (
             f"{what} not found (looked at {where}). Run `facechain-bot models fetch` on a machine with "
             f"internet access to download it into FACECHAIN_MODELS_DIR, or point FACECHAIN_BASE_MODEL at "
             f"a local diffusers folder or .safetensors checkpoint."
@@ -75,7 +82,38 @@ class ModelsMissingError(FileNotFoundError):
         self.looked_at = paths
 
 
-class UnsupportedModelFormat(ValueError):
+class StyleLoraMissing(ModelsMissingError):
+    """A style's LoRA file is not on this machine; the message names the style and how to get the file."""
+
+    def __init__(self, style: str, reference: str, looked_at: Path) -> None:
+        if reference.startswith("file:"):
+            how = "put the file there (the style file names it) or fix the style file's lora"
+        else:
+            how = (
+                "run `facechain-bot models fetch` to download it into FACECHAIN_MODELS_DIR "
+                "(for the tiny test route, `facechain-bot models make-tiny` writes a tiny one there)"
+            )
+        text = f"style {style!r}: its LoRA {reference} is missing (looked at {looked_at}); {how}"
+        super().__init__(f"style {style!r}", looked_at, message=text)
+        self.style = style
+
+
+class UploadedStyleLoraMissing(ModelsMissingError):
+    """A community style's uploaded LoRA is gone from the blob store (the style was removed or replaced)."""
+
+    def __init__(self, style: str, key: str) -> None:
+        text = f"style {style!r}: its uploaded LoRA {key} is not in the blob store (the style was removed?)"
+        super().__init__(f"style {style!r}", [], message=text)
+        self.style = style
+
+
+class StyleLoraRefused(ValueError):
+    """A style's ``lora`` that this worker will not open: malformed, or a file outside its models and styles dirs."""
+
+    error_code = ErrorCode.BAD_PAYLOAD
+
+
+class UnsupportedModelFormat(WorkerSetupError, ValueError):
     """A local model file in a format this worker refuses to load (e.g. a pickled ``.ckpt``)."""
 
     error_code = ErrorCode.MODEL_MISSING
@@ -124,10 +162,20 @@ def parse_hub_ref(value: str) -> HubRef | None:
     return HubRef(hub=hub, repo=f"{owner}/{name}", revision=revision or None, subpath="/".join(sub))
 
 
-def is_model_reference(value: str) -> bool:
-    """True for a scheme-prefixed model reference (``modelscope:``, ``hf:``, ``file:``), not a blob key."""
-    scheme, colon, _ = value.partition(":")
-    return bool(colon) and (scheme.lower() in _SCHEMES or scheme.lower() == "file")
+#: Suffixes of model files: a value ending in one is a file path, never a hub id.
+_FILE_SUFFIXES = (".safetensors", ".ckpt", ".bin", ".pt", ".pth")
+
+
+def looks_like_path(value: str) -> bool:
+    """True for a value written as a file system path (``/…``, ``./…``, ``../…``, ``~…``, ``C:\\…``,
+    ``….safetensors``): it is looked up there and never read as a hub id."""
+    text = value.strip()
+    return (
+        text.startswith(("/", ".", "~"))
+        or "\\" in text
+        or re.match(r"^[A-Za-z]:[\\/]", text) is not None
+        or text.lower().endswith(_FILE_SUFFIXES)
+    )
 
 
 def _find_diffusers_dir(root: Path) -> Path | None:
@@ -170,9 +218,9 @@ def resolve_base_model(settings: WorkerSettings) -> Path:
     if value.startswith("file:"):
         return _local_model(Path(value[5:]).expanduser(), "base model")
     path = Path(value).expanduser()
-    ref = None if path.exists() else parse_hub_ref(value)
+    ref = None if path.exists() or looks_like_path(value) else parse_hub_ref(value)
     if ref is None:
-        return _local_model(path, "base model")
+        return _local_model(path, f"base model (FACECHAIN_BASE_MODEL={value})")
     root = ref.local_dir(settings.models_dir)
     subpath = ref.subpath or BASE_MODEL_SUBFOLDERS.get(ref.repo, "")
     if subpath:
@@ -184,8 +232,21 @@ def resolve_base_model(settings: WorkerSettings) -> Path:
     found = _find_diffusers_dir(root)
     if found is None:
         looked = root / subpath if subpath else root
-        raise ModelsMissingError(f"base model {ref}", looked)
+        guessed_hub = ":" not in value and ref.hub == "huggingface"
+        hint = f"({value} was read as a hub id; write a local folder as ./{value})" if guessed_hub else ""
+        raise ModelsMissingError(f"base model {ref}", looked, hint=hint)
     return found
+
+
+def model_file_path(models_dir: Path, reference: str) -> Path:
+    """Where ``models fetch`` puts the file a hub reference names: ``<models_dir>/<owner>/<name>/<path>``.
+
+    Raises ValueError for anything but ``scheme:owner/name[@revision]/path/to/file``.
+    """
+    ref = parse_hub_ref(reference)
+    if ref is None or not ref.subpath:
+        raise ValueError(f"not a model file reference: {reference!r} (expected scheme:owner/name/file)")
+    return ref.local_dir(models_dir) / ref.subpath
 
 
 def resolve_model_file(settings: WorkerSettings, reference: str) -> Path:
@@ -195,11 +256,10 @@ def resolve_model_file(settings: WorkerSettings, reference: str) -> Path:
         if not path.is_file():
             raise ModelsMissingError(f"model file {reference}", path)
         return path
+    path = model_file_path(settings.models_dir, reference)
     ref = parse_hub_ref(reference)
-    if ref is None or not ref.subpath:
-        raise ValueError(f"not a model file reference: {reference!r} (expected scheme:owner/name/file)")
+    assert ref is not None  # model_file_path parsed it
     root = ref.local_dir(settings.models_dir)
-    path = root / ref.subpath
     if path.is_file():
         return path
     if root.is_dir():
@@ -208,6 +268,30 @@ def resolve_model_file(settings: WorkerSettings, reference: str) -> Path:
         if matches:
             return matches[0]
     raise ModelsMissingError(f"model file {ref}", path)
+
+
+def resolve_style_lora(settings: WorkerSettings, style: str, reference: str) -> Path:
+    """The LoRA file of a style file's ``lora`` reference, on this worker.
+
+    A hub reference is looked up where ``models fetch`` puts it (:func:`model_file_path`); a ``file:``
+    path must resolve (symlinks followed) inside FACECHAIN_MODELS_DIR or FACECHAIN_STYLES_DIR.
+    Raises :class:`StyleLoraMissing` (the message names the style and ``models fetch``) or
+    :class:`StyleLoraRefused`.
+    """
+    if reference.startswith("file:"):
+        path = Path(reference[5:]).expanduser()
+        problem = outside_roots(path, lora_roots(settings.models_dir, settings.styles_dir))
+        if problem is not None:
+            raise StyleLoraRefused(
+                f"style {style!r}: its LoRA {reference} is refused: {problem} of this worker "
+                "(set FACECHAIN_STYLES_DIR here as on the bot)"
+            )
+    try:
+        return resolve_model_file(settings, reference)
+    except ModelsMissingError as exc:
+        raise StyleLoraMissing(style, reference, exc.looked_at[0]) from None
+    except ValueError as exc:
+        raise StyleLoraRefused(f"style {style!r}: {exc}") from None
 
 
 def find_single_file_config(checkpoint: Path, settings: WorkerSettings) -> Path:
@@ -240,11 +324,11 @@ def load_base_pipeline(
     """Load the base SD 1.5 pipeline from local files only, on ``device`` in ``dtype``.
 
     The safety checker is left out (a separate NSFW check runs on the results) and the scheduler is
-    DPM-Solver++ (multistep) built from the model's own noise schedule. All weights are frozen.
+    the recipe's DPM-Solver (``settings.scheduler``) built from the model's own noise schedule. All weights are frozen.
     With ``prepared_model_cache`` the converted pipeline is read from (or first written to) its
     prepared copy (:mod:`pipeline.prepared_models`).
     """
-    from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
+    from diffusers import StableDiffusionPipeline
 
     from pipeline.prepared_models import load_prepared, prepared_dir, save_prepared
 
@@ -266,13 +350,38 @@ def load_base_pipeline(
             pipe = StableDiffusionPipeline.from_single_file(str(source), config=str(config), **common)
         if prepared is not None:
             save_prepared(pipe, prepared, source)
-    pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
+    pipe.scheduler = make_scheduler(settings.scheduler, pipe.scheduler.config)
     pipe = pipe.to(device)
     for module in (pipe.unet, pipe.vae, pipe.text_encoder):
         module.requires_grad_(False)
         module.eval()
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def native_resolution(pipe: StableDiffusionPipeline) -> int:
+    """The side in px the base model was made for: its UNet's latent ``sample_size`` × the VAE's scale.
+
+    512 for SD 1.5 (64 × 8), 64 for the tiny test model (8 × 8).
+    """
+    size = pipe.unet.config.sample_size
+    side = size if isinstance(size, int) else int(size[0])
+    return int(side) * int(pipe.vae_scale_factor)
+
+
+def model_side(resolution: int, pipe: StableDiffusionPipeline) -> int:
+    """The side training and generation run at: ``resolution`` (the recipe's 512, or FACECHAIN_RESOLUTION),
+    at most the base model's own size. FaceChain's 512 is SD 1.5's own; a model made for less (the tiny
+    test model: 64 px) gains nothing from more, and pays for it (its attention grows with the square)."""
+    return min(resolution, native_resolution(pipe))
+
+
+def make_scheduler(name: SchedulerName, config: Any) -> Any:
+    """The denoising scheduler ``name`` on a model's noise schedule (``config``)."""
+    from diffusers import DPMSolverMultistepScheduler, DPMSolverSinglestepScheduler
+
+    kinds = {"dpm_solver_singlestep": DPMSolverSinglestepScheduler, "dpm_solver_multistep": DPMSolverMultistepScheduler}
+    return kinds[name].from_config(config)
 
 
 def clone_pipeline(pipe: StableDiffusionPipeline, dtype: torch.dtype) -> StableDiffusionPipeline:
@@ -286,7 +395,7 @@ def clone_pipeline(pipe: StableDiffusionPipeline, dtype: torch.dtype) -> StableD
     import copy
 
     import torch
-    from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
+    from diffusers import StableDiffusionPipeline
 
     parts = {}
     for name in ("unet", "vae", "text_encoder"):
@@ -297,7 +406,7 @@ def clone_pipeline(pipe: StableDiffusionPipeline, dtype: torch.dtype) -> StableD
     clone = StableDiffusionPipeline(
         **parts,
         tokenizer=pipe.tokenizer,
-        scheduler=DPMSolverMultistepScheduler.from_config(pipe.scheduler.config),
+        scheduler=type(pipe.scheduler).from_config(pipe.scheduler.config),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
@@ -307,62 +416,109 @@ def clone_pipeline(pipe: StableDiffusionPipeline, dtype: torch.dtype) -> StableD
 
 
 # ------------------------------------------------------------------------------------------ fetching
-def default_model_names(settings: WorkerSettings) -> list[str]:
-    """What ``models fetch`` downloads by default: the base model and every style's LoRA repo."""
+def default_model_names(settings: WorkerSettings, *, everything: bool = False) -> list[str]:
+    """What ``models fetch`` downloads by default: the base model, every style's LoRA repo and the
+    model of every stage the settings select (every stage's with ``everything``), by name."""
+    from pipeline.stage_models import fetch_targets
     from pipeline.styles import load_styles
 
     names: list[str] = []
     base = settings.base_model.strip()
-    if not Path(base).expanduser().exists() and parse_hub_ref(base) is not None:
+    if not Path(base).expanduser().exists() and not looks_like_path(base) and parse_hub_ref(base) is not None:
         names.append(base)
     for style in load_styles(settings).values():
         if style.lora is not None and parse_hub_ref(style.lora) is not None:
             names.append(style.lora)
-    from pipeline.optional_models import OPTIONAL_MODELS
-
-    names += [f"modelscope:{spec.model_id}" for spec in OPTIONAL_MODELS if getattr(settings, spec.setting)]
+    names += [model.name for model in fetch_targets(settings, everything=everything)]
     return list(dict.fromkeys(names))
 
 
-def fetch_models(settings: WorkerSettings, names: Iterable[str] | None = None) -> list[Path]:
-    """Download hub models into ``<models_dir>/<owner>/<name>``; returns the local folders.
+#: ``report(line)`` for each repository and file ``fetch_models`` starts, and the bytes of each file.
+FetchReport = Callable[[str], None]
 
-    ``names`` are hub references (see :func:`parse_hub_ref`); a reference with a file sub path
-    (``…/file.safetensors``) downloads just that file. Needs internet and ``modelscope`` or
-    ``huggingface_hub``; files already present are not downloaded again.
+
+def fetch_models(
+    settings: WorkerSettings,
+    names: Iterable[str] | None = None,
+    *,
+    report: FetchReport | None = None,
+    progress: Callable[[str, int, int | None], None] | None = None,
+) -> list[Path]:
+    """Download models into ``<models_dir>/<owner>/<name>``; returns the local folders.
+
+    ``names`` are stage model names of :mod:`pipeline.stage_models` (``rot_bgr``, ``fairface``, ...)
+    or hub references (see :func:`parse_hub_ref`); a reference with a file sub path
+    (``…/file.safetensors``) downloads just that file. ModelScope repositories come file by file from
+    ``settings.modelscope_endpoint`` with resume (:mod:`pipeline.hub_fetch`); Hugging Face ones through
+    ``huggingface_hub``. Files already fetched at the same revision are not downloaded again.
     """
+    from pipeline import hub_fetch
+    from pipeline.stage_models import BY_NAME
+
+    say = report or (lambda line: None)
+    hub = hub_fetch.ModelScopeHub(settings.modelscope_endpoint)
     targets: list[Path] = []
     for name in names if names is not None else default_model_names(settings):
-        ref = parse_hub_ref(name)
-        if ref is None:
-            raise ValueError(f"not a hub model id: {name!r}")
-        target = ref.local_dir(settings.models_dir)
-        target.mkdir(parents=True, exist_ok=True)
-        revision = ref.revision or DEFAULT_REVISIONS.get(ref.repo)
-        is_file = Path(ref.subpath).suffix != ""
-        allow = [ref.subpath] if is_file else ([f"{ref.subpath}/*"] if ref.subpath else None)
-        if ref.hub == "modelscope":
-            from modelscope.hub.snapshot_download import snapshot_download as ms_download
-
-            ms_download(
-                ref.repo,
-                revision=revision,
-                local_dir=str(target),
-                allow_patterns=allow,
-                ignore_patterns=_FETCH_IGNORE,
+        model = BY_NAME.get(name)
+        if model is not None:
+            if model.model_id is None or model.revision is None:
+                raise ValueError(f"{name} is not downloaded by `models fetch` ({model.note or model.title})")
+            request = hub_fetch.FetchRequest(
+                repo=model.model_id,
+                revision=model.revision,
+                target=model.local_dir(settings.models_dir),
+                files=model.files if model.fetch == "files" else None,
+                accept=model.wants,
             )
+            label = f"{name} ({model.hub_ref})"
         else:
-            from huggingface_hub import snapshot_download as hf_download
-
-            hf_download(
-                ref.repo,
-                revision=revision,
-                local_dir=target,
-                allow_patterns=allow,
-                ignore_patterns=_FETCH_IGNORE,
+            ref = parse_hub_ref(name)
+            if ref is None:
+                raise ValueError(f"not a stage model or hub model id: {name!r}")
+            target = ref.local_dir(settings.models_dir)
+            revision = ref.revision or DEFAULT_REVISIONS.get(ref.repo)
+            if ref.hub == "huggingface":
+                say(f"{ref} (Hugging Face)")
+                _fetch_huggingface(ref, target, revision)
+                restrict_tree(target)
+                targets.append(target)
+                continue
+            request = hub_fetch.FetchRequest(
+                repo=ref.repo, revision=revision or "master", target=target, accept=_reference_filter(ref.subpath)
             )
-        targets.append(target)
+            label = str(ref)
+        planned = hub_fetch.plan(hub, [request])
+        pending = [f for f in planned if not f.is_done()]
+        total = sum(f.remote.size or 0 for f in pending)
+        say(f"{label}: {len(planned)} file(s), {len(pending)} to download ({total / 1e6:.1f} MB)")
+        for item in pending:
+            size = "" if item.remote.size is None else f" ({item.remote.size / 1e6:.1f} MB)"
+            say(f"  {item.remote.path}{size}")
+            hub.download(item, progress)
+        make_private_dirs(request.target)
+        restrict_tree(request.target)  # 0700 folders, 0600 files, like everything the service writes
+        targets.append(request.target)
     return targets
+
+
+def _reference_filter(subpath: str) -> Callable[[str], bool]:
+    """Which files of a repository a reference's sub path takes (a file, a folder, or everything)."""
+    from pipeline.hub_fetch import patterns
+
+    if Path(subpath).suffix:
+        name = Path(subpath).name
+        # ModelScope repos sometimes nest files one level deeper than the reference says.
+        return lambda path: path == subpath or path.rsplit("/", 1)[-1] == name
+    return patterns([f"{subpath}/*"] if subpath else None, _FETCH_IGNORE)
+
+
+def _fetch_huggingface(ref: HubRef, target: Path, revision: str | None) -> None:
+    from huggingface_hub import snapshot_download as hf_download
+
+    is_file = Path(ref.subpath).suffix != ""
+    allow = [ref.subpath] if is_file else ([f"{ref.subpath}/*"] if ref.subpath else None)
+    target.mkdir(parents=True, exist_ok=True)
+    hf_download(ref.repo, revision=revision, local_dir=target, allow_patterns=allow, ignore_patterns=_FETCH_IGNORE)
 
 
 # -------------------------------------------------------------------------------------- tiny models

@@ -23,6 +23,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from storage.files import make_private_dirs, restrict_tree
+
 if TYPE_CHECKING:
     import torch
     from diffusers import StableDiffusionPipeline
@@ -89,8 +91,10 @@ def save_prepared(pipe: StableDiffusionPipeline, folder: Path, source: Path) -> 
     partial = folder.with_name(f"{folder.name}.partial-{os.getpid()}")
     try:
         shutil.rmtree(partial, ignore_errors=True)
+        make_private_dirs(partial.parent)
         pipe.save_pretrained(partial, safe_serialization=True)
         (partial / _DONE).write_text(json.dumps({"source": str(source), "format": FORMAT}))
+        restrict_tree(partial)  # 0700 folders, 0600 files, like everything the service writes
         try:
             partial.rename(folder)
         except OSError:

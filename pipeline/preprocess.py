@@ -1,9 +1,10 @@
 """FaceChain's training-photo preprocessing: from a user's photos to an aligned, captioned dataset.
 
-For each photo (:func:`preprocess_photos`):
+For each photo (:func:`preprocess_photos`), in FaceChain's order:
 
 1. decode (Pillow), apply the EXIF orientation, convert to RGB; undecodable → ``NOT_AN_IMAGE``;
-2. detect faces, retrying the photo turned by 90/270/180 degrees when none shows up;
+   then FaceChain's rotation classifier turns it upright (stage ``orientation``);
+2. detect faces, retrying the photo turned by 90/270/180 degrees when none shows up confidently;
    none → ``NO_FACE``;
 3. keep the photo only if its largest face dominates (area ≥ ``dominance_ratio`` × the second's),
    else ``SEVERAL_FACES``; a face under ``min_face_px`` → ``FACE_TOO_SMALL``;
@@ -14,12 +15,14 @@ For each photo (:func:`preprocess_photos`):
    turn about the eye midpoint so the eyes are level, square crop centred on the face with the
    face ≈ ``face_fraction`` of the side (neutral grey where the crop leaves the photo),
    ``resolution``²;
-7. optional ModelScope stages (:mod:`pipeline.optional_models`): face-quality gate
-   (``LOW_QUALITY``), skin retouching, white background.
+7. FaceChain's stages on the crop (:mod:`pipeline.stages`, each where its model is loaded): skin
+   retouching, human parsing (white background), the landmark confidence gate (``LOW_QUALITY``),
+   the tagger, face attributes and face quality.
 
-The set then gets a template (the best kept face), a subject from the faces' gender/age when the
-backend has attributes, and, when asked, a diffusers ``imagefolder`` dataset
-(``NNN.png`` + ``metadata.jsonl`` with ``<fcsks>, <trigger phrase>`` captions).
+The set then gets a template (the best face by FaceChain's quality model, else by sharpness), a
+subject from the summed FairFace attributes (or the backend's gender/age), and, when asked, a
+diffusers ``imagefolder`` dataset (``NNN.png`` + ``metadata.jsonl`` with ``<fcsks>, <trigger
+phrase>`` captions, as FaceChain v3.0.0 writes them, and the filtered tags beside them).
 """
 
 from __future__ import annotations
@@ -39,9 +42,11 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps
 
-from pipeline.faces import Face, FaceAnalyzer, cosine, detect_upright, refine_face, warp_affine
+from pipeline import recipe
+from pipeline.faces import Face, FaceAnalyzer, cosine, detect_upright, refine_face, rotate_clockwise, warp_affine
 from pipeline.jobs import TRIGGER_PHRASES, TRIGGER_TOKEN, RejectReason, Subject
-from pipeline.optional_models import FACE_QUALITY_MIN, OptionalStages, load_optional_stages
+from pipeline.stages import FaceChainStages, load_stages
+from pipeline.stages.common import align_face_112
 
 if TYPE_CHECKING:
     from pipeline.config import WorkerSettings
@@ -56,8 +61,8 @@ SHARPNESS_SIDE = 128
 DUPLICATE_SIMILARITY = 0.995
 #: Fill colour where the aligned crop reaches past the photo's edge.
 BORDER_RGB = (127, 127, 127)
-#: Children's trigger phrases are used under this age.
-CHILD_AGE = 13
+#: Children's trigger phrases are used under this age (FaceChain's label post-processing).
+CHILD_AGE = recipe.CHILD_AGE
 
 
 class NotAnImageError(ValueError):
@@ -81,8 +86,14 @@ class KeptPhoto:
     embedding: np.ndarray
     #: Degrees the source was turned clockwise to find the face (0 when upright).
     rotation: int = 0
-    #: Face-quality score, when that optional stage ran.
+    #: Face-quality score, when that stage ran.
     quality: float | None = None
+    #: Landmark confidence score, when that stage ran.
+    landmark_score: float | None = None
+    #: The tagger's tags after FaceChain's tag filter, when that stage ran.
+    tags: list[str] = field(default_factory=list)
+    #: FairFace's (gender, age-group) probabilities, when that stage ran.
+    attributes: tuple[np.ndarray, np.ndarray] | None = None
 
 
 @dataclass(frozen=True)
@@ -109,6 +120,8 @@ class PreprocessResult:
     #: Where the dataset was written, and the caption it used (None when no dataset was asked).
     dataset_dir: Path | None = None
     caption: str | None = None
+    #: The stages that ran on at least one photo, in FaceChain's order.
+    stages_run: list[str] = field(default_factory=list)
 
     @property
     def kept_keys(self) -> list[str]:
@@ -186,7 +199,11 @@ def face_sharpness(image_rgb: np.ndarray, face: Face) -> float:
     return float(cv2.Laplacian(gray, cv2.CV_64F).var())
 
 
-def alignment_matrix(face: Face, resolution: int = 512, face_fraction: float = 0.3) -> np.ndarray:
+#: The aligned crop's side when a caller names none (FaceChain's 512).
+ALIGN_SIDE = 512
+
+
+def alignment_matrix(face: Face, resolution: int = ALIGN_SIDE, face_fraction: float = 0.3) -> np.ndarray:
     """The 2×3 affine map from the photo to the aligned ``resolution``² crop.
 
     It turns the photo about the eye midpoint so the eyes are level, scales it so the face's side
@@ -202,7 +219,9 @@ def alignment_matrix(face: Face, resolution: int = 512, face_fraction: float = 0
     return matrix
 
 
-def align_face(image_rgb: np.ndarray, face: Face, resolution: int = 512, face_fraction: float = 0.3) -> np.ndarray:
+def align_face(
+    image_rgb: np.ndarray, face: Face, resolution: int = ALIGN_SIDE, face_fraction: float = 0.3
+) -> np.ndarray:
     """The face with its eyes level, centred in a ``resolution``² square RGB crop.
 
     The crop's side is ``face.side / face_fraction`` photo pixels; where it reaches past the photo
@@ -227,24 +246,25 @@ def preprocess_photos(
     out_dir: Path | None = None,
     *,
     subject: Subject | None = None,
-    stages: OptionalStages | None = None,
+    stages: FaceChainStages | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> PreprocessResult:
     """Turn ``(key, bytes)`` photos into aligned training crops, rejections and a template.
 
     ``subject`` overrides the one derived from attributes for the captions; with neither, the
-    dataset is captioned ``a person``. ``stages`` are the loaded optional stages (loaded from the
+    dataset is captioned ``a person``. ``stages`` are FaceChain's loaded stages (loaded from the
     settings when None; a worker loads them once and passes them in). ``progress(done, total)`` is
     called after each photo; it may raise to stop the work. With ``out_dir``, the dataset is written
     there. Never raises for a bad photo: every photo ends up kept or in ``rejections``.
     """
     if stages is None:
-        stages = load_optional_stages(settings)
+        stages = load_stages(settings)
     result = PreprocessResult()
     digests: set[str] = set()
+    ran: set[str] = set()
     started = time.perf_counter()
     for index, (key, data) in enumerate(photos):
-        outcome = _process_one(key, data, analyzer, settings, stages, result.kept, digests)
+        outcome = _process_one(key, data, analyzer, settings, stages, result.kept, digests, ran)
         if isinstance(outcome, Rejection):
             result.rejections.append(outcome)
             log.info("photo %s rejected: %s %s", key, outcome.reason.value, outcome.detail)
@@ -261,11 +281,29 @@ def preprocess_photos(
     if result.kept:
         best = _best(result.kept)
         result.template, result.template_key = best.image, best.key
-        result.subject = subject_from_faces(k.face for k in result.kept)
+        result.subject = subject_from_attributes(result.kept) or subject_from_faces(k.face for k in result.kept)
+    result.stages_run = [name for name in PREPROCESS_STAGES if name in ran]
     if out_dir is not None:
         result.caption = caption(subject or result.subject or Subject.PERSON)
         result.dataset_dir = write_dataset(result.kept, out_dir, result.caption)
     return result
+
+
+#: What preprocessing can report as run, in FaceChain's order.
+PREPROCESS_STAGES = (
+    "orientation", "detection", "alignment", "skin_retouch", "human_parsing", "landmark_check", "tagger",
+    "face_attributes", "face_quality",
+)  # fmt: skip
+
+
+def subject_from_attributes(kept: Iterable[KeptPhoto]) -> Subject | None:
+    """FaceChain's subject: FairFace's gender and age probabilities summed over the photos."""
+    from pipeline.stages.attributes import subject_from_scores
+
+    scored = [k.attributes for k in kept if k.attributes is not None]
+    if not scored:
+        return None
+    return subject_from_scores(sum(g for g, _ in scored), sum(a for _, a in scored))
 
 
 def _best(kept: list[KeptPhoto]) -> KeptPhoto:
@@ -279,9 +317,10 @@ def _process_one(
     data: bytes,
     analyzer: FaceAnalyzer,
     settings: WorkerSettings,
-    stages: OptionalStages,
+    stages: FaceChainStages,
     kept: list[KeptPhoto],
     digests: set[str],
+    ran: set[str],
 ) -> KeptPhoto | Rejection:
     try:
         image, decode_scale = decode_photo(data)
@@ -291,6 +330,12 @@ def _process_one(
     if digest in digests:
         return Rejection(key, RejectReason.DUPLICATE, "the same picture as another photo")
 
+    turned = 0
+    if stages.orientation is not None:
+        ran.add("orientation")
+        turned = stages.orientation.rotation(image)
+        image = rotate_clockwise(image, turned)
+    ran.add("detection")
     found = detect_upright(analyzer, image)
     if not found.faces:
         return Rejection(key, RejectReason.NO_FACE)
@@ -312,12 +357,44 @@ def _process_one(
         if similarity >= DUPLICATE_SIMILARITY:
             return Rejection(key, RejectReason.DUPLICATE, f"same as {other.key} ({similarity:.3f})")
 
+    ran.add("alignment")
     refined = refine_face(analyzer, image, face)
-    aligned = align_face(image, refined, settings.resolution, settings.face_fraction)
-    quality = stages.quality(aligned)
-    if quality is not None and quality < FACE_QUALITY_MIN:
-        return Rejection(key, RejectReason.LOW_QUALITY, f"face quality {quality:.2f} < {FACE_QUALITY_MIN}")
-    aligned = stages.whiten_background(stages.retouch(aligned))
+    matrix = alignment_matrix(refined, settings.resolution, settings.face_fraction)
+    aligned = warp_affine(image, matrix, settings.resolution, border_value=BORDER_RGB)
+    # The face's landmarks and box in the aligned crop, for the models that look at the face alone.
+    points = _transform(matrix, refined.landmarks)
+    box = _transform_box(matrix, refined.box)
+    if stages.skin_retouch is not None:
+        ran.add("skin_retouch")
+        aligned = stages.skin_retouch(aligned)
+    retouched = aligned
+    if stages.human_parsing is not None:
+        ran.add("human_parsing")
+        mask = stages.human_parsing.head_mask(aligned)
+        if mask is not None:
+            aligned = composite_on_white(aligned, mask)
+    landmark_score = None
+    if stages.landmark_check is not None:
+        from pipeline.stages.landmarks import MIN_SCORE
+
+        ran.add("landmark_check")
+        landmark_score = stages.landmark_check.score(aligned, box)
+        if landmark_score < MIN_SCORE:
+            return Rejection(key, RejectReason.LOW_QUALITY, f"landmark score {landmark_score:.3f} < {MIN_SCORE:.3f}")
+    tags: list[str] = []
+    if stages.tagger is not None:
+        from pipeline.stages.tagger import filter_tags
+
+        ran.add("tagger")
+        tags = filter_tags(stages.tagger.tag(Image.fromarray(aligned)))
+    attributes = None
+    if stages.face_attributes is not None:
+        ran.add("face_attributes")
+        attributes = stages.face_attributes.scores(align_face_112(retouched, points))
+    quality = None
+    if stages.face_quality is not None:
+        ran.add("face_quality")
+        quality = stages.face_quality.score(align_face_112(aligned, points))
     digests.add(digest)
     return KeptPhoto(
         key=key,
@@ -326,9 +403,31 @@ def _process_one(
         sharpness=sharpness,
         face=refined,
         embedding=embedding,
-        rotation=found.rotation,
+        rotation=(turned + found.rotation) % 360,
         quality=quality,
+        landmark_score=landmark_score,
+        tags=tags,
+        attributes=attributes,
     )
+
+
+def _transform(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
+    pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    return (pts @ matrix[:, :2].T + matrix[:, 2]).astype(np.float32)
+
+
+def _transform_box(matrix: np.ndarray, box: tuple[float, float, float, float]) -> tuple[float, float, float, float]:
+    """The axis-aligned bounds ``(x1, y1, x2, y2)`` of a ``(x, y, w, h)`` box after ``matrix``."""
+    x, y, w, h = box
+    corners = _transform(matrix, np.array([[x, y], [x + w, y], [x, y + h], [x + w, y + h]]))
+    (x1, y1), (x2, y2) = corners.min(axis=0), corners.max(axis=0)
+    return float(x1), float(y1), float(x2), float(y2)
+
+
+def composite_on_white(image_rgb: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """``image * mask + white * (1 - mask)``, as uint8 RGB (FaceChain's white background)."""
+    m = mask.astype(np.float32)[:, :, None]
+    return (image_rgb.astype(np.float32) * m + 255.0 * (1.0 - m)).round().astype(np.uint8)
 
 
 def write_dataset(kept: list[KeptPhoto], out_dir: Path, text: str) -> Path:
@@ -343,6 +442,9 @@ def write_dataset(kept: list[KeptPhoto], out_dir: Path, text: str) -> Path:
         name = f"{index:03d}.png"
         # Fast PNG compression: these files are read once, by the trainer, on the same machine.
         photo.image.save(out_dir / name, format="PNG", compress_level=1)
-        lines.append(json.dumps({"file_name": name, "text": text}, ensure_ascii=False))
+        row = {"file_name": name, "text": text}
+        if photo.tags:
+            row["tags"] = ", ".join(photo.tags)
+        lines.append(json.dumps(row, ensure_ascii=False))
     (out_dir / "metadata.jsonl").write_text("".join(line + "\n" for line in lines), encoding="utf-8")
     return out_dir

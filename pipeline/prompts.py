@@ -1,6 +1,23 @@
-"""Prompts: FaceChain's face prompt and negative prompt, and weighted prompt embeddings.
+"""Prompts: FaceChain's portrait prompt and negative prompt per style, and their embeddings.
 
-Weighting syntax (the AUTOMATIC1111 one that FaceChain's prompts and style prompts are written in):
+The texts are :mod:`pipeline.recipe`'s (FaceChain's constants.py and inference.py). A portrait
+prompt is, as FaceChain's inference assembles it::
+
+    (<fcsks>:10), <trigger phrase>, <template with the style's trigger words and prompt>
+
+where the template is FaceChain's "with style" one for a style with a LoRA and its "with cloth" one
+otherwise. The negative prompt is the style's own words, FaceChain's negative prompt, and
+"children" for an adult man (as FaceChain adds it). A painting style (``medium = "painting"``)
+drops FaceChain's photo words ("raw photo", "photorealistic") from its template and "paintings,
+sketches" from the negative prompt, which would otherwise fight it.
+
+Two encodings (``FACECHAIN_PROMPT_ENCODING``):
+
+``diffusers`` (FaceChain's)
+    As diffusers' StableDiffusionPipeline, which FaceChain calls: the prompt is plain text, cut at
+    CLIP's 77 tokens. "(<fcsks>:10)" is text there, not a weight.
+``weighted``
+    The AUTOMATIC1111 weighting syntax, and prompts of any length:
 
 =================  ==========================================
 ``(text)``         weight × 1.1 (nests: ``((text))`` = × 1.21)
@@ -11,14 +28,14 @@ Weighting syntax (the AUTOMATIC1111 one that FaceChain's prompts and style promp
 
 An unclosed ``(`` or ``[`` applies to the rest of the prompt; an unmatched closer is literal text.
 
-Embeddings: each chunk is tokenized on its own, every token carries its chunk's weight; the token
-sequence is cut into 75-token windows (at a comma when one is near the end), each window becomes
-``<bos> … <eos> <pad>…`` (77 tokens) through the CLIP text encoder, the hidden states of each token
-are multiplied by its weight and the window is rescaled to its original mean, so weights shift
+Weighted embeddings: each chunk is tokenized on its own, every token carries its chunk's weight; the
+token sequence is cut into 75-token windows (at a comma when one is near the end), each window
+becomes ``<bos> … <eos> <pad>…`` (77 tokens) through the CLIP text encoder, the hidden states of each
+token are multiplied by its weight and the window is rescaled to its original mean, so weights shift
 emphasis without changing the overall magnitude (skipped when that mean is too close to zero to
-divide by). Windows are concatenated along the sequence axis,
-so prompts longer than 77 tokens work; the prompt and the negative prompt are padded with empty
-windows to the same length, as classifier-free guidance needs.
+divide by). Windows are concatenated along the sequence axis, so prompts longer than 77 tokens
+work; the prompt and the negative prompt are padded with empty windows to the same length, as
+classifier-free guidance needs.
 """
 
 from __future__ import annotations
@@ -26,30 +43,51 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
-from pipeline.jobs import TRIGGER_TOKEN
+from pipeline import recipe
+from pipeline.jobs import TRIGGER_TOKEN, StyleSpec
 
 if TYPE_CHECKING:
     import torch
     from transformers import CLIPTextModel, CLIPTokenizer
 
-#: Emphasis of the trigger token in the face prompt, FaceChain-style ``(<fcsks>:2)``.
-TRIGGER_WEIGHT = 2.0
 
-#: Appended to every portrait prompt: framing and photo quality, as FaceChain's prompt template does.
-PORTRAIT_SUFFIX = (
-    "upper body portrait, one person, looking at the camera, detailed natural face, sharp focus, "
-    "realistic skin texture, raw photo, high quality, best quality"
-)
+def _drop_items(text: str, items: tuple[str, ...]) -> str:
+    """``text`` without the comma-separated items equal to one of ``items`` (the rest untouched)."""
+    for item in items:
+        text = re.sub(rf"(?:^|,)\s*{re.escape(item)}\s*(?=,|$)", "", text, flags=re.IGNORECASE)
+    return text.lstrip(" ,")
 
-#: What a portrait must not look like (FaceChain's negative prompt, in our own words).
-NEGATIVE_PROMPT = (
-    "nsfw, nude, (worst quality:2), (low quality:2), (normal quality:1.5), lowres, blurry, "
-    "out of focus, jpeg artifacts, noisy, grainy, watermark, signature, text, logo, frame, "
-    "deformed, disfigured, distorted face, asymmetric eyes, crossed eyes, bad anatomy, "
-    "bad proportions, extra fingers, missing fingers, fused fingers, bad hands, extra limbs, "
-    "extra arms, long neck, duplicate, two people, cropped head, monochrome, grayscale, "
-    "sketch, cartoon, painting"
-)
+
+def trigger_phrase(trigger: str) -> str:
+    """The phrase of a trained person's trigger (``"<fcsks>, a handsome man"`` → ``"a handsome man"``)."""
+    return trigger.replace(TRIGGER_TOKEN, "").strip(" ,")
+
+
+def portrait_prompt(style: StyleSpec, trigger: str) -> str:
+    """FaceChain's prompt for one person in one style (inference.py:229-251, app.py:210-222)."""
+    template = recipe.PROMPT_WITH_STYLE if style.lora else recipe.PROMPT_WITH_CLOTH
+    if style.medium == "painting":
+        template = _drop_items(template, recipe.PAINTING_DROPS_FROM_PROMPT)
+    style_text = ", ".join(part for part in (style.trigger_words.strip(" ,"), style.prompt.strip(" ,")) if part)
+    parts = [recipe.TRIGGER_PROMPT, trigger_phrase(trigger), template.format(style_text)]
+    return ", ".join(part for part in parts if part)
+
+
+def portrait_negative_prompt(style: StyleSpec, trigger: str) -> str:
+    """The style's negative words, then FaceChain's negative prompt (adapted to a painting style),
+    then what FaceChain adds for the person's phrase."""
+    negative = recipe.NEGATIVE_PROMPT
+    if style.medium == "painting":
+        negative = _drop_items(negative, recipe.PAINTING_DROPS_FROM_NEGATIVE)
+    parts = [style.negative_prompt.strip(" ,"), negative, recipe.NEGATIVE_FOR_PHRASE.get(trigger_phrase(trigger), "")]
+    return ", ".join(part for part in parts if part)
+
+
+def caption(trigger: str) -> str:
+    """The training caption for a trigger phrase: ``"<fcsks>, a handsome man"``."""
+    phrase = trigger_phrase(trigger)
+    return f"{TRIGGER_TOKEN}, {phrase}" if phrase else TRIGGER_TOKEN
+
 
 _OPEN_WEIGHT = 1.1
 _TOKEN = re.compile(
@@ -62,29 +100,6 @@ _TOKEN = re.compile(
 )
 WINDOW = 75  # tokens per window between <bos> and <eos>
 _COMMA_LOOKBACK = 20
-
-
-def face_prompt(style_prompt: str, trigger: str, trigger_weight: float = TRIGGER_WEIGHT) -> str:
-    """The portrait prompt: weighted trigger token, trigger phrase, the style's prompt, the suffix.
-
-    ``trigger`` is the phrase the LoRA was captioned with (``"a handsome man"``); a leading trigger
-    token in it is tolerated (``"<fcsks>, a handsome man"``).
-    """
-    phrase = trigger.replace(TRIGGER_TOKEN, "").strip(" ,")
-    parts = [f"({TRIGGER_TOKEN}:{trigger_weight:g})", phrase, style_prompt.strip(" ,"), PORTRAIT_SUFFIX]
-    return ", ".join(part for part in parts if part)
-
-
-def negative_prompt(extra: str = "") -> str:
-    """FaceChain's negative prompt, with a style's own additions first."""
-    extra = extra.strip(" ,")
-    return f"{extra}, {NEGATIVE_PROMPT}" if extra else NEGATIVE_PROMPT
-
-
-def caption(trigger: str) -> str:
-    """The training caption for a trigger phrase: ``"<fcsks>, a handsome man"``."""
-    phrase = trigger.replace(TRIGGER_TOKEN, "").strip(" ,")
-    return f"{TRIGGER_TOKEN}, {phrase}" if phrase else TRIGGER_TOKEN
 
 
 def parse_weighted(text: str) -> list[tuple[str, float]]:
@@ -201,10 +216,30 @@ def count_windows(tokenizer: CLIPTokenizer, prompt: str) -> int:
     return len(_windows(_weighted_tokens(tokenizer, prompt), comma_id))
 
 
+def encode_plain(tokenizer: CLIPTokenizer, text_encoder: CLIPTextModel, prompt: str) -> torch.Tensor:
+    """Embeddings (1, 77, dim) of a prompt as diffusers' StableDiffusionPipeline makes them: plain
+    text, padded or cut to the tokenizer's length."""
+    import torch
+
+    ids = tokenizer(
+        prompt, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    ).input_ids
+    with torch.no_grad():
+        hidden: torch.Tensor = text_encoder(ids.to(text_encoder.device), return_dict=False)[0]
+    return hidden
+
+
 def build_prompt_embeds(
-    tokenizer: CLIPTokenizer, text_encoder: CLIPTextModel, prompt: str, negative: str
+    tokenizer: CLIPTokenizer,
+    text_encoder: CLIPTextModel,
+    prompt: str,
+    negative: str,
+    encoding: recipe.PromptEncoding = "weighted",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(prompt_embeds, negative_prompt_embeds)`` of equal shape (1, 77 × n, dim) for the pipeline."""
+    """``(prompt_embeds, negative_prompt_embeds)`` of equal shape (1, 77 × n, dim) for the pipeline
+    (n = 1 with the ``diffusers`` encoding)."""
+    if encoding == "diffusers":
+        return encode_plain(tokenizer, text_encoder, prompt), encode_plain(tokenizer, text_encoder, negative)
     windows = max(count_windows(tokenizer, prompt), count_windows(tokenizer, negative))
     return (
         encode_weighted(tokenizer, text_encoder, prompt, windows),

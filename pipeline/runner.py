@@ -1,4 +1,4 @@
-"""The real GPU stages behind the worker's jobs: the FaceChain recipe end to end.
+"""The real GPU stages behind the worker's jobs, end to end (a pipeline modelled on FaceChain's).
 
 Training: photos from the blob store → preprocessing (detect, keep one dominant face, align, crop)
 → face LoRA training on the resident pipeline → LoRA and template face back to the blob store.
@@ -23,14 +23,23 @@ from PIL import Image
 from pipeline import jobs
 from pipeline.config import WorkerSettings
 from pipeline.control import StageCancelled, StageControl
-from pipeline.devices import DeviceOutOfMemory, free_memory, pick_device, pick_dtype
-from pipeline.faces import FaceAnalyzer, load_face_analyzer
+from pipeline.devices import DeviceOutOfMemory, free_memory, pick_device, pick_dtype, use_cpu_threads
+from pipeline.faces import FaceAnalyzer
 from pipeline.generate import Candidate, GenerationCancelled, PortraitGenerator
-from pipeline.models import ModelsMissingError, clone_pipeline, load_base_pipeline, resolve_model_file
+from pipeline.lora_files import InvalidLoraFile
+from pipeline.models import (
+    ModelsMissingError,
+    StyleLoraRefused,
+    UploadedStyleLoraMissing,
+    clone_pipeline,
+    load_base_pipeline,
+    model_side,
+    resolve_style_lora,
+)
 from pipeline.nsfw import NsfwChecker
-from pipeline.optional_models import OptionalStages, load_optional_stages
 from pipeline.portraits import PortraitPicker
 from pipeline.preprocess import caption, preprocess_photos
+from pipeline.stages import FaceChainStages, load_analyzer, load_stages
 from pipeline.train import LoraTrainer, TrainArgs, TrainingCancelled
 from storage.blobs import BlobStore
 
@@ -55,8 +64,9 @@ class PipelineRunner:
             self.startup_seconds[name] = round(now - clock, 2)
             clock = now
 
-        self.analyzer: FaceAnalyzer = load_face_analyzer(settings)
-        self.stages: OptionalStages = load_optional_stages(settings)
+        log.info("recipe %s; knobs set apart from it: %s", settings.recipe, settings.recipe_overrides() or "none")
+        self.analyzer: FaceAnalyzer = load_analyzer(settings)
+        self.stages: FaceChainStages = load_stages(settings)
         self.nsfw: NsfwChecker | None = NsfwChecker() if settings.nsfw_check else None
         self.picker = PortraitPicker(self.analyzer, self.nsfw, threads=settings.post_thread_count)
         self.device = pick_device(settings)
@@ -78,6 +88,17 @@ class PipelineRunner:
             # The adapter, optimizer and captured step stay on the training UNet between jobs.
             self.trainer = LoraTrainer(self.train_pipe, compile_mode=settings.train_compile)
             lap("training_pipeline")
+        resident = self.generator.pipe if self.generator is not None else self.train_pipe
+        if resident is not None:
+            side = model_side(settings.resolution, resident)
+            if side < settings.resolution:
+                log.info(
+                    "training and generating at %d px, the base model's own size (FACECHAIN_RESOLUTION is %d)",
+                    side, settings.resolution,
+                )  # fmt: skip
+            threads = use_cpu_threads(settings, self.device, resident.unet)
+            if self.device.type == "cpu":
+                log.info("running on the CPU with %d torch thread(s) (FACECHAIN_CPU_THREADS)", threads)
         log.info("worker ready: %s", self.startup_seconds)
         #: Set once the warm-ups below are done (their compiles may still run: ``compiled_ready``).
         self.warmed_up = threading.Event()
@@ -137,6 +158,7 @@ class PipelineRunner:
         ]
         used = [k.key for k in prepared.kept]
         control.report(jobs.Stage.PREPARING, 1.0, f"{len(used)} of {len(photos)} photos usable")
+        ran = prepared.stages_run
         if len(prepared.kept) < request.min_photos:
             return jobs.TrainOutcome(
                 run_id=request.run_id,
@@ -144,10 +166,13 @@ class PipelineRunner:
                 message=f"{len(prepared.kept)} usable photo(s), {request.min_photos} needed",
                 rejections=rejections,
                 used_photos=used,
+                stages_run=ran,
             )
         subject = request.subject or prepared.subject
         if subject is None:
-            return jobs.TrainOutcome(run_id=request.run_id, needs_subject=True, rejections=rejections, used_photos=used)
+            return jobs.TrainOutcome(
+                run_id=request.run_id, needs_subject=True, rejections=rejections, used_photos=used, stages_run=ran
+            )
 
         text = caption(subject)
         template_key = f"{prefix}/template.png"
@@ -173,7 +198,7 @@ class PipelineRunner:
                 raise StageCancelled() from None
             except DeviceOutOfMemory:
                 return jobs.TrainOutcome(
-                    run_id=request.run_id, error=jobs.ErrorCode.OUT_OF_MEMORY, rejections=rejections
+                    run_id=request.run_id, error=jobs.ErrorCode.OUT_OF_MEMORY, rejections=rejections, stages_run=ran
                 )
             finally:
                 # Training's blocks back to the driver: generation in this process can use them.
@@ -191,6 +216,7 @@ class PipelineRunner:
             rejections=rejections,
             steps=result.steps,
             seconds=round(time.perf_counter() - started, 2),
+            stages_run=[*ran, "lora_training"],
         )
 
     # ------------------------------------------------------------------------------- generate
@@ -200,12 +226,12 @@ class PipelineRunner:
             raise RuntimeError("this worker does not serve the generate queue")
         face_lora = self.blobs.path(request.lora_key)
         try:
-            style_lora = self._style_lora(request.style.lora)
-        except ModelsMissingError as exc:
-            log.error("style %s: %s", request.style.name, exc)
-            return jobs.GenerateOutcome(
-                run_id=request.run_id, error=jobs.ErrorCode.MODEL_MISSING, style=request.style.name, message=str(exc)
-            )
+            style_lora = self._style_lora(request.style)
+        except (ModelsMissingError, StyleLoraRefused) as exc:
+            # Said before any GPU work; the bot does not charge a run that delivered nothing.
+            log.error("%s", exc)
+            code = jobs.ErrorCode.BAD_PAYLOAD if isinstance(exc, StyleLoraRefused) else jobs.ErrorCode.MODEL_MISSING
+            return jobs.GenerateOutcome(run_id=request.run_id, error=code, style=request.style.name, message=str(exc))
 
         def step_progress(done: int, total: int) -> None:
             control.report(jobs.Stage.GENERATING, done / max(total, 1), "")
@@ -223,20 +249,36 @@ class PipelineRunner:
             raise StageCancelled() from None
         except DeviceOutOfMemory:
             return jobs.GenerateOutcome(run_id=request.run_id, error=jobs.ErrorCode.OUT_OF_MEMORY)
+        except InvalidLoraFile as exc:
+            face = exc.path is not None and exc.path.resolve() == Path(face_lora).resolve()
+            log.error("run %s: %s LoRA refused: %s", request.run_id, "face" if face else "style", exc)
+            code = jobs.ErrorCode.FACE_MODEL_DAMAGED if face else jobs.ErrorCode.STYLE_DAMAGED
+            return jobs.GenerateOutcome(run_id=request.run_id, error=code, style=request.style.name, message=str(exc))
 
-        control.report(jobs.Stage.RANKING, 0.0, "")
-        if self.stages.face_fusion is not None and request.template_key and self.blobs.exists(request.template_key):
+        ran = ["generation"]
+        fuser = self.stages.face_fusion
+        if fuser is not None and request.template_key and self.blobs.exists(request.template_key):
             # FaceChain blends the user's best face into each candidate before ranking them.
             face = self._template_image(request.template_key)
             candidates = [
-                Candidate(Image.fromarray(self.stages.fuse_face(np.asarray(c.image.convert("RGB")), face)), c.seed)
-                for c in candidates
+                Candidate(Image.fromarray(fuser(np.asarray(c.image.convert("RGB")), face)), c.seed) for c in candidates
             ]
+            ran.append("face_fusion")
         nsfw_threshold = None if request.allow_nsfw else self.settings.nsfw_threshold
+        template_embedding = template.result()
+        if template_embedding is not None:
+            # Reported only when it runs: the candidates are sorted by recognition similarity.
+            control.report(jobs.Stage.RANKING, 0.0, "")
+        elif self.settings.rank_faces:
+            log.warning("run %s: portraits not ranked by likeness (no template face to compare with)", request.run_id)
         picked = self.picker.pick(
             [(c.image, c.seed) for c in candidates], request.count, rank=self.settings.rank_faces,
-            template=template.result(), nsfw_threshold=nsfw_threshold,
+            template=template_embedding, nsfw_threshold=nsfw_threshold,
         )  # fmt: skip
+        if self.settings.rank_faces:
+            ran.append("ranking" if template_embedding is not None else "face_filter")
+        if self.nsfw is not None and nsfw_threshold is not None:
+            ran.append("nsfw_check")
         portraits: list[jobs.Portrait] = []
         prefix = jobs.run_prefix(request.run_id)
         for chosen in picked.portraits:
@@ -249,20 +291,22 @@ class PipelineRunner:
         if not portraits:
             return jobs.GenerateOutcome(
                 run_id=request.run_id, error=jobs.ErrorCode.NO_USABLE_PORTRAIT, style=request.style.name,
-                blocked=blocked, dropped=dropped, seconds=seconds,
+                blocked=blocked, dropped=dropped, seconds=seconds, stages_run=ran,
             )  # fmt: skip
         return jobs.GenerateOutcome(
             run_id=request.run_id, style=request.style.name, portraits=portraits, blocked=blocked,
-            dropped=dropped, seconds=seconds,
+            dropped=dropped, seconds=seconds, stages_run=ran,
         )  # fmt: skip
 
-    def _style_lora(self, reference: str | None) -> Path | None:
-        """A style LoRA: an admin upload in the blob store, or a model file of a built-in style."""
-        if not reference:
-            return None
-        if self.blobs.exists(reference):
-            return self.blobs.path(reference)
-        return resolve_model_file(self.settings, reference)
+    def _style_lora(self, style: jobs.StyleSpec) -> Path | None:
+        """The style's LoRA file: an admin's upload from the blob store, or a style file's model reference."""
+        if style.lora_key is not None:
+            if not self.blobs.exists(style.lora_key):
+                raise UploadedStyleLoraMissing(style.name, style.lora_key)
+            return self.blobs.path(style.lora_key)
+        if style.lora is not None:
+            return resolve_style_lora(self.settings, style.name, style.lora)
+        return None
 
     def _template_image(self, key: str) -> np.ndarray:
         return np.asarray(Image.open(io.BytesIO(self.blobs.get_bytes(key))).convert("RGB"))

@@ -10,11 +10,18 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipeline import jobs
 from pipeline.config import WorkerSettings
 from pipeline.control import StageControl
+from pipeline.errors import WorkerSetupError
+from pipeline.models import resolve_base_model
+from storage.blob_config import open_blob_store
 from storage.blobs import BlobStore
+
+if TYPE_CHECKING:
+    from pipeline.runner import PipelineRunner
 
 PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
@@ -22,7 +29,13 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 Reporter = Callable[[jobs.Stage, float, str], None]
 
 
-class ScriptError(Exception):
+NEEDS_SUBJECT = (
+    "who is in the photos is not known (no face attribute model ran, or it was unsure): "
+    "pass --subject man, woman, boy, girl or person"
+)
+
+
+class ScriptError(WorkerSetupError):
     """A problem the user of the command line can fix; its text says how."""
 
 
@@ -40,6 +53,17 @@ def _control(report: Reporter) -> StageControl:
     return StageControl(report=report, stop_event=threading.Event())
 
 
+def _runner(settings: WorkerSettings, blobs: BlobStore) -> PipelineRunner:
+    """The worker's stages; a FaceChain stage that must run and cannot is a :class:`ScriptError`."""
+    from pipeline.runner import PipelineRunner
+    from pipeline.stages import StagesUnavailable
+
+    try:
+        return PipelineRunner(settings, blobs)
+    except StagesUnavailable as exc:
+        raise ScriptError(str(exc)) from None
+
+
 def train_from_folder(
     settings: WorkerSettings,
     photo_dir: Path,
@@ -47,16 +71,32 @@ def train_from_folder(
     *,
     subject: jobs.Subject | None = None,
     steps: int | None = None,
+    min_photos: int = 3,
     report: Reporter = lambda stage, fraction, message: None,
 ) -> jobs.TrainOutcome:
-    """Train a face LoRA from the photos in ``photo_dir`` and keep it as ``name``."""
-    from pipeline.runner import PipelineRunner
+    """Train a face LoRA from the photos in ``photo_dir`` and keep it as ``name``.
 
+    ``steps`` counts optimizer steps (of ``train_batch_size`` samples each); None: the recipe's budget
+    of samples (``steps_per_photo`` a photo, at most ``max_train_steps``). At least ``min_photos`` must
+    be usable, as in the chat. Who is in the photos must be known: given as ``subject``, or told by the
+    face attributes; otherwise :class:`ScriptError` asks for it and nothing is stored under ``name``.
+    An outcome with an error (too few usable photos) is returned, and nothing is stored under ``name``.
+    """
     _check_name(name)
+    resolve_base_model(settings)  # a missing model is reported before anything is copied or loaded
     files = sorted(p for p in photo_dir.iterdir() if p.suffix.lower() in PHOTO_SUFFIXES) if photo_dir.is_dir() else []
     if not files:
         raise ScriptError(f"no photos (.jpg, .png, .webp) in {photo_dir}")
-    blobs = BlobStore(settings.blob_dir)
+    if len(files) < min_photos:
+        raise ScriptError(
+            f"{len(files)} photo(s) in {photo_dir}; at least {min_photos} are needed (FACECHAIN_MIN_PHOTOS)"
+        )
+    update: dict[str, object] = {"queues": ["train"], "train_compile": "off"}
+    if steps is not None:
+        # ``steps`` optimizer steps: a sample budget of exactly steps × batch, whatever the photo count.
+        samples = steps * settings.train_batch_size
+        update |= {"max_train_steps": samples, "steps_per_photo": samples}
+    blobs = open_blob_store(settings, settings.data_dir)
     stamp = time.strftime("%Y%m%d%H%M%S")
     keys = []
     for index, path in enumerate(files):
@@ -64,12 +104,16 @@ def train_from_folder(
         blobs.put_file(key, path)
         keys.append(key)
     # One job: the training step's compile (minutes the first time) would cost more than it saves.
-    runner = PipelineRunner(settings.model_copy(update={"queues": ["train"], "train_compile": "off"}), blobs)
+    runner = _runner(settings.model_copy(update=update), blobs)
     request = jobs.TrainRequest(
         run_id=f"cli-{name}-{stamp}"[:64], user_id=0, model_id=0, photo_keys=keys, subject=subject,
-        min_photos=1, max_train_steps=steps,
+        min_photos=min_photos,
     )  # fmt: skip
     outcome = runner.train(request, _control(report))
+    if outcome.needs_subject:
+        raise ScriptError(NEEDS_SUBJECT)
+    if outcome.ok and (outcome.lora_key is None or outcome.steps < 1):
+        raise RuntimeError(f"training of {name!r} reported success without a trained model")  # a bug, not a user's
     if outcome.ok:
         blobs.put_bytes(_model_key(name), outcome.model_dump_json(indent=2).encode())
     return outcome
@@ -87,17 +131,23 @@ def generate_for(
     report: Reporter = lambda stage, fraction, message: None,
 ) -> tuple[jobs.GenerateOutcome, list[Path]]:
     """Generate portraits of the person trained as ``name``; copy them into ``out_dir``."""
-    from pipeline.runner import PipelineRunner
-
     _check_name(name)
-    blobs = BlobStore(settings.blob_dir)
+    blobs = open_blob_store(settings, settings.data_dir)
     if not blobs.exists(_model_key(name)):
         raise ScriptError(f"no trained model named {name!r}: run `facechain-bot train PHOTO_DIR --name {name}` first")
     model = jobs.parse_outcome_json(blobs.get_bytes(_model_key(name)))
     if not isinstance(model, jobs.TrainOutcome) or model.lora_key is None:
         raise ScriptError(f"the model record of {name!r} is damaged; train it again")
+    if style.lora is not None:
+        from pipeline.models import ModelsMissingError, StyleLoraRefused, resolve_style_lora
+
+        try:  # before the models load: the message names the style and `models fetch`
+            resolve_style_lora(settings, style.name, style.lora)
+        except (ModelsMissingError, StyleLoraRefused) as exc:
+            raise ScriptError(str(exc)) from None
+    resolve_base_model(settings)
     # One job: a compile (tens of seconds, even from the cache) would cost more than it saves.
-    runner = PipelineRunner(settings.model_copy(update={"queues": ["generate"], "torch_compile": "off"}), blobs)
+    runner = _runner(settings.model_copy(update={"queues": ["generate"], "torch_compile": "off"}), blobs)
     request = jobs.GenerateRequest(
         run_id=f"cli-{name}-{time.strftime('%Y%m%d%H%M%S')}"[:64], user_id=0, model_id=0,
         lora_key=model.lora_key, template_key=model.template_key, trigger=model.trigger or "",
@@ -112,7 +162,12 @@ def generate_for(
         written.append(target)
     (out_dir / f"{name}-{style.name}.json").write_text(
         json.dumps(
-            {"style": style.name, "portraits": [p.model_dump() for p in outcome.portraits], "error": outcome.error},
+            {
+                "style": style.name,
+                "portraits": [p.model_dump() for p in outcome.portraits],
+                "error": outcome.error,
+                "stages_run": outcome.stages_run,
+            },
             indent=2,
         )
     )

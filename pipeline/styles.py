@@ -7,33 +7,59 @@ Built-in styles live in ``pipeline/styles/*.toml``; an operator adds or override
     title = "Fairy tale"                # optional display name
     description = "Soft light, flowers and a flowing gown."
     prompt = "a fairy in a field of flowers, ..."
+    trigger_words = ""                  # optional: the style LoRA's trigger words, put first
     negative_prompt = ""                # optional, added before FaceChain's negative prompt
+    medium = "photo"                    # or "painting": no photo words in the prompt, and
+                                        # "paintings, sketches" leave the negative prompt
     lora = "modelscope:YorickHe/fairy_lora@v1.0.0/fairy.safetensors"   # optional
-    style_weight = 0.25                 # the style LoRA's multiplier
-    face_weight = 0.95                  # the face LoRA's multiplier
+    style_weight = 0.25                 # the style LoRA's multiplier (default: pipeline/recipe.py)
+    face_weight = 0.95                  # the face LoRA's multiplier (default: pipeline/recipe.py)
     default_enabled = true              # on for a new community until an admin changes it
     preview = "previews/fairy.jpg"      # optional picture shown in the style list
 
-``lora`` is a model reference (``modelscope:``/``hf:`` repo + file, fetched by ``models fetch``) or
-a path to a ``.safetensors`` file, relative to the style file. This module imports no torch.
+``lora`` is a model reference (``modelscope:``/``hf:`` repo + file, fetched by ``models fetch`` into
+FACECHAIN_MODELS_DIR) or a path to a ``.safetensors`` file, relative to the style file. A path must
+resolve (symlinks followed) inside FACECHAIN_MODELS_DIR or FACECHAIN_STYLES_DIR: a style file that
+points elsewhere (``../../etc/…``, ``/home/…``) is refused with one line naming it, and the other
+styles still load. This module imports no torch.
 """
 
 from __future__ import annotations
 
+import logging
 import tomllib
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pipeline.config import WorkerSettings
-from pipeline.jobs import StyleSpec
+from pipeline.jobs import StyleSpec, is_model_reference
+from pipeline.recipe import FACECHAIN, Medium
+
+log = logging.getLogger("facechain.styles")
 
 BUILTIN_DIR = Path(__file__).with_name("styles")
-_SCHEMES = ("modelscope:", "ms:", "hf:", "huggingface:", "file:")
 
 
 class StyleFileError(ValueError):
     """A style file that cannot be used; the message names the file."""
+
+
+def lora_roots(models_dir: Path | None, styles_dir: Path | None) -> tuple[Path, ...]:
+    """The folders a style's LoRA file may be in: FACECHAIN_MODELS_DIR and FACECHAIN_STYLES_DIR."""
+    return tuple(folder for folder in (models_dir, styles_dir) if folder is not None)
+
+
+def outside_roots(path: Path, roots: Iterable[Path]) -> str | None:
+    """None when ``path`` (symlinks resolved) lies inside one of ``roots``; else why not, in words."""
+    real = path.expanduser().resolve()
+    folders = list(roots)
+    if any(real.is_relative_to(folder.expanduser().resolve()) for folder in folders):
+        return None
+    where = " and ".join(str(folder) for folder in folders) or "no folder (neither is set)"
+    return f"{real} is outside FACECHAIN_MODELS_DIR and FACECHAIN_STYLES_DIR ({where})"
 
 
 class Style(BaseModel):
@@ -46,9 +72,11 @@ class Style(BaseModel):
     description: str = Field(default="", max_length=500)
     prompt: str = Field(min_length=1, max_length=2000)
     negative_prompt: str = Field(default="", max_length=2000)
+    trigger_words: str = Field(default="", max_length=300)
+    medium: Medium = "photo"
     lora: str | None = Field(default=None, max_length=512)
-    style_weight: float = Field(default=0.3, ge=0.0, le=2.0)
-    face_weight: float = Field(default=0.9, ge=0.0, le=2.0)
+    style_weight: float = Field(default=FACECHAIN.style_weight, ge=0.0, le=2.0)
+    face_weight: float = Field(default=FACECHAIN.face_weight, ge=0.0, le=2.0)
     default_enabled: bool = True
     preview: str | None = None
 
@@ -58,16 +86,31 @@ class Style(BaseModel):
         return self.title or self.name.replace("_", " ").replace("-", " ").capitalize()
 
 
-def read_style(path: Path) -> Style:
-    """Parse one style file; a relative ``lora``/``preview`` path is made absolute (``file:`` for lora)."""
+def read_style(path: Path, lora_dirs: Iterable[Path] | None = None) -> Style:
+    """Parse one style file; a relative ``lora``/``preview`` path is made absolute (``file:`` for lora).
+
+    With ``lora_dirs`` (see :func:`lora_roots`), a ``lora`` file path must resolve inside one of them.
+    """
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise StyleFileError(f"{path}: {exc}") from None
     lora = data.get("lora")
-    if isinstance(lora, str) and lora and not lora.lower().startswith(_SCHEMES):
-        local = Path(lora).expanduser()
-        data["lora"] = "file:" + str(local if local.is_absolute() else (path.parent / local).resolve())
+    if isinstance(lora, str) and lora:
+        if lora.lower().startswith("file:") or not is_model_reference(lora):
+            local = Path(lora[5:] if lora.lower().startswith("file:") else lora).expanduser()
+            target = (local if local.is_absolute() else path.parent / local).resolve()
+            problem = None if lora_dirs is None else outside_roots(target, lora_dirs)
+            if problem is not None:
+                raise StyleFileError(f"{path}: lora {lora[:200]!r} refused: {problem}; move the file into one of them")
+            data["lora"] = f"file:{target}"
+        else:
+            parts = lora.partition(":")[2].strip("/").split("/")
+            if len(parts) < 3 or any(part in ("", ".", "..") for part in parts):
+                raise StyleFileError(
+                    f"{path}: lora {lora[:200]!r} refused: a model reference is scheme:owner/name[@revision]/file "
+                    "with no '.', '..' or empty part"
+                )
     preview = data.get("preview")
     if isinstance(preview, str) and preview and "://" not in preview and not Path(preview).is_absolute():
         data["preview"] = str((path.parent / preview).resolve())
@@ -77,31 +120,58 @@ def read_style(path: Path) -> Style:
         raise StyleFileError(f"{path}: {exc}") from None
 
 
-def _read_dir(folder: Path) -> dict[str, Style]:
+@dataclass(frozen=True)
+class Catalogue:
+    """The styles that loaded, and one line per style file refused (the others load regardless)."""
+
+    styles: dict[str, Style]
+    refused: tuple[str, ...] = ()
+
+
+def _read_dir(folder: Path, lora_dirs: tuple[Path, ...], refused: list[str]) -> dict[str, Style]:
     styles: dict[str, Style] = {}
     seen: dict[str, Path] = {}
     for path in sorted(folder.glob("*.toml")):
-        style = read_style(path)
-        if style.name in seen:
-            raise StyleFileError(f"{path}: style {style.name!r} is already defined in {seen[style.name]}")
+        try:
+            style = read_style(path, lora_dirs)
+            if style.name in seen:
+                raise StyleFileError(f"{path}: style {style.name!r} is already defined in {seen[style.name]}")
+        except StyleFileError as exc:
+            refused.append(f"style file refused: {exc}")
+            continue
         seen[style.name] = path
         styles[style.name] = style
     return styles
 
 
-def load_styles(settings: WorkerSettings) -> dict[str, Style]:
-    """Built-in styles, then ``settings.styles_dir`` (whose files replace built-ins of the same name)."""
-    return load_styles_from(settings.styles_dir)
+def load_catalogue(styles_dir: Path | None, models_dir: Path | None) -> Catalogue:
+    """Built-in styles, then those in ``styles_dir`` (whose files replace built-ins of the same name).
 
-
-def load_styles_from(styles_dir: Path | None) -> dict[str, Style]:
-    """Built-in styles, then those in ``styles_dir`` (the bot process calls this with its own setting)."""
-    styles = _read_dir(BUILTIN_DIR)
+    A style file that cannot be used (bad TOML or field, a duplicate name, a ``lora`` path outside
+    ``models_dir`` and ``styles_dir``) is left out with a line in :attr:`Catalogue.refused`; a
+    ``styles_dir`` that is not a folder raises :class:`StyleFileError` (a setting to fix).
+    """
+    refused: list[str] = []
+    lora_dirs = lora_roots(models_dir, styles_dir)
+    styles = _read_dir(BUILTIN_DIR, lora_dirs, refused)
     if styles_dir is not None:
         if not styles_dir.is_dir():
             raise StyleFileError(f"FACECHAIN_STYLES_DIR {styles_dir} is not a directory")
-        styles.update(_read_dir(styles_dir))
-    return styles
+        styles.update(_read_dir(styles_dir, lora_dirs, refused))
+    return Catalogue(styles, tuple(refused))
+
+
+def load_styles(settings: WorkerSettings) -> dict[str, Style]:
+    """The catalogue of this worker's settings; refused style files are logged, one line each."""
+    return load_styles_from(settings.styles_dir, settings.models_dir)
+
+
+def load_styles_from(styles_dir: Path | None, models_dir: Path | None) -> dict[str, Style]:
+    """The catalogue for these folders (the bot calls this with its own settings); refusals are logged."""
+    catalogue = load_catalogue(styles_dir, models_dir)
+    for line in catalogue.refused:
+        log.warning("%s", line)
+    return catalogue.styles
 
 
 def style_to_spec(style: Style) -> StyleSpec:
@@ -113,4 +183,6 @@ def style_to_spec(style: Style) -> StyleSpec:
         lora=style.lora,
         style_weight=style.style_weight,
         face_weight=style.face_weight,
+        trigger_words=style.trigger_words,
+        medium=style.medium,
     )

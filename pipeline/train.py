@@ -11,9 +11,10 @@ Written like diffusers' ``examples/text_to_image/train_text_to_image_lora.py`` (
    This replaces a fresh crop per step by a fresh pick among 2 × ``crops_per_image`` per photo: at
    FaceChain's 200 steps a photo every view is still seen many times, and the step no longer pays
    for the VAE encoder and the text encoder.
-2. A peft LoRA (rank 4, alpha 4, Gaussian init) on ``to_q``, ``to_k``, ``to_v``, ``to_out.0`` of
-   every attention block, trainable params in fp32, AdamW (fused on CUDA), cosine schedule,
-   DDPM noise from the base model's own schedule, MSE on epsilon (or v).
+2. A peft LoRA (the recipe's rank and alpha, Gaussian init) on ``to_q``, ``to_k``, ``to_v``,
+   ``to_out.0`` of every attention block, trainable params in fp32, AdamW (fused on CUDA), the
+   recipe's learning-rate schedule, DDPM noise from the base model's own schedule, MSE on epsilon
+   (or v). The numbers are :mod:`pipeline.recipe`'s; this module is the machinery.
 3. bf16 autocast on CUDA, fp32 on CPU. Losses are copied out asynchronously and read one step
    late, so the CPU queues the next step while the GPU still runs this one (no host sync per step).
 4. On CUDA without loss scaling (bf16), ``cuda_graphs``: after a few eager steps the whole step
@@ -50,6 +51,7 @@ from PIL import Image, ImageOps
 from pipeline.config import WorkerSettings
 from pipeline.devices import DeviceOutOfMemory, free_memory, is_out_of_memory, synchronize
 from pipeline.jobs import ErrorCode
+from pipeline.recipe import LrBatchScaling, Recipe, get_recipe, recipe_default
 from pipeline.train_step import TRAIN_ADAPTER, LoraTrainingStep, StepSpec, has_adapters
 from pipeline.unet_compile import CompileMode, compile_unet
 
@@ -78,21 +80,31 @@ class TrainingCancelled(Exception):
         self.steps_done = steps_done
 
 
+def _recipe(knob: str) -> Callable[[], Any]:
+    """A default factory: the default recipe's ``knob``, read when a TrainArgs is made (pipeline/recipe.py)."""
+    return lambda: recipe_default(knob)
+
+
 @dataclass
 class TrainArgs:
-    """FaceChain's training knobs (defaults are FaceChain's own)."""
+    """The training knobs: the recipe's (the default recipe's, :mod:`pipeline.recipe`), then the
+    machinery's (views, precision, CUDA graphs, optimizer constants)."""
 
-    rank: int = 4
-    alpha: float = 4.0
-    learning_rate: float = 1.5e-4
-    lr_scheduler: str = "cosine"
-    lr_warmup_steps: int = 0
-    steps_per_photo: int = 200
-    max_train_steps: int = 800
-    train_batch_size: int = 1
-    seed: int = 42
-    resolution: int = 512
-    random_flip: bool = True
+    rank: int = field(default_factory=_recipe("lora_rank"))
+    alpha: float = field(default_factory=_recipe("lora_alpha"))
+    learning_rate: float = field(default_factory=_recipe("learning_rate"))
+    lr_scheduler: str = field(default_factory=_recipe("lr_scheduler"))
+    lr_warmup_steps: int = field(default_factory=_recipe("lr_warmup_steps"))
+    steps_per_photo: int = field(default_factory=_recipe("steps_per_photo"))
+    #: Cap on the samples; None: 200 a photo however many photos (FaceChain).
+    max_train_steps: int | None = field(default_factory=_recipe("max_train_steps"))
+    train_batch_size: int = field(default_factory=_recipe("train_batch_size"))
+    seed: int = field(default_factory=_recipe("train_seed"))
+    resolution: int = field(default_factory=_recipe("resolution"))
+    random_flip: bool = field(default_factory=_recipe("random_flip"))
+    #: Learning rate × this factor for a batch of ``train_batch_size`` (``sqrt``: × √batch).
+    lr_batch_scaling: LrBatchScaling = field(default_factory=_recipe("lr_batch_scaling"))
+    target_modules: tuple[str, ...] = field(default_factory=_recipe("lora_targets"))
     random_crop: bool = True
     #: Views cached per photo (the full square + random crops), before mirroring.
     crops_per_image: int = 4
@@ -106,14 +118,12 @@ class TrainArgs:
     cuda_graphs: bool = True
     #: Eager steps before the capture (they warm cuBLAS/cuDNN up and are real training steps).
     graph_warmup_steps: int = 3
-    #: Learning rate × this factor for a batch of ``train_batch_size`` (``sqrt``: × √batch).
-    lr_batch_scaling: Literal["none", "sqrt", "linear"] = "none"
+    # AdamW and clipping as diffusers' LoRA script (FaceChain's train_text_to_image_lora.py:439-443).
     max_grad_norm: float = 1.0
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
     adam_weight_decay: float = 1e-2
     adam_epsilon: float = 1e-8
-    target_modules: tuple[str, ...] = field(default=LORA_TARGETS)
 
     def total_samples(self, photos: int) -> int:
         """FaceChain's budget in samples: ``steps_per_photo`` × photos, capped at ``max_train_steps``.
@@ -121,7 +131,8 @@ class TrainArgs:
         FaceChain trains at batch 1, where a step is a sample; the budget stays in samples at any batch
         size, so a larger batch does the same work in fewer, larger steps.
         """
-        return max(1, min(self.steps_per_photo * photos, self.max_train_steps))
+        samples = self.steps_per_photo * photos
+        return max(1, samples if self.max_train_steps is None else min(samples, self.max_train_steps))
 
     def scaled_learning_rate(self) -> float:
         """The learning rate for this batch size (``lr_batch_scaling``)."""
@@ -133,8 +144,30 @@ class TrainArgs:
         return -(-self.total_samples(photos) // self.train_batch_size)
 
     @classmethod
+    def from_recipe(cls, recipe: Recipe, **overrides: Any) -> TrainArgs:
+        """A recipe's training knobs as :class:`TrainArgs` (machinery defaults); ``overrides`` win."""
+        values: dict[str, Any] = {
+            "rank": recipe.lora_rank,
+            "alpha": recipe.lora_alpha,
+            "learning_rate": recipe.learning_rate,
+            "lr_scheduler": recipe.lr_scheduler,
+            "lr_warmup_steps": recipe.lr_warmup_steps,
+            "steps_per_photo": recipe.steps_per_photo,
+            "max_train_steps": recipe.max_train_steps,
+            "train_batch_size": recipe.train_batch_size,
+            "lr_batch_scaling": recipe.lr_batch_scaling,
+            "seed": recipe.train_seed,
+            "resolution": recipe.resolution,
+            "random_flip": recipe.random_flip,
+            "target_modules": recipe.lora_targets,
+        }
+        values.update(overrides)
+        return cls(**values)
+
+    @classmethod
     def from_settings(cls, settings: WorkerSettings, **overrides: Any) -> TrainArgs:
-        """The worker's training settings as :class:`TrainArgs`; ``overrides`` win."""
+        """The worker's training settings (its recipe, knobs set one by one) as :class:`TrainArgs`;
+        ``overrides`` win."""
         init = Path(settings.init_face_lora) if settings.init_face_lora else None
         values: dict[str, Any] = {
             "rank": settings.lora_rank,
@@ -152,7 +185,7 @@ class TrainArgs:
             "init_lora": init,
         }
         values.update(overrides)
-        return cls(**values)
+        return cls.from_recipe(get_recipe(settings.recipe), **values)
 
 
 @dataclass(frozen=True)
@@ -196,11 +229,22 @@ def _to_tensor(images: Sequence[Image.Image]) -> torch.Tensor:
     return data.permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
 
 
+def with_model_resolution(pipe: StableDiffusionPipeline, args: TrainArgs) -> TrainArgs:
+    """``args`` at most at the base model's own size (:func:`~pipeline.models.model_side`)."""
+    from dataclasses import replace
+
+    from pipeline.models import model_side
+
+    side = model_side(args.resolution, pipe)
+    return args if side == args.resolution else replace(args, resolution=side)
+
+
 @torch.no_grad()
 def encode_views(
     pipe: StableDiffusionPipeline, images: Sequence[Image.Image], args: TrainArgs, chunk: int = 8
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """VAE posterior (mean, std) of every augmented view of every photo, in fp32 on the device."""
+    args = with_model_resolution(pipe, args)
     rng = torch.Generator().manual_seed(args.seed)
     views = [view for image in images for view in _square_views(image, args, rng)]
     vae = pipe.vae
@@ -344,6 +388,7 @@ class LoraTrainer:
 
         if not images:
             raise ValueError("no training images")
+        args = with_model_resolution(self.pipe, args)
         with self._lock:
             pipe = self.pipe
             started = time.perf_counter()
@@ -439,6 +484,7 @@ class LoraTrainer:
         step and wait only for the swap.
         """
         started = time.perf_counter()
+        args = with_model_resolution(self.pipe, args)
         with self._lock:
             step = self._build_plain_for_default(args)
             self._exercise(step)
@@ -609,7 +655,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         if isinstance(default, bool):
             parser.add_argument(f"--{item.name}", action=argparse.BooleanOptionalAction, default=None)
         else:
-            parser.add_argument(f"--{item.name}", type=type(default), default=None)
+            parser.add_argument(f"--{item.name}", type=int if default is None else type(default), default=None)
     parser.add_argument("--init_lora", type=Path, default=None)
     return parser.parse_args(argv)
 

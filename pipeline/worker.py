@@ -11,19 +11,26 @@ A stage runner (see :class:`StageRunner`) does the GPU work; ``on_startup`` buil
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import threading
 import time
+from dataclasses import replace
+from enum import Enum
 from typing import Any, Protocol
 
 from arq.connections import ArqRedis, RedisSettings
 from arq.worker import Worker, func
 from pydantic import ValidationError
 
-from pipeline import jobs
+from pipeline import jobs, worker_metrics
+from pipeline.aio import cancel_all
+from pipeline.arq_redis import REDIS_DOWN, Backoff, enqueue_outcome, redis_client, serve_through_outages
 from pipeline.config import WorkerSettings
 from pipeline.control import StageCancelled, StageControl
+from pipeline.runlog import run_context
+from storage.blob_config import open_blob_store
 from storage.blobs import BlobStore
 
 __all__ = ["StageCancelled", "StageControl", "StageRunner", "run_worker"]
@@ -47,17 +54,18 @@ class StageRunner(Protocol):
 # ------------------------------------------------------------------------------------------ jobs
 async def train_face_model(ctx: dict[str, Any], payload: Any) -> str:
     """arq job: train a face LoRA. Returns the outcome's error code or "ok" (for arq's result log)."""
-    return await _run_job(ctx, payload, "train")
+    with run_context(jobs.salvage_run_id(payload)):
+        return await _run_job(ctx, payload, "train")
 
 
 async def generate_portraits(ctx: dict[str, Any], payload: Any) -> str:
     """arq job: generate portraits. Returns the outcome's error code or "ok"."""
-    return await _run_job(ctx, payload, "generate")
+    with run_context(jobs.salvage_run_id(payload)):
+        return await _run_job(ctx, payload, "generate")
 
 
 async def _run_job(ctx: dict[str, Any], payload: Any, kind: str) -> str:
     settings: WorkerSettings = ctx["settings"]
-    blobs: BlobStore = ctx["blobs"]
     try:
         request = jobs.parse_request(payload)
         if request.kind != kind:
@@ -65,38 +73,83 @@ async def _run_job(ctx: dict[str, Any], payload: Any, kind: str) -> str:
     except (ValidationError, ValueError) as exc:
         run_id = jobs.salvage_run_id(payload)
         log.warning("refused a malformed %s job (run %s): %s", kind, run_id, str(exc)[:300])
+        worker_metrics.JOB_FAILURES.labels(kind, jobs.ErrorCode.BAD_PAYLOAD.value).inc()
         if run_id is None:
             return jobs.ErrorCode.BAD_PAYLOAD.value
         bad = _failed_outcome(kind, run_id, jobs.ErrorCode.BAD_PAYLOAD, "The job was malformed.")
         await _send_outcome(ctx, bad)
         return bad.error.value if bad.error else "ok"
 
+    job_id = str(ctx.get("job_id") or jobs.arq_job_id(request.run_id, 1))
+    # The heartbeat tells the bot's run supervisor that this attempt is in good hands, until its
+    # outcome is on the bot's queue (sending it waits out a Redis outage, still heartbeating).
+    async with _Heartbeat(ctx["redis"], request.run_id, job_id, settings.heartbeat_ttl_s):
+        outcome = await _attempt(ctx, request, job_id)
+        if outcome is None:
+            log.info("run %s: attempt %s was superseded by a newer one; it reports nothing", request.run_id, job_id)
+            return "superseded"
+        await _send_outcome(ctx, outcome)
+    return outcome.error.value if outcome.error else "ok"
+
+
+async def _attempt(
+    ctx: dict[str, Any], request: jobs.TrainRequest | jobs.GenerateRequest, job_id: str
+) -> jobs.TrainOutcome | jobs.GenerateOutcome | None:
+    """One attempt of a run: its outcome, or None when the bot gave this attempt up for a newer one."""
+    settings: WorkerSettings = ctx["settings"]
+    blobs: BlobStore = ctx["blobs"]
+    redis: ArqRedis = ctx["redis"]
+    kind = request.kind
+
     # A finished earlier attempt left its outcome behind: deliver that instead of working again.
     done_key = jobs.outcome_key(request.run_id)
     if await asyncio.to_thread(blobs.exists, done_key):
         previous = jobs.parse_outcome_json(await asyncio.to_thread(blobs.get_bytes, done_key))
         log.info("run %s already finished; re-sending its outcome", request.run_id)
-        await _send_outcome(ctx, previous)
-        return previous.error.value if previous.error else "ok"
+        worker_metrics.JOBS_RESENT.labels(kind).inc()
+        return previous
 
-    redis: ArqRedis = ctx["redis"]
-    if await redis.exists(jobs.cancel_key(request.run_id)):
-        outcome = _failed_outcome(kind, request.run_id, jobs.ErrorCode.CANCELLED, "Cancelled before it started.")
-    else:
-        timeout = settings.train_timeout_s if kind == "train" else settings.generate_timeout_s
-        outcome = await _run_stage(ctx, request, timeout)
+    if await _flag_set(redis, jobs.cancel_key(request.run_id)):
+        await _clear_flag(redis, jobs.cancel_key(request.run_id))
+        worker_metrics.JOB_FAILURES.labels(kind, jobs.ErrorCode.CANCELLED.value).inc()
+        return _failed_outcome(kind, request.run_id, jobs.ErrorCode.CANCELLED, "Cancelled before it started.")
 
+    log.info("%s job started (attempt %s)", kind, job_id)
+    started = time.monotonic()
+    # No done marker: an earlier attempt (killed mid-stage) may have left partial outputs and temp
+    # files under the run's key. Start from an empty folder so nothing of it can be picked up.
+    stale = await asyncio.to_thread(blobs.delete_prefix, jobs.run_prefix(request.run_id))
+    if stale:
+        log.info("run %s: removed %d file(s) an interrupted attempt left", request.run_id, stale)
+    timeout = settings.train_timeout_s if kind == "train" else settings.generate_timeout_s
+    with worker_metrics.JOBS_RUNNING.labels(kind).track_inprogress():
+        outcome = await _run_stage(ctx, request, job_id, timeout)
+    if outcome is None:
+        return None
+    seconds = time.monotonic() - started
+    worker_metrics.job_finished(kind, outcome.error, seconds)
+    log.info("%s job ended: %s in %.1f s", kind, outcome.error.value if outcome.error else "ok", seconds)
     if outcome.error is not jobs.ErrorCode.CANCELLED:
         # The done marker is written after every output, so its presence means "all there".
         await asyncio.to_thread(blobs.put_bytes, done_key, outcome.model_dump_json().encode())
-    await _send_outcome(ctx, outcome)
-    return outcome.error.value if outcome.error else "ok"
+    return outcome
+
+
+class _Stop(Enum):
+    """Why the event loop told a running stage to stop."""
+
+    CANCELLED = "cancelled"
+    TIMEOUT = "timeout"
+    SUPERSEDED = "superseded"
 
 
 async def _run_stage(
-    ctx: dict[str, Any], request: jobs.TrainRequest | jobs.GenerateRequest, timeout_s: float
-) -> jobs.TrainOutcome | jobs.GenerateOutcome:
-    """Run the blocking stage in a thread; poll cancel; enforce the timeout by stopping the stage."""
+    ctx: dict[str, Any], request: jobs.TrainRequest | jobs.GenerateRequest, job_id: str, timeout_s: float
+) -> jobs.TrainOutcome | jobs.GenerateOutcome | None:
+    """Run the blocking stage in a thread; poll cancel; enforce the timeout by stopping the stage.
+
+    None: the bot superseded this attempt (it lost track of it and started another one).
+    """
     runner: StageRunner = ctx["runner"]
     redis: ArqRedis = ctx["redis"]
     loop = asyncio.get_running_loop()
@@ -112,16 +165,17 @@ async def _run_stage(
 
     started = time.monotonic()
     task = asyncio.ensure_future(asyncio.to_thread(work))
-    reason: jobs.ErrorCode | None = None
+    reason: _Stop | None = None
+    flags = _StopFlags(redis, request.run_id, job_id)
     try:
         while not task.done():
             await asyncio.wait({task}, timeout=CANCEL_POLL_S)
             if task.done():
                 break
             if time.monotonic() - started > timeout_s:
-                reason = jobs.ErrorCode.TIMEOUT
-            elif await redis.exists(jobs.cancel_key(request.run_id)):
-                reason = jobs.ErrorCode.CANCELLED
+                reason = _Stop.TIMEOUT
+            else:
+                reason = await flags.poll()
             if reason is not None:
                 stop.set()
                 # Wait for the stage to notice, so the GPU is free before the next job starts.
@@ -132,20 +186,28 @@ async def _run_stage(
         stop.set()
         with contextlib.suppress(BaseException):
             await asyncio.shield(task)
+        await reporter.close(0)
         raise
+    await reporter.close(PROGRESS_INTERVAL_S)
 
     kind = request.kind
+    if reason is _Stop.CANCELLED:
+        await _clear_flag(redis, jobs.cancel_key(request.run_id))
     try:
         outcome = task.result()
     except StageCancelled:
-        code = reason or jobs.ErrorCode.CANCELLED
+        if reason is _Stop.SUPERSEDED:
+            return None
+        code = jobs.ErrorCode.TIMEOUT if reason is _Stop.TIMEOUT else jobs.ErrorCode.CANCELLED
         return _failed_outcome(kind, request.run_id, code, _STOP_MESSAGES[code])
     except Exception:
         log.exception("run %s failed", request.run_id)
         return _failed_outcome(kind, request.run_id, jobs.ErrorCode.INTERNAL, "Something went wrong.")
     if reason is not None and outcome.error is None:
         # The stage finished in the same instant it was told to stop: honour the result.
-        log.info("run %s finished while being stopped (%s); keeping its result", request.run_id, reason)
+        log.info("run %s finished while being stopped (%s); keeping its result", request.run_id, reason.value)
+    elif reason is _Stop.SUPERSEDED:
+        return None
     return outcome
 
 
@@ -153,6 +215,93 @@ _STOP_MESSAGES = {
     jobs.ErrorCode.CANCELLED: "Cancelled.",
     jobs.ErrorCode.TIMEOUT: "It took too long and was stopped.",
 }
+
+
+class _StopFlags:
+    """Reads the two flags that stop a running attempt: the run's cancel flag and this attempt's
+    superseded flag. A Redis that is down or restarting stops nothing: the stage runs on."""
+
+    def __init__(self, redis: ArqRedis, run_id: str, job_id: str) -> None:
+        self._redis = redis
+        self._keys = (jobs.cancel_key(run_id), jobs.superseded_key(job_id))
+        self._run_id = run_id
+        self._unreachable = False
+
+    async def poll(self) -> _Stop | None:
+        try:
+            cancelled, superseded = await self._redis.mget(self._keys)
+        except REDIS_DOWN as exc:
+            if not self._unreachable:
+                log.warning("run %s: Redis unreachable (%s); the stage runs on", self._run_id, exc)
+            self._unreachable = True
+            return None
+        if self._unreachable:
+            log.info("run %s: Redis reachable again", self._run_id)
+            self._unreachable = False
+        if superseded:
+            return _Stop.SUPERSEDED
+        return _Stop.CANCELLED if cancelled else None
+
+
+async def _flag_set(redis: ArqRedis, key: str) -> bool:
+    """Whether a flag key is set; False when Redis cannot say (the run goes ahead)."""
+    try:
+        return bool(await redis.exists(key))
+    except REDIS_DOWN as exc:
+        log.warning("could not read %s (%s); going ahead", key, exc)
+        return False
+
+
+async def _clear_flag(redis: ArqRedis, key: str) -> None:
+    """A flag the worker acted on is removed (it names a run: it should not outlive its use)."""
+    try:
+        await redis.delete(key)
+    except REDIS_DOWN:
+        log.debug("could not delete %s; it expires by itself", key)
+
+
+class _Heartbeat:
+    """Keeps ``heartbeat_key(run_id)`` alive while a job holds the run: set at once, then refreshed from
+    the event loop three times per lifetime. A Redis error skips a beat, never the job."""
+
+    def __init__(self, redis: ArqRedis, run_id: str, job_id: str, ttl_s: float) -> None:
+        self._redis = redis
+        self._key = jobs.heartbeat_key(run_id)
+        self._job_id = job_id
+        self._ttl_ms = max(int(ttl_s * 1000), 100)
+        self._interval_s = ttl_s / 3
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> _Heartbeat:
+        await self._beat()
+        self._task = asyncio.create_task(self._beat_forever(), name=f"heartbeat {self._job_id}")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        with contextlib.suppress(*REDIS_DOWN):
+            # Only this attempt's own beat: a newer attempt elsewhere keeps its heartbeat.
+            if await self._redis.get(self._key) == self._job_id.encode():
+                await self._redis.delete(self._key)
+
+    async def _beat(self) -> bool:
+        try:
+            await self._redis.set(self._key, self._job_id, px=self._ttl_ms)
+        except REDIS_DOWN:
+            return False
+        return True
+
+    async def _beat_forever(self) -> None:
+        beating = True
+        while True:
+            await asyncio.sleep(self._interval_s)
+            ok = await self._beat()
+            if ok != beating:
+                log.info("heartbeat of %s %s", self._job_id, "resumed" if ok else "paused: Redis unreachable")
+            beating = ok
 
 
 def _failed_outcome(
@@ -164,19 +313,21 @@ def _failed_outcome(
 
 
 async def _send_outcome(ctx: dict[str, Any], outcome: jobs.TrainOutcome | jobs.GenerateOutcome) -> None:
-    """Enqueue the outcome on the bot's queue.
+    """Enqueue the outcome on the bot's queue, waiting out a Redis outage (arq's job timeout bounds it).
 
     Its job id follows the arq job that produced it, so a re-execution of the same job sends it once,
     while a different job naming the same run (a retry, or a malformed one) cannot block it.
     """
     redis: ArqRedis = ctx["redis"]
-    source = ctx.get("job_id") or outcome.run_id
-    await redis.enqueue_job(
-        jobs.DELIVER_JOB,
-        outcome.model_dump(mode="json"),
-        _job_id=f"deliver.{source}",
-        _queue_name=jobs.BOT_QUEUE,
-    )
+    source = str(ctx.get("job_id") or outcome.run_id)
+    backoff = Backoff()
+    while True:
+        try:
+            await enqueue_outcome(redis, outcome, source)
+            return
+        except REDIS_DOWN as exc:
+            log.warning("run %s: outcome not sent yet, Redis unreachable (%s); retrying", outcome.run_id, exc)
+        await asyncio.sleep(backoff.pause())
 
 
 class _ProgressReporter:
@@ -188,6 +339,8 @@ class _ProgressReporter:
         self._loop = loop
         self._last_sent = 0.0
         self._last_stage: jobs.Stage | None = None
+        #: Notes being published (from the stage's thread), so the job can wait for them or drop them.
+        self._pending: set[concurrent.futures.Future[None]] = set()
 
     def report(self, stage: jobs.Stage, fraction: float, message: str) -> None:
         now = time.monotonic()
@@ -200,10 +353,23 @@ class _ProgressReporter:
         if threading.current_thread() is threading.main_thread():
             self._loop.create_task(self._publish(note))
         else:
-            asyncio.run_coroutine_threadsafe(self._publish(note), self._loop)
+            sending = asyncio.run_coroutine_threadsafe(self._publish(note), self._loop)
+            self._pending.add(sending)
+            sending.add_done_callback(self._pending.discard)
+
+    async def close(self, wait_s: float) -> None:
+        """Give the notes still being published ``wait_s`` seconds, then drop them (lossy by design)."""
+        pending = [asyncio.wrap_future(f) for f in list(self._pending)]
+        if pending:
+            _, late = await asyncio.wait(pending, timeout=wait_s)
+            for future in late:
+                future.cancel()
 
     async def _publish(self, note: jobs.Progress) -> None:
-        await self._redis.publish(jobs.PROGRESS_CHANNEL, note.model_dump_json())
+        try:
+            await self._redis.publish(jobs.PROGRESS_CHANNEL, note.model_dump_json())
+        except REDIS_DOWN:
+            log.debug("progress of run %s not published: Redis unreachable", self._run_id)
 
 
 # --------------------------------------------------------------------------------------- startup
@@ -217,74 +383,104 @@ def build_runner(settings: WorkerSettings, blobs: BlobStore) -> StageRunner:
 
 async def on_startup(ctx: dict[str, Any]) -> None:
     settings: WorkerSettings = ctx["settings"]
-    ctx.setdefault("blobs", BlobStore(settings.blob_dir))
+    if "blobs" not in ctx:
+        ctx["blobs"] = open_blob_store(settings, settings.data_dir)
+    log.info("blob store: %s", ctx["blobs"].location)
     if "runner" not in ctx:
+        from pipeline.stages import StagesUnavailable, check_stages
+
         started = time.monotonic()
-        ctx["runner"] = await asyncio.to_thread(build_runner, settings, ctx["blobs"])
+        try:
+            # Before anything heavy loads: a stage that must run and cannot stops the worker here.
+            check_stages(settings)
+            ctx["runner"] = await asyncio.to_thread(build_runner, settings, ctx["blobs"])
+            worker_metrics.STARTUP_SECONDS.set(time.monotonic() - started)
+        except StagesUnavailable as exc:
+            for line in exc.problems:
+                log.error("worker not started: %s", line)
+            raise SystemExit(2) from None
         log.info("models loaded in %.1f s", time.monotonic() - started)
 
 
 def redis_settings(url: str) -> RedisSettings:
-    return RedisSettings.from_dsn(url)
+    # No connection retries inside arq: ``_serve_queue`` reconnects, for as long as it takes.
+    return replace(RedisSettings.from_dsn(url), conn_retries=0)
 
 
-def build_workers(
-    settings: WorkerSettings,
-    ctx: dict[str, Any],
-    *,
-    burst: bool = False,
-    queues: list[str] | None = None,
-) -> list[Worker]:
-    """One arq Worker per queue served (max_jobs=1 each), sharing the resident models of ``ctx``.
+def build_worker(settings: WorkerSettings, ctx: dict[str, Any], queue_name: str, *, burst: bool = False) -> Worker:
+    """The arq Worker of one queue (max_jobs=1), sharing the resident models of ``ctx``.
 
     Each worker gets its own Redis pool and a copy of ``ctx`` (arq writes its pool into ctx and
     closes the pool on close, so sharing either would let one worker break the other).
+
+    A job is tried once by arq (``max_tries=1``): the bot's run supervisor owns retries, as new
+    attempts with their own job ids, so a job whose worker was killed is never run again under its
+    old id once arq's in-progress key expires. No result is kept: the outcome travels as a job on the
+    bot's queue, and a kept result would hold the run's ids in Redis for nothing.
     """
-    served = queues or list(settings.queues)
-    workers = []
-    for name in served:
-        if name == "train":
-            function = func(train_face_model, name=jobs.TRAIN_JOB, max_tries=3)
-            queue, timeout = jobs.TRAIN_QUEUE, settings.train_timeout_s
-        elif name == "generate":
-            function = func(generate_portraits, name=jobs.GENERATE_JOB, max_tries=3)
-            queue, timeout = jobs.GENERATE_QUEUE, settings.generate_timeout_s
-        else:
-            raise ValueError(f"unknown queue {name!r}: expected train or generate")
-        workers.append(
-            Worker(
-                functions=[function],
-                queue_name=queue,
-                redis_settings=redis_settings(str(settings.redis_url)),
-                burst=burst,
-                max_jobs=1,
-                # A backstop above the stage's own timeout, which reports TIMEOUT to the user.
-                job_timeout=timeout + 60,
-                keep_result=3600,
-                handle_signals=False,
-                ctx=dict(ctx),
-                job_serializer=jobs.serialize,
-                job_deserializer=jobs.deserialize,
-                health_check_interval=30,
-                health_check_key=f"facechain:health:{name}",
-                poll_delay=0.2,
-            )
-        )
-    return workers
+    if queue_name == "train":
+        function = func(train_face_model, name=jobs.TRAIN_JOB, max_tries=1)
+        queue, timeout = jobs.TRAIN_QUEUE, settings.train_timeout_s
+    elif queue_name == "generate":
+        function = func(generate_portraits, name=jobs.GENERATE_JOB, max_tries=1)
+        queue, timeout = jobs.GENERATE_QUEUE, settings.generate_timeout_s
+    else:
+        raise ValueError(f"unknown queue {queue_name!r}: expected train or generate")
+    return Worker(
+        functions=[function],
+        queue_name=queue,
+        # Its own pool, which gives up on a command that hangs: the worker stops polling as when Redis
+        # is down, and ``_serve_queue`` reconnects.
+        redis_pool=redis_client(str(settings.redis_url), queue),
+        burst=burst,
+        max_jobs=1,
+        # A backstop above the stage's own timeout, which reports TIMEOUT to the user.
+        job_timeout=timeout + 60,
+        keep_result=0,
+        handle_signals=False,
+        ctx=dict(ctx),
+        job_serializer=jobs.serialize,
+        job_deserializer=jobs.deserialize,
+        health_check_interval=30,
+        health_check_key=jobs.worker_health_key(queue_name),
+        poll_delay=0.2,
+    )
+
+
+async def _serve_queue(settings: WorkerSettings, ctx: dict[str, Any], queue_name: str, *, burst: bool) -> None:
+    """Serve one queue until cancelled (or, in burst mode, until it is empty), through Redis outages.
+
+    The job in hand rides an outage out by itself (the stage runs on; its outcome is sent once Redis
+    is back): it is awaited before a new arq worker connects.
+    """
+    await serve_through_outages(
+        lambda: build_worker(settings, ctx, queue_name, burst=burst), log, f"queue {queue_name}"
+    )
 
 
 async def run_worker(settings: WorkerSettings, *, burst: bool = False, ctx: dict[str, Any] | None = None) -> None:
     """Run the worker until cancelled (or, in burst mode, until its queues are empty).
 
-    Models load once (``on_startup``) before any queue is read; each arq worker then opens its own
-    Redis pool (speaking the contract's JSON) and puts it in its copy of ``ctx`` as ``redis``.
+    Models load once (``on_startup``) before any queue is read; each queue's arq worker then opens its
+    own Redis pool (speaking the contract's JSON) and puts it in its copy of ``ctx`` as ``redis``. A
+    Redis that is down at start or goes away later is waited for, never a reason to exit.
+    ``/metrics`` is served throughout when FACECHAIN_WORKER_METRICS_PORT is set.
     """
+    async with worker_metrics.worker_metrics(settings.worker_metrics_port, settings.queues, str(settings.redis_url)):
+        await _run_workers(settings, burst=burst, ctx=ctx)
+
+
+async def _run_workers(settings: WorkerSettings, *, burst: bool, ctx: dict[str, Any] | None) -> None:
     context: dict[str, Any] = dict(ctx or {})
     context["settings"] = settings
     await on_startup(context)
-    workers = build_workers(settings, context, burst=burst)
+    worker_metrics.WORKER_READY.set(1)
+    served = list(settings.queues)
+    for name in served:
+        if name not in ("train", "generate"):
+            raise ValueError(f"unknown queue {name!r}: expected train or generate")
+    tasks = [asyncio.create_task(_serve_queue(settings, context, name, burst=burst)) for name in served]
     try:
-        await asyncio.gather(*(w.async_run() for w in workers))
+        await asyncio.gather(*tasks)
     finally:
-        for w in workers:
-            await w.close()
+        await cancel_all(tasks)

@@ -1,8 +1,13 @@
-"""A blob store on local disk, addressed by keys such as ``users/12/photos/abc.jpg``.
+"""The blob store: bytes addressed by keys such as ``users/12/photos/abc.jpg``.
 
-Synchronous on purpose: the GPU worker calls it directly and the bot calls it through
-``asyncio.to_thread``. It imports only the standard library and Pillow, so the worker can use it
-without the database stack.
+:class:`BlobStore` is the interface, defined once; :class:`LocalBlobStore` keeps blobs in a folder
+(the default) and :class:`storage.s3_blobs.S3BlobStore` in an S3-compatible bucket, for workers on
+several machines (``FACECHAIN_BLOB_URL``, see :mod:`storage.blob_config`). One contract test suite
+runs against both (tests/storage/test_blob_contract.py).
+
+Synchronous on purpose: the GPU worker calls it from its stage thread and the bot through
+``asyncio.to_thread``. This module imports only the standard library and Pillow, so the worker can
+use it without the database stack.
 
 Keys are relative, ``/``-separated paths whose segments start with a letter, digit or ``_`` and
 continue with ``[A-Za-z0-9_.=-]`` (the same rule as ``pipeline.jobs``), so ``..``, hidden files,
@@ -14,38 +19,26 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import os
 import re
 import shutil
 import tempfile
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from PIL import Image, ImageOps
+from storage.files import FILE_MODE, make_private_dirs, restrict
+from storage.images import DEFAULT_MAX_PIXELS, clean_photo
+from storage.images import NotAnImage as NotAnImage  # raised by put_photo; callers catch it from here
 
 MAX_KEY_LENGTH = 512
 #: Leaves room under the usual 255-byte file name limit for the temporary name of a write.
 MAX_SEGMENT_LENGTH = 200
-#: Decoded photos larger than this are refused (decompression bombs; no phone camera comes close).
-DEFAULT_MAX_PIXELS = 40_000_000
-JPEG_QUALITY = 95
-
 _SEGMENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.=-]*")
 _TEMP_PREFIX = ".tmp-"
 _CHUNK = 1024 * 1024
-
-#: Pillow format → (MIME type, file suffix). MPO is the multi-picture JPEG many phones write.
-_PHOTO_FORMATS: dict[str, tuple[str, str]] = {
-    "JPEG": ("image/jpeg", ".jpg"),
-    "MPO": ("image/jpeg", ".jpg"),
-    "PNG": ("image/png", ".png"),
-    "WEBP": ("image/webp", ".webp"),
-}
-#: What Image.open may try (the JPEG opener also returns MPO files).
-_OPENERS = ("JPEG", "PNG", "WEBP")
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 
 
@@ -55,10 +48,6 @@ class InvalidBlobKey(ValueError):
 
 class BlobNotFound(FileNotFoundError):
     """No blob is stored under this key."""
-
-
-class NotAnImage(ValueError):
-    """Upload that is not a JPEG, PNG or WebP Pillow can fully decode within the pixel limit."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,27 +83,107 @@ def validate_key(key: str) -> str:
     return key
 
 
-def _validate_prefix(prefix: str, *, allow_root: bool) -> str:
-    """A prefix is a key naming a folder; one trailing ``/`` is accepted. ``""`` is the whole store."""
+def validate_prefix(prefix: str, *, allow_root: bool) -> str:
+    """A prefix is a key naming a folder; one trailing ``/`` is accepted and removed. ``""`` is the whole store."""
     bare = prefix[:-1] if prefix.endswith("/") else prefix
     if bare == "" and allow_root:
         return ""
     return validate_key(bare)
 
 
-class BlobStore:
-    """Blobs under one root directory. Safe for several threads and processes writing distinct keys."""
+class BlobStore(ABC):
+    """The blob store's interface. Every backend passes the same contract tests.
 
-    def __init__(self, root: Path, *, max_pixels: int = DEFAULT_MAX_PIXELS, file_mode: int = 0o600) -> None:
-        """Create the root if needed. ``file_mode`` applies to every blob written (photos are private)."""
-        root.mkdir(parents=True, exist_ok=True)
-        self._root = root.resolve(strict=True)
+    Implementations are safe for several threads and processes writing distinct keys; every method
+    validates its key (:func:`validate_key`) before touching storage.
+    """
+
+    def __init__(self, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
         self._max_pixels = max_pixels
+
+    @property
+    @abstractmethod
+    def location(self) -> str:
+        """Where the blobs are, for logs and ``doctor`` (never a credential)."""
+
+    @abstractmethod
+    def path(self, key: str) -> Path:
+        """A local file path holding the blob, for readers that need one (diffusers, peft).
+
+        Read it, never write to it. A remote backend returns a file of its local read-through cache.
+        """
+
+    @abstractmethod
+    def exists(self, key: str) -> bool:
+        """Whether a blob is stored under ``key``."""
+
+    @abstractmethod
+    def size(self, key: str) -> int:
+        """Size in bytes of a stored blob (raises :class:`BlobNotFound`)."""
+
+    @abstractmethod
+    def put_bytes(self, key: str, data: bytes) -> None:
+        """Store ``data`` under ``key``, replacing any blob there, atomically."""
+
+    @abstractmethod
+    def put_file(self, key: str, src: Path) -> None:
+        """Copy the file ``src`` into the store under ``key``, atomically."""
+
+    @abstractmethod
+    def get_bytes(self, key: str) -> bytes:
+        """The content of a stored blob (raises :class:`BlobNotFound`)."""
+
+    @abstractmethod
+    def list(self, prefix: str = "") -> list[str]:
+        """Keys of the blobs under the folder ``prefix`` (e.g. ``users/12``, not ``users/1``), sorted."""
+
+    @abstractmethod
+    def delete(self, key: str) -> bool:
+        """Delete one blob; False when there was none."""
+
+    @abstractmethod
+    def delete_prefix(self, prefix: str) -> int:
+        """Delete every blob under the folder ``prefix``; returns how many. The root is refused."""
+
+    def put_photo(self, key: str, data: bytes) -> StoredPhoto:
+        """Store an uploaded photo upright, in 8-bit sRGB, cleaned of metadata, and say what it is.
+
+        See :func:`storage.images.clean_photo` (anything that does not fully decode as JPEG, PNG or
+        WebP within the pixel limit raises :class:`NotAnImage`). The stored key's suffix is set to
+        the stored format (``.jpg``, ``.png`` or ``.webp``): use the returned :attr:`StoredPhoto.key`.
+        """
+        validate_key(key)
+        cleaned = clean_photo(data, self._max_pixels)
+        stored_key = _with_suffix(key, cleaned.suffix)
+        self.put_bytes(stored_key, cleaned.data)
+        return StoredPhoto(
+            key=stored_key,
+            sha256=hashlib.sha256(data).hexdigest(),
+            width=cleaned.width,
+            height=cleaned.height,
+            mime=cleaned.mime,
+            size=len(cleaned.data),
+        )
+
+
+class LocalBlobStore(BlobStore):
+    """Blobs under one root directory (the default backend)."""
+
+    def __init__(self, root: Path, *, max_pixels: int = DEFAULT_MAX_PIXELS, file_mode: int = FILE_MODE) -> None:
+        """Create the root (0700) if needed. ``file_mode`` applies to every blob written (photos are private)."""
+        super().__init__(max_pixels=max_pixels)
+        make_private_dirs(root)
+        restrict(root)
+        self._root = root.resolve(strict=True)
         self._file_mode = file_mode
 
     @property
     def root(self) -> Path:
         return self._root
+
+    @property
+    def location(self) -> str:
+        return f"local folder {self._root}"
 
     # ------------------------------------------------------------------------------------ paths
     def _resolve(self, key: str) -> Path:
@@ -143,7 +212,7 @@ class BlobStore:
     # ----------------------------------------------------------------------------------- writes
     def _write_atomic(self, key: str, write: Callable[[BinaryIO], object]) -> None:
         target = self._resolve(validate_key(key))
-        target.parent.mkdir(parents=True, exist_ok=True)
+        make_private_dirs(target.parent)
         fd, tmp_name = tempfile.mkstemp(prefix=_TEMP_PREFIX, suffix=".part", dir=target.parent)
         try:
             with os.fdopen(fd, "wb") as tmp:
@@ -167,28 +236,6 @@ class BlobStore:
         with src.open("rb") as source:
             self._write_atomic(key, lambda f: shutil.copyfileobj(source, f, _CHUNK))
 
-    def put_photo(self, key: str, data: bytes) -> StoredPhoto:
-        """Store an uploaded photo cleaned of metadata, upright, and say what it is.
-
-        The photo is decoded with Pillow (anything that does not fully decode as JPEG, PNG or WebP
-        within the pixel limit raises :class:`NotAnImage`), rotated by its EXIF orientation, and
-        re-encoded without EXIF, XMP, GPS or comments: JPEG at quality 95 keeping the ICC profile,
-        PNG and WebP likewise. The stored key's suffix is set to the stored format
-        (``.jpg``, ``.png`` or ``.webp``): use the returned :attr:`StoredPhoto.key`.
-        """
-        validate_key(key)
-        encoded, width, height, mime, suffix = _clean_photo(data, self._max_pixels)
-        stored_key = _with_suffix(key, suffix)
-        self.put_bytes(stored_key, encoded)
-        return StoredPhoto(
-            key=stored_key,
-            sha256=hashlib.sha256(data).hexdigest(),
-            width=width,
-            height=height,
-            mime=mime,
-            size=len(encoded),
-        )
-
     # ------------------------------------------------------------------------------------ reads
     def get_bytes(self, key: str) -> bytes:
         """The content of a stored blob (raises :class:`BlobNotFound`)."""
@@ -200,7 +247,7 @@ class BlobStore:
 
     def list(self, prefix: str = "") -> list[str]:
         """Keys of the blobs under ``prefix`` (a folder, e.g. ``users/12``), sorted."""
-        prefix = _validate_prefix(prefix, allow_root=True)
+        prefix = validate_prefix(prefix, allow_root=True)
         base = self._resolve(prefix)
         if not base.is_dir():
             return []
@@ -231,7 +278,7 @@ class BlobStore:
 
     def delete_prefix(self, prefix: str) -> int:
         """Delete every blob under the folder ``prefix``; returns how many. The root is refused."""
-        prefix = _validate_prefix(prefix, allow_root=False)
+        prefix = validate_prefix(prefix, allow_root=False)
         base = self._resolve(prefix)
         if base.is_symlink():
             base.unlink()
@@ -289,45 +336,3 @@ def _with_suffix(key: str, suffix: str) -> str:
     if dot and stem and f".{ext.lower()}" in _IMAGE_SUFFIXES:
         name = stem
     return validate_key(f"{head}/{name}{suffix}" if head else f"{name}{suffix}")
-
-
-def _clean_photo(data: bytes, max_pixels: int) -> tuple[bytes, int, int, str, str]:
-    """Decode, orient and re-encode without metadata: (bytes, width, height, mime, suffix)."""
-    try:
-        with Image.open(io.BytesIO(data), formats=_OPENERS) as img:
-            if img.width * img.height > max_pixels:
-                raise NotAnImage(f"image of {img.width}×{img.height} pixels is too large")
-            # load() decodes every pixel: a truncated or corrupt file fails here, not later.
-            img.load()
-            fmt = str(img.format)
-            icc = img.info.get("icc_profile")
-            try:
-                upright = ImageOps.exif_transpose(img)
-            except Exception:
-                # A broken EXIF block should not cost the user a good photo: keep it as decoded.
-                upright = img.copy()
-    except NotAnImage:
-        raise
-    except Exception as exc:  # Pillow signals bad input with many exception types
-        raise NotAnImage(f"not a JPEG, PNG or WebP image Pillow can decode: {exc}") from exc
-
-    mime, suffix = _PHOTO_FORMATS[fmt]
-    if mime == "image/jpeg":
-        if upright.mode not in ("RGB", "L"):
-            if upright.mode == "CMYK":
-                icc = None  # the profile describes CMYK, not the RGB pixels we write
-            upright = upright.convert("RGB")
-    elif upright.mode not in ("RGB", "RGBA", "L"):
-        has_alpha = "A" in upright.getbands() or "transparency" in upright.info
-        upright = upright.convert("RGBA" if has_alpha else "RGB")
-    # Everything Pillow carried over from the upload (exif, xmp, comment, dpi, ...) goes.
-    upright.info = {}
-
-    out = io.BytesIO()
-    if mime == "image/jpeg":
-        upright.save(out, "JPEG", quality=JPEG_QUALITY, icc_profile=icc)
-    elif mime == "image/png":
-        upright.save(out, "PNG", icc_profile=icc)
-    else:
-        upright.save(out, "WEBP", quality=JPEG_QUALITY, icc_profile=icc or "")
-    return out.getvalue(), upright.width, upright.height, mime, suffix

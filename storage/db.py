@@ -8,6 +8,7 @@ swallow the statements of another.
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import sqlite3
 from collections.abc import AsyncIterator, Sequence
@@ -21,6 +22,9 @@ import aiosqlite
 
 from storage._time import Clock, utcnow
 from storage.errors import MigrationError, SchemaTooNew, StorageError
+from storage.files import create_private_file, make_private_dirs, restrict
+
+log = logging.getLogger("facechain.db")
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 #: How long a statement waits for a lock held by another process (a CLI command, a backup).
@@ -177,6 +181,20 @@ class Database:
         async with self._lock:
             yield self._conn
 
+    async def checkpoint(self) -> bool:
+        """Copy the WAL into the database file and truncate the WAL to zero bytes.
+
+        After rows were deleted for privacy (``/forget``), their old versions no longer linger in WAL
+        frames. False (and a warning) when another connection's open read kept part of the WAL:
+        the next checkpoint finishes the job.
+        """
+        async with self._lock:
+            rows = list(await self._conn.execute_fetchall("PRAGMA wal_checkpoint(TRUNCATE)"))
+        busy = bool(rows and rows[0][0])
+        if busy:
+            log.warning("WAL checkpoint incomplete: another connection is reading; it is retried at the next one")
+        return not busy
+
     async def close(self) -> None:
         await self._conn.close()
 
@@ -199,12 +217,16 @@ async def open_database(
 
     Settings: WAL journal (readers never block the writer), ``synchronous=NORMAL`` (durable
     across application crashes; the last commits may be lost only on power loss),
-    ``foreign_keys=ON`` and a busy timeout. Raises :class:`SchemaTooNew` for a database written
-    by a newer version.
+    ``foreign_keys=ON``, ``secure_delete=ON`` (deleted rows are overwritten with zeros, not left in
+    free space) and a busy timeout. The folder is made 0700 and the database, its WAL and shared
+    memory files 0600, whatever the umask. Raises :class:`SchemaTooNew` for a database written by a
+    newer version.
     """
     if migrations is None:
         migrations = load_migrations()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_private_dirs(path.parent)
+    # SQLite gives the -wal and -shm files it creates the mode of the database file.
+    create_private_file(path)
     conn = await aiosqlite.connect(path, isolation_level=None)
     try:
         conn.row_factory = sqlite3.Row
@@ -214,7 +236,10 @@ async def open_database(
         mode = await _scalar(conn, "PRAGMA journal_mode = WAL")
         if str(mode).lower() != "wal":
             raise StorageError(f"{path}: the filesystem refused WAL mode (journal_mode={mode})")
+        for companion in (f"{path}-wal", f"{path}-shm"):
+            restrict(Path(companion))  # made by an older version, before the database file was 0600
         await conn.execute("PRAGMA synchronous = NORMAL")
+        await conn.execute("PRAGMA secure_delete = ON")
         await conn.execute("PRAGMA foreign_keys = ON")
         if await _scalar(conn, "PRAGMA foreign_keys") != 1:
             raise StorageError("this SQLite build does not enforce foreign keys")

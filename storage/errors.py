@@ -19,10 +19,6 @@ class NotFound(StorageError, LookupError):
     """The row an operation needs does not exist."""
 
 
-class IdentityTaken(StorageError):
-    """A chat account is already linked to another user."""
-
-
 class PhotoSetClosed(StorageError):
     """Photos can only be added to a set that is still collecting."""
 

@@ -1,4 +1,8 @@
-"""Typed records the repositories return. Plain frozen dataclasses: no SQL, no I/O."""
+"""Typed records the repositories return. Plain frozen dataclasses: no SQL, no I/O.
+
+A record's fields are named as its table's columns: the repositories fill them by name
+(:func:`storage.repositories._base.record`), so renaming a field means renaming the column too.
+"""
 
 from __future__ import annotations
 
@@ -135,6 +139,8 @@ class Run:
     finished_at: datetime | None
     #: When the result reached the user (None: not yet, or the run is still active).
     delivered_at: datetime | None = None
+    #: The job payload (JSON) the run was submitted with; a restarted attempt submits it again.
+    request: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,3 +214,5 @@ class CommunitySnapshot:
     community: Community
     custom_styles: tuple[CustomStyle, ...]
     generations_today: int
+    #: /generate runs queued or running there now (not charged yet, but they will be).
+    active_generations: int = 0

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -11,6 +11,18 @@ from redis.asyncio import Redis
 
 #: A database number of its own, so tests never touch data in the default database 0.
 TEST_REDIS_URL = os.environ.get("FACECHAIN_TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
+#: Script mode on the tiny SD model, as settings without their ``FACECHAIN_`` prefix: CPU, fp32, 64 px,
+#: two training and two inference steps, two candidates and no face ranking.
+TINY_SCRIPT_SETTINGS = {
+    "DEVICE": "cpu", "DTYPE": "fp32", "RESOLUTION": "64", "MAX_TRAIN_STEPS": "2", "INFERENCE_STEPS": "2",
+    "RANK_FACES": "false", "CANDIDATES": "2",
+}  # fmt: skip
+
+
+def set_settings(monkeypatch: pytest.MonkeyPatch, settings: Mapping[str, str]) -> None:
+    """Each ``NAME: value`` of ``settings`` into the environment as ``FACECHAIN_NAME``."""
+    for name, value in settings.items():
+        monkeypatch.setenv(f"FACECHAIN_{name}", value)
 
 
 @pytest.fixture

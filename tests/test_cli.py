@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from bot.cli import main
+from tests.conftest import TINY_SCRIPT_SETTINGS, set_settings
 from tests.pipeline import photos
 
 
@@ -46,6 +47,14 @@ def test_doctor_reports_a_missing_base_model(env: Path, capsys: pytest.CaptureFi
     assert main(["doctor"]) == 1
     out = capsys.readouterr().out
     assert "[ ERR] base model" in out and "models fetch" in out
+    assert "[warn] style LoRAs: 6 of 6 style LoRAs missing (fairy_tale, film_retro, hanfu," in out
+
+
+def test_doctor_finds_every_style_lora_that_make_tiny_wrote(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["models", "make-tiny"]) == 0
+    capsys.readouterr()
+    main(["doctor"])
+    assert "[ ok ] style LoRAs: 6 of 12 styles have a LoRA, all present" in capsys.readouterr().out
 
 
 def test_doctor_says_when_compiled_kernels_would_not_survive_a_restart(
@@ -68,26 +77,20 @@ def test_doctor_says_when_compiled_kernels_would_not_survive_a_restart(
     assert "no C compiler" in capsys.readouterr().out
 
 
-def test_the_bot_refuses_to_start_without_any_platform(env: Path) -> None:
-    with pytest.raises(SystemExit) as exited:
-        main(["bot"])
-    assert "FACECHAIN_TELEGRAM_TOKEN" in str(exited.value.code)
+def test_the_bot_refuses_to_start_without_any_platform(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bot"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "FACECHAIN_TELEGRAM_TOKEN" in err
 
 
 @pytest.mark.slow
 def test_script_mode_trains_and_generates_with_a_tiny_model(
     env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["models", "make-tiny", "--dir", str(env / "tiny")]) == 0
-    for name, value in {
-        "BASE_MODEL": str(env / "tiny"), "DEVICE": "cpu", "DTYPE": "fp32", "RESOLUTION": "64",
-        "MAX_TRAIN_STEPS": "2", "INFERENCE_STEPS": "2", "RANK_FACES": "false", "CANDIDATES": "2",
-    }.items():  # fmt: skip
-        monkeypatch.setenv(f"FACECHAIN_{name}", value)
-    shots = env / "shots"
-    shots.mkdir()
-    for i, image in enumerate(photos.same_person_set(photos.astronaut())[:3]):
-        (shots / f"{i}.png").write_bytes(photos.encode(image))
+    assert main(["models", "make-tiny", str(env / "tiny")]) == 0
+    tiny = {"MODELS_DIR": str(env / "tiny"), "BASE_MODEL": str(env / "tiny" / "tiny-sd")}
+    set_settings(monkeypatch, {**tiny, **TINY_SCRIPT_SETTINGS})
+    shots = photos.photo_folder(env / "shots")
     (shots / "notes.txt").write_text("not a photo, and ignored")
     assert main(["train", str(shots), "--name", "eileen", "--subject", "woman"]) == 0
     assert "trained 'eileen' on 3 photos" in capsys.readouterr().out
@@ -97,6 +100,37 @@ def test_script_mode_trains_and_generates_with_a_tiny_model(
     written = sorted(out.glob("*.jpg"))
     assert [p.name for p in written] == ["eileen-watercolor-0-seed5.jpg", "eileen-watercolor-1-seed6.jpg"]
     assert Image.open(written[0]).size == (64, 64)
+
+
+def test_make_tiny_writes_into_the_models_dir_and_prints_the_settings(
+    env: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["models", "make-tiny"]) == 0  # no DIR: FACECHAIN_MODELS_DIR
+    out = capsys.readouterr().out
+    models = (env / "models").resolve()
+    assert (models / "tiny-sd" / "model_index.json").is_file()
+    assert (models / "ly261666" / "civitai_xiapei_lora" / "xiapei.safetensors").is_file()
+    assert f"  FACECHAIN_MODELS_DIR={models}\n" in out and f"  FACECHAIN_BASE_MODEL={models / 'tiny-sd'}\n" in out
+    assert out.count("wrote a tiny LoRA for style ") == 6
+
+    assert main(["models", "make-tiny", "a", "--dir", "b"]) == 2
+    assert capsys.readouterr().err == "facechain-bot models make-tiny: one DIR, not 2: a b\n"
+
+
+def test_styles_lists_the_catalogue_and_names_a_refused_style_file(
+    env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    styles = env / "styles"
+    styles.mkdir()
+    (styles / "sneaky.toml").write_text('name = "sneaky"\nprompt = "p"\nlora = "../../../etc/passwd"\n')
+    (styles / "mine.toml").write_text('name = "mine"\nprompt = "p"\n')
+    monkeypatch.setenv("FACECHAIN_STYLES_DIR", str(styles))
+
+    assert main(["styles"]) == 0
+    captured = capsys.readouterr()
+    assert "mine " in captured.out and "hanfu " in captured.out and "sneaky" not in captured.out
+    [line] = captured.err.splitlines()
+    assert line.startswith(f"style file refused: {styles / 'sneaky.toml'}: lora '../../../etc/passwd' refused")
 
 
 def test_generate_for_an_unknown_name_says_how_to_train(env: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -127,6 +127,23 @@ class RunsCancelled:
 
 
 @dataclass(frozen=True, slots=True)
+class QueueUnavailable:
+    """Follow-up to StartTraining/StartGeneration when the job queue (Redis) cannot be reached: nothing
+    was created, and the user may simply ask again."""
+
+    kind: str
+
+
+@dataclass(frozen=True, slots=True)
+class RunRestarted:
+    """The run's worker stopped (killed, crashed, cut off) and the run went back in the queue as ``attempt``."""
+
+    run_id: str
+    attempt: int
+    max_attempts: int
+
+
+@dataclass(frozen=True, slots=True)
 class StyleAdded:
     """Follow-up to AddStyle: ``error`` is a reason code when the style was refused."""
 
@@ -144,5 +161,7 @@ Event = (
     | JobFinished
     | RunQueued
     | RunsCancelled
+    | QueueUnavailable
+    | RunRestarted
     | StyleAdded
 )

@@ -4,9 +4,10 @@
 :class:`UserState` and the :class:`Facts` for one event, calls it, stores ``Decision.state``, runs
 ``Decision.effects`` and hands ``Decision.replies`` to the adapter. Effects that take time answer
 with a follow-up event that comes back through ``decide`` (SavePhotos → PhotosSaved,
-StartTraining/StartGeneration → RunQueued, CancelRuns → RunsCancelled, AddStyle → StyleAdded; the
-worker's progress and outcomes arrive as JobProgress and JobFinished), so every word the user reads
-is chosen here and written in :mod:`bot.core.texts`.
+StartTraining/StartGeneration → RunQueued, or QueueUnavailable while Redis is down, CancelRuns →
+RunsCancelled, AddStyle → StyleAdded; the worker's progress and outcomes arrive as JobProgress and
+JobFinished, a run restarted after its worker was lost as RunRestarted), so every word the user
+reads is chosen here and written in :mod:`bot.core.texts`.
 
 Modes (private chat; in a group the user only ever enters CONFIRMING_FORGET)::
 
@@ -62,7 +63,9 @@ from bot.core.events import (
     OfferedFile,
     PhotosOffered,
     PhotosSaved,
+    QueueUnavailable,
     RunQueued,
+    RunRestarted,
     RunsCancelled,
     StyleAdded,
     TextMessage,
@@ -74,6 +77,8 @@ from pipeline.jobs import ErrorCode, GenerateOutcome, Subject, TrainOutcome
 
 #: Style buttons under one message; more would bury the message on a phone. /styles lists all.
 MAX_STYLE_BUTTONS = 8
+#: Style preview pictures shown with a style list: one Telegram album / Discord message holds 10.
+MAX_PREVIEWS = 10
 #: Button labels are cut here (Discord allows 80 characters; long labels wrap badly everywhere).
 _MAX_LABEL = 40
 #: Highest daily quota an admin may set; beyond it "off" says what they mean.
@@ -117,6 +122,10 @@ def decide(state: UserState, event: Event, facts: Facts) -> Decision:
             return _on_job_finished(state, event, facts)
         case RunsCancelled():
             return _on_runs_cancelled(state, event, facts)
+        case QueueUnavailable():
+            return _on_queue_unavailable(state, event, facts)
+        case RunRestarted():
+            return _on_run_restarted(state, event, facts)
         case StyleAdded():
             return _on_style_added(state, event, facts)
         case _:
@@ -278,7 +287,18 @@ def _generate(state: UserState, event: Command, facts: Facts) -> Decision:
 
 def _styles(state: UserState, event: Command, facts: Facts) -> Decision:
     admin_hint = facts.is_admin and not facts.private
-    return _say(state, facts, texts.styles_list(facts.styles, admin_hint=admin_hint))
+    listing = _say(state, facts, texts.styles_list(facts.styles, admin_hint=admin_hint))
+    return _with_previews(listing, facts.styles)
+
+
+def _with_previews(decision: Decision, styles: Iterable[StyleInfo]) -> Decision:
+    """The style list, then the pictures of the styles that have one (the first ten), named in order."""
+    shown = [s for s in styles if s.preview][:MAX_PREVIEWS]
+    if not shown:
+        return decision
+    keys = tuple(s.preview for s in shown if s.preview)
+    pictures = Photos(keys, texts.style_previews([s.name for s in shown]))
+    return replace(decision, replies=(*decision.replies, pictures))
 
 
 def _status(state: UserState, event: Command, facts: Facts) -> Decision:
@@ -511,6 +531,18 @@ def _on_runs_cancelled(state: UserState, event: RunsCancelled, facts: Facts) -> 
     return Decision(state, (_text(facts, texts.cancelling(len(event.run_ids))), *edits))
 
 
+def _on_queue_unavailable(state: UserState, event: QueueUnavailable, facts: Facts) -> Decision:
+    if event.kind == "train":
+        # Nothing was submitted: the subject question is asked again, so one press retries.
+        return _say(_goto(state, Mode.ASKING_SUBJECT), facts, texts.queue_unavailable(), _subject_buttons())
+    return _say(state, facts, texts.queue_unavailable(), personal=True)
+
+
+def _on_run_restarted(state: UserState, event: RunRestarted, facts: Facts) -> Decision:
+    text = texts.run_restarted(event.attempt, event.max_attempts)
+    return Decision(state, (EditProgress(event.run_id, text),))
+
+
 def _on_job_finished(state: UserState, event: JobFinished, facts: Facts) -> Decision:
     outcome = event.outcome
     if isinstance(outcome, TrainOutcome):
@@ -521,7 +553,7 @@ def _on_job_finished(state: UserState, event: JobFinished, facts: Facts) -> Deci
 def _train_finished(state: UserState, outcome: TrainOutcome, facts: Facts) -> Decision:
     limits = facts.limits
     if outcome.ok:
-        done = EditProgress(outcome.run_id, texts.train_done_edit(), final=True)
+        done = EditProgress(outcome.run_id, texts.train_done_edit(outcome.stages_run), final=True)
         buttons = _style_buttons(facts.styles)
         ready = _text(facts, texts.model_ready(has_styles=bool(buttons)), buttons)
         return Decision(state, (done, ready))
@@ -555,7 +587,7 @@ def _train_finished(state: UserState, outcome: TrainOutcome, facts: Facts) -> De
 def _generate_finished(state: UserState, outcome: GenerateOutcome, style: str | None, facts: Facts) -> Decision:
     name = outcome.style or style or ""
     if outcome.ok and outcome.portraits:
-        done = EditProgress(outcome.run_id, texts.generate_done_edit(), final=True)
+        done = EditProgress(outcome.run_id, texts.generate_done_edit(outcome.stages_run), final=True)
         scores = [p.score for p in outcome.portraits if p.score is not None]
         caption = texts.portraits_caption(name, max(scores) if scores else None, outcome.blocked)
         photos = Photos(tuple(p.key for p in outcome.portraits), caption, _result_buttons(name))
@@ -566,6 +598,13 @@ def _generate_finished(state: UserState, outcome: GenerateOutcome, style: str | 
     if outcome.error is None or outcome.error is ErrorCode.NO_USABLE_PORTRAIT:
         text = texts.no_usable_portrait(name, outcome.blocked)
         return Decision(state, (stopped, _text(facts, text, _result_buttons(name))))
+    if outcome.error is ErrorCode.MODEL_MISSING and name:
+        # A generation's missing model is its style's LoRA: a file to fetch, or a community upload gone.
+        known = next((s for s in facts.all_styles if s.name.casefold() == name.casefold()), None)
+        uploaded = known is not None and not known.builtin
+        text = texts.style_upload_missing(name) if uploaded else texts.style_lora_missing(name)
+        another = _buttons(_button(texts.another_label(), "another"))
+        return Decision(state, (stopped, _text(facts, text, another)))
     return Decision(state, (stopped, _text(facts, texts.generate_failed(outcome.error))))
 
 
@@ -593,7 +632,8 @@ def _admin_reply(state: UserState, facts: Facts, text: str, *effects: Effect) ->
 
 
 def _admin_styles(state: UserState, event: Command, facts: Facts) -> Decision:
-    return _admin_reply(state, facts, texts.admin_styles(facts.all_styles, facts.style_names))
+    listing = _admin_reply(state, facts, texts.admin_styles(facts.all_styles, facts.style_names))
+    return _with_previews(listing, facts.all_styles)
 
 
 def _admin_enable(state: UserState, event: Command, facts: Facts) -> Decision:

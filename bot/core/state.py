@@ -61,6 +61,8 @@ class StyleInfo:
     description: str = ""
     #: Shipped with the bot (can be switched off in a community, never removed).
     builtin: bool = False
+    #: Blob key of a picture of the style (from its style file's ``preview``), shown with the style list.
+    preview: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

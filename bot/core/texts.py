@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from bot.core import catalogue
 from bot.core.events import BotRejectReason
 from bot.core.state import ModelState, RunInfo, StyleInfo
 from pipeline.jobs import ErrorCode, RejectReason, Stage, Subject
@@ -16,16 +17,6 @@ from pipeline.jobs import ErrorCode, RejectReason, Stage, Subject
 #: User-supplied words echoed back (a style name typed wrong) are cut to this length.
 _ECHO_MAX = 40
 
-_COMMANDS = (
-    "/train - start a new set of photos (in a private chat)",
-    "/done - finish the set and start training",
-    "/generate [style] [count] - make portraits",
-    "/styles - list the styles",
-    "/status - what I'm doing for you",
-    "/cancel - stop what's in progress",
-    "/forget - delete everything I keep about you",
-    "/help - this list",
-)
 
 _REJECT_REASONS: dict[str, str] = {
     RejectReason.NOT_AN_IMAGE: "not an image I can read",
@@ -34,7 +25,7 @@ _REJECT_REASONS: dict[str, str] = {
     RejectReason.FACE_TOO_SMALL: "the face is too small (take a closer shot)",
     RejectReason.TOO_BLURRY: "too blurry",
     RejectReason.DUPLICATE: "the same as another photo",
-    RejectReason.LOW_QUALITY: "too dark or too low quality",
+    RejectReason.LOW_QUALITY: "the face is unclear (turned away, covered or too dark)",
     BotRejectReason.UNSUPPORTED_TYPE: "not a JPEG, PNG or WebP image",
     BotRejectReason.HEIC: "HEIC isn't supported: send it as a photo instead of a file, or as a JPEG",
     BotRejectReason.SET_FULL: "the set is already full",
@@ -49,8 +40,11 @@ _ERRORS: dict[ErrorCode, str] = {
     ErrorCode.CANCELLED: "It was cancelled.",
     ErrorCode.TIMEOUT: "It took too long and was stopped.",
     ErrorCode.MODEL_MISSING: "A model file is missing on the server; the bot's operator has to add it.",
+    ErrorCode.FACE_MODEL_DAMAGED: "Your face model's file is damaged (invalid weights): send /train to make a new one.",
+    ErrorCode.STYLE_DAMAGED: "This style's LoRA file is damaged (invalid weights); an admin has to replace it.",
     ErrorCode.BAD_PAYLOAD: "The GPU worker didn't understand the request (its version may differ).",
     ErrorCode.INTERNAL: "Something went wrong on the server.",
+    ErrorCode.WORKER_LOST: "The GPU worker stopped while working on it, each time I tried.",
 }
 
 _SUBJECTS: dict[Subject, str] = {
@@ -84,21 +78,12 @@ _STYLE_ERRORS = {
     "too_large": "the file is too large",
     "bad_tensor_names": "the file doesn't look like an SD 1.5 LoRA (unexpected tensor names)",
     "bad_header": "the file is damaged (its safetensors header can't be read)",
+    "too_many_tensors": "the file holds far more tensors than an SD 1.5 LoRA",
+    "non_finite": "the file holds NaN or infinite weights, which would spoil every portrait",
     "exists_builtin": "a built-in style already has that name",
     "exists": "a style with that name already exists (remove it first)",
     "bad_name": "the name must be 1-32 characters: a-z, 0-9, _ or -",
     "download_failed": "I couldn't download the file",
-}
-
-_ADMIN_USAGE = {
-    "styles": "/admin styles - all styles, on or off",
-    "enable": "/admin enable <style> - let members use a style",
-    "disable": "/admin disable <style> - switch a style off",
-    "addstyle": "/admin addstyle <name> <prompt> - add a style (attach a .safetensors LoRA if you have one)",
-    "removestyle": "/admin removestyle <name> - remove a style you added",
-    "quota": "/admin quota user|group <number|off> - portrait runs a day, per member or for everyone",
-    "results": "/admin results channel|direct - post portraits here or send them privately",
-    "nsfw": "/admin nsfw on|off - allow or block NSFW results",
 }
 
 
@@ -122,7 +107,7 @@ def _megabytes(size: int) -> str:
 # --------------------------------------------------------------------------------- start and help
 def commands() -> str:
     """The command list shown by /start and /help."""
-    return "\n".join(_COMMANDS)
+    return "\n".join(catalogue.help_line(c) for c in catalogue.listed())
 
 
 def welcome(min_photos: int, max_photos: int, private: bool) -> str:
@@ -140,7 +125,7 @@ def welcome(min_photos: int, max_photos: int, private: bool) -> str:
 
 def help_text(admin_here: bool) -> str:
     """/help: the commands (plus /admin for an admin of this community)."""
-    admin = "/admin - manage styles and quotas for this group" if admin_here else ""
+    admin = catalogue.help_line(catalogue.ADMIN) if admin_here else ""
     return _lines("What I can do:", commands(), admin)
 
 
@@ -329,13 +314,48 @@ def cancelling_edit() -> str:
     return "Cancelling…"
 
 
+def run_restarted(attempt: int, max_attempts: int) -> str:
+    """The run's GPU worker stopped; the run waits in line again (its progress message says so)."""
+    return f"The GPU worker stopped, so I started again (try {attempt} of {max_attempts})…"
+
+
+def queue_unavailable() -> str:
+    """The job queue cannot be reached (Redis is down): nothing was started."""
+    return "I'm busy right now and couldn't start that. Please try again shortly."
+
+
 def nothing_to_cancel() -> str:
     return "There's nothing to cancel."
 
 
 # ------------------------------------------------------------------------------------ training done
-def train_done_edit() -> str:
-    return "Training done."
+#: How each pipeline stage a run reports is named to users.
+STAGE_WORDS: dict[str, str] = {
+    "orientation": "orientation",
+    "detection": "face detection",
+    "alignment": "alignment",
+    "skin_retouch": "skin retouching",
+    "human_parsing": "background removal",
+    "landmark_check": "landmark check",
+    "tagger": "tagging",
+    "face_attributes": "face attributes",
+    "face_quality": "template choice",
+    "lora_training": "face model training",
+    "generation": "generation",
+    "face_fusion": "face fusion",
+    "ranking": "likeness ranking",
+    "face_filter": "face check",
+    "nsfw_check": "safety filter",
+}
+
+
+def _steps(stages: Sequence[str]) -> str:
+    return f" Steps: {', '.join(STAGE_WORDS.get(s, s) for s in stages)}." if stages else ""
+
+
+def train_done_edit(stages: Sequence[str] = ()) -> str:
+    """The training progress message, finished; names the pipeline stages that ran."""
+    return "Training done." + _steps(stages)
 
 
 def train_failed_edit() -> str:
@@ -455,8 +475,9 @@ def another_label() -> str:
     return "Another style"
 
 
-def generate_done_edit() -> str:
-    return "Done."
+def generate_done_edit(stages: Sequence[str] = ()) -> str:
+    """The generation progress message, finished; names the pipeline stages that ran."""
+    return "Done." + _steps(stages)
 
 
 def generate_failed_edit() -> str:
@@ -479,6 +500,23 @@ def generate_failed(code: ErrorCode) -> str:
     return f"Sorry, I couldn't make your portraits. {error_reason(code)} This didn't count against your daily limit."
 
 
+def style_lora_missing(style: str) -> str:
+    """A style file's LoRA is not on the GPU worker (``models fetch`` was not run for it)."""
+    return (
+        f'Sorry, the style "{_echo(style)}" isn\'t ready on this server yet: its style model file is missing. '
+        "The bot's operator can download it with the command: facechain-bot models fetch. "
+        "This didn't count against your daily limit. Try another style meanwhile."
+    )
+
+
+def style_upload_missing(style: str) -> str:
+    """A community style's uploaded LoRA is gone (the style was removed or replaced meanwhile)."""
+    return (
+        f'Sorry, the style "{_echo(style)}" has lost its LoRA file (it was removed or replaced). '
+        "An admin can add it again with /admin addstyle. This didn't count against your daily limit."
+    )
+
+
 # ------------------------------------------------------------------------------------- styles, status
 def styles_list(styles: Sequence[StyleInfo], admin_hint: bool) -> str:
     """/styles."""
@@ -487,6 +525,13 @@ def styles_list(styles: Sequence[StyleInfo], admin_hint: bool) -> str:
     lines = [f"{s.name}: {s.description}" if s.description else s.name for s in styles]
     admin = "Admins: /admin styles switches styles on or off here." if admin_hint else ""
     return _lines("Styles you can use (/generate <style>):", *lines, admin)
+
+
+def style_previews(names: Sequence[str]) -> str:
+    """The caption of the style pictures shown with a style list."""
+    if len(names) == 1:
+        return f"What {names[0]} looks like."
+    return f"What the styles look like, in order: {', '.join(names)}."
 
 
 def run_line(run: RunInfo) -> str:
@@ -559,12 +604,15 @@ def admin_only() -> str:
 
 
 def admin_usage() -> str:
-    return _lines("Admin commands:", *_ADMIN_USAGE.values())
+    return _lines("Admin commands:", *(catalogue.help_line(c, catalogue.ADMIN) for c in catalogue.ADMIN_COMMANDS))
 
 
 def admin_usage_for(subcommand: str) -> str:
     """Usage of one admin subcommand, after it was given wrong arguments."""
-    return "Usage: " + _ADMIN_USAGE.get(subcommand, "/admin <command>; send /admin for the list")
+    command = catalogue.admin_command(subcommand)
+    if command is None:
+        return "Usage: /admin <command>; send /admin for the list"
+    return "Usage: " + catalogue.help_line(command, catalogue.ADMIN)
 
 
 def admin_styles(styles: Sequence[StyleInfo], enabled: Sequence[str]) -> str:

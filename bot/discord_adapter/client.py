@@ -22,16 +22,17 @@ import discord
 import yarl
 from discord import app_commands
 
+from bot.chat_progress import EDIT_INTERVAL_S
 from bot.config import BotSettings
 from bot.core.events import ButtonPressed, Event, OfferedFile, PhotosOffered, TextMessage
 from bot.core.replies import Reply
 from bot.core.state import StyleInfo
 from bot.discord_adapter.commands import register_commands
+from bot.discord_adapter.endpoints import DEFAULT_GATEWAY, point_client
 from bot.discord_adapter.notifier import DiscordNotifier
 from bot.discord_adapter.responder import ANSWER_WITHIN_S, InteractionResponder
 from bot.discord_adapter.sender import ChannelSender
 from bot.discord_adapter.sync import STATE_FILE, sync_commands
-from bot.discord_adapter.throttle import EDIT_INTERVAL_S
 from bot.discord_adapter.translate import command_from_text, offered_file, origin_of_interaction, origin_of_message
 from bot.discord_adapter.views import CoreButton
 from bot.service import ConversationService, Downloader, DownloadError
@@ -63,7 +64,8 @@ class DiscordOptions:
 
 
 class FacechainClient(discord.Client):
-    """The bot on Discord. ``service`` may be None for a client that only syncs commands."""
+    """The bot on Discord. ``service`` and ``blobs`` (the bot process's, from :mod:`bot.app`) may be None
+    for a client that only syncs commands."""
 
     def __init__(
         self,
@@ -71,7 +73,7 @@ class FacechainClient(discord.Client):
         service: ConversationService | None,
         options: DiscordOptions | None = None,
         *,
-        gateway: yarl.URL | None = None,
+        blobs: BlobStore | None = None,
     ) -> None:
         super().__init__(
             intents=intents(),
@@ -86,14 +88,18 @@ class FacechainClient(discord.Client):
         self.service = service
         self.limits = settings.limits()
         self.state_file = self.options.state_file or settings.data_dir / STATE_FILE
-        self.gateway = gateway
+        #: FACECHAIN_DISCORD_GATEWAY_URL, else what GET /gateway/bot says (learnt in setup_hook).
+        self.gateway: yarl.URL | None = (
+            yarl.URL(str(settings.discord_gateway_url)) if settings.discord_gateway_url else None
+        )
+        point_client(self, str(settings.discord_api_url), lambda: self.gateway)
         self.tree: app_commands.CommandTree[FacechainClient] = app_commands.CommandTree(
             self,
             allowed_contexts=app_commands.AppCommandContext(guild=True, dm_channel=True, private_channel=False),
             allowed_installs=app_commands.AppInstallationType(guild=True, user=False),
         )
         register_commands(self.tree, self, self.limits)
-        self.channels = ChannelSender(self, BlobStore(settings.blob_dir), edit_interval=self.options.edit_interval_s)
+        self.channels = ChannelSender(self, blobs, edit_interval=self.options.edit_interval_s)
         self.logged_in = asyncio.Event()
         self.notifier = DiscordNotifier(self, self.channels, self.logged_in)
 
@@ -122,13 +128,9 @@ class FacechainClient(discord.Client):
             try:
                 _, url, _ = await self.http.get_bot_gateway()
             except discord.GatewayNotFound:
-                log.warning(
-                    "GET /gateway/bot failed; connecting to %s", discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY
-                )
+                log.warning("GET /gateway/bot failed; connecting to %s", DEFAULT_GATEWAY)
                 return
             self.gateway = yarl.URL(url)
-        # discord.py reads the address from this class attribute when it connects and reconnects.
-        discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = self.gateway
 
     # --------------------------------------------------------------------------------- events in
     async def on_message(self, message: discord.Message) -> None:

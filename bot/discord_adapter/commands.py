@@ -11,11 +11,12 @@ channel). In a server it is passed on as it is, and the core says where photos a
 # depends on the settings) from the evaluated annotations of functions built at runtime.
 
 import logging
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypedDict
 
 import discord
 from discord import app_commands
 
+from bot.core import catalogue
 from bot.core.events import Command, Event, PhotosOffered
 from bot.core.limits import Limits
 from bot.core.state import StyleInfo
@@ -24,7 +25,7 @@ from bot.service import Downloader
 
 log = logging.getLogger("facechain.discord")
 
-ADMIN_GROUP = "facechain-admin"
+ADMIN_GROUP = catalogue.ADMIN.slash_name
 #: Discord's limits: autocomplete choices, characters of a choice's name and value.
 MAX_CHOICES = 25
 MAX_CHOICE_CHARS = 100
@@ -79,8 +80,38 @@ class UploadModal(discord.ui.Modal):
         )
 
 
+def _spec(name: str, *, admin: bool = False) -> catalogue.CommandSpec:
+    specs = catalogue.ADMIN_COMMANDS if admin else catalogue.COMMANDS
+    return next(c for c in specs if c.name == name)
+
+
+class _Named(TypedDict):
+    name: str
+    description: str
+
+
+def _named(name: str, *, admin: bool = False) -> _Named:
+    """A slash command's name and description, from the catalogue."""
+    spec = _spec(name, admin=admin)
+    return _Named(name=spec.slash_name, description=spec.help)
+
+
+def _described(name: str, *, admin: bool = False) -> dict[str, str]:
+    """Its options' descriptions, from the catalogue (the options are the functions' parameters)."""
+    return {a.name: a.help for a in _spec(name, admin=admin).arguments}
+
+
 def _command(name: str, *args: str) -> Command:
     return Command(name=name, args=tuple(args), text=" ".join(args))
+
+
+def _without_options(runner: InteractionRunner, name: str) -> app_commands.Command[Any, ..., None]:
+    """A slash command that has no options: ``/name`` goes to the core as it is."""
+
+    async def run(interaction: discord.Interaction[Any]) -> None:
+        await runner.run_interaction(interaction, [_command(name)])
+
+    return app_commands.command(**_named(name))(run)
 
 
 def _choices(styles: tuple[StyleInfo, ...], current: str) -> list[app_commands.Choice[str]]:
@@ -104,32 +135,15 @@ def register_commands(tree: app_commands.CommandTree[Any], runner: InteractionRu
     async def known_styles(interaction: discord.Interaction[Any], current: str) -> list[app_commands.Choice[str]]:
         return _choices(await runner.styles_here(interaction, every=True), current)
 
-    async def simple(interaction: discord.Interaction[Any], name: str) -> None:
-        await runner.run_interaction(interaction, [_command(name)])
-
-    @tree.command(name="start", description="What this bot does and how to begin")
-    async def start(interaction: discord.Interaction[Any]) -> None:
-        await simple(interaction, "start")
-
-    @tree.command(name="help", description="The commands")
-    async def help_(interaction: discord.Interaction[Any]) -> None:
-        await simple(interaction, "help")
-
-    @tree.command(
-        name="train", description=f"Train your face model from {limits.min_photos}-{limits.max_photos} selfies"
-    )
+    @app_commands.command(**_named("train"))
     async def train(interaction: discord.Interaction[Any]) -> None:
         if interaction.guild_id is None:
             await interaction.response.send_modal(UploadModal(runner, limits))
         else:
-            await simple(interaction, "train")
+            await runner.run_interaction(interaction, [_command("train")])
 
-    @tree.command(name="done", description="Finish uploading photos and start training")
-    async def done(interaction: discord.Interaction[Any]) -> None:
-        await simple(interaction, "done")
-
-    @tree.command(name="generate", description="Make portraits of yourself in a style")
-    @app_commands.describe(style="A style enabled here", count=f"How many portraits (1-{max_count})")
+    @app_commands.command(**_named("generate"))
+    @app_commands.describe(**_described("generate"))
     @app_commands.autocomplete(style=enabled_styles)
     async def generate(
         interaction: discord.Interaction[Any],
@@ -141,25 +155,15 @@ def register_commands(tree: app_commands.CommandTree[Any], runner: InteractionRu
             args.append(str(count))
         await runner.run_interaction(interaction, [_command("generate", *args)])
 
-    @tree.command(name="styles", description="The styles you can use here")
-    async def styles(interaction: discord.Interaction[Any]) -> None:
-        await simple(interaction, "styles")
-
-    @tree.command(name="status", description="Your face model, running jobs and today's portraits")
-    async def status(interaction: discord.Interaction[Any]) -> None:
-        await simple(interaction, "status")
-
-    @tree.command(name="cancel", description="Stop what is going on (photo upload, training, portraits)")
-    async def cancel(interaction: discord.Interaction[Any]) -> None:
-        await simple(interaction, "cancel")
-
-    @tree.command(name="forget", description="Delete your photos, face model and portraits")
-    async def forget(interaction: discord.Interaction[Any]) -> None:
-        await simple(interaction, "forget")
+    # Every command of the catalogue, in its order (the order Discord is sent): train and generate as
+    # defined above, each of the others handing its name to the core.
+    defined: dict[str, app_commands.Command[Any, ..., None]] = {"train": train, "generate": generate}
+    for spec in catalogue.COMMANDS:
+        tree.add_command(defined.get(spec.name) or _without_options(runner, spec.name))
 
     admin = app_commands.Group(
-        name=ADMIN_GROUP,
-        description="Manage styles, quotas and results for this server",
+        name=catalogue.ADMIN.slash_name,
+        description=catalogue.ADMIN.help,
         guild_only=True,
         allowed_contexts=app_commands.AppCommandContext(guild=True, dm_channel=False, private_channel=False),
         default_permissions=discord.Permissions(manage_guild=True),
@@ -175,24 +179,25 @@ def register_commands(tree: app_commands.CommandTree[Any], runner: InteractionRu
             download = runner.downloader([attachment], limits.max_lora_bytes)
         await runner.run_interaction(interaction, [event], download)
 
-    @admin.command(name="styles", description="Every style, on or off here")
+    @admin.command(**_named("styles", admin=True))
+    @app_commands.describe(**_described("styles", admin=True))
     async def admin_styles(interaction: discord.Interaction[Any]) -> None:
         await run_admin(interaction, "styles")
 
-    @admin.command(name="enable", description="Let members use a style")
+    @admin.command(**_named("enable", admin=True))
+    @app_commands.describe(**_described("enable", admin=True))
     @app_commands.autocomplete(style=known_styles)
     async def admin_enable(interaction: discord.Interaction[Any], style: str) -> None:
         await run_admin(interaction, "enable", *style.split())
 
-    @admin.command(name="disable", description="Stop members from using a style")
+    @admin.command(**_named("disable", admin=True))
+    @app_commands.describe(**_described("disable", admin=True))
     @app_commands.autocomplete(style=known_styles)
     async def admin_disable(interaction: discord.Interaction[Any], style: str) -> None:
         await run_admin(interaction, "disable", *style.split())
 
-    @admin.command(name="add", description="Add a style of this server: a prompt, optionally a LoRA")
-    @app_commands.describe(
-        name="a-z, 0-9, _ or -", prompt="What the portraits look like", lora="A style LoRA (.safetensors)"
-    )
+    @admin.command(**_named("addstyle", admin=True))
+    @app_commands.describe(**_described("addstyle", admin=True))
     async def admin_add(
         interaction: discord.Interaction[Any], name: str, prompt: str, lora: discord.Attachment | None = None
     ) -> None:
@@ -200,21 +205,24 @@ def register_commands(tree: app_commands.CommandTree[Any], runner: InteractionRu
         text = f"addstyle {name} {prompt.strip()}"
         await run_admin(interaction, "addstyle", name, *prompt.split(), text=text, attachment=lora)
 
-    @admin.command(name="remove", description="Remove a style added here")
+    @admin.command(**_named("removestyle", admin=True))
+    @app_commands.describe(**_described("removestyle", admin=True))
     @app_commands.autocomplete(name=known_styles)
     async def admin_remove(interaction: discord.Interaction[Any], name: str) -> None:
         await run_admin(interaction, "removestyle", name)
 
-    @admin.command(name="quota", description="Portrait runs a day, per member or for the whole server")
-    @app_commands.describe(limit="A number, or off")
+    @admin.command(**_named("quota", admin=True))
+    @app_commands.describe(**_described("quota", admin=True))
     async def admin_quota(interaction: discord.Interaction[Any], scope: Literal["user", "group"], limit: str) -> None:
         await run_admin(interaction, "quota", scope, limit.strip())
 
-    @admin.command(name="results", description="Post portraits in the channel or in members' DMs")
+    @admin.command(**_named("results", admin=True))
+    @app_commands.describe(**_described("results", admin=True))
     async def admin_results(interaction: discord.Interaction[Any], where: Literal["channel", "direct"]) -> None:
         await run_admin(interaction, "results", where)
 
-    @admin.command(name="nsfw", description="Allow NSFW portraits (only ever in age-restricted channels)")
+    @admin.command(**_named("nsfw", admin=True))
+    @app_commands.describe(**_described("nsfw", admin=True))
     async def admin_nsfw(interaction: discord.Interaction[Any], value: Literal["on", "off"]) -> None:
         await run_admin(interaction, "nsfw", value)
 

@@ -23,10 +23,10 @@ from dataclasses import dataclass
 import aiohttp
 import discord
 
+from bot.chat_progress import EDIT_INTERVAL_S, EditThrottle, ProgressMessages
 from bot.core.formatting import split_message
 from bot.core.replies import Button, EditProgress, Photos, ProgressMessage, Reply, Text
 from bot.discord_adapter.media import CannotFit, Upload, fit_upload
-from bot.discord_adapter.throttle import EDIT_INTERVAL_S, EditThrottle
 from bot.discord_adapter.views import button_view
 from storage.blobs import BlobNotFound, BlobStore
 
@@ -35,10 +35,6 @@ log = logging.getLogger("facechain.discord")
 #: Discord's limits: characters of a message, files of a message.
 MAX_TEXT = 2000
 MAX_FILES = 10
-#: How long an edit waits for its run's progress message, still being sent, to get an id.
-PROGRESS_WAIT_S = 30.0
-#: Runs whose progress message is kept in memory (the database keeps them for good).
-_PROGRESS_MEMORY = 10_000
 #: Channels whose upload limit is remembered from their interactions.
 _LIMIT_MEMORY = 10_000
 
@@ -83,11 +79,14 @@ def split_text(text: str, limit: int = MAX_TEXT) -> list[str]:
 class ChannelSender:
     """Sends core replies to channels with the bot token. One per client; safe for any number of chats."""
 
-    def __init__(self, client: discord.Client, blobs: BlobStore, *, edit_interval: float = EDIT_INTERVAL_S) -> None:
+    def __init__(
+        self, client: discord.Client, blobs: BlobStore | None, *, edit_interval: float = EDIT_INTERVAL_S
+    ) -> None:
         self._client = client
         self._blobs = blobs
-        self._throttle = EditThrottle(self._edit, edit_interval)
-        self._progress: OrderedDict[str, asyncio.Future[MessageRef | None]] = OrderedDict()
+        self._throttle: EditThrottle[str] = EditThrottle(self._edit, edit_interval)
+        #: Runs' progress messages in memory (the database keeps their ids for good).
+        self._progress: ProgressMessages[MessageRef] = ProgressMessages()
         self._limits: OrderedDict[int, int] = OrderedDict()
 
     # ------------------------------------------------------------------------------ public API
@@ -157,16 +156,12 @@ class ChannelSender:
 
     async def progress(self, channel_id: int, reply: ProgressMessage) -> MessageRef | None:
         """Post a run's progress message; edits of the run that arrive meanwhile wait for its id."""
-        waiting: asyncio.Future[MessageRef | None] = asyncio.get_running_loop().create_future()
-        self._remember(reply.run_id, waiting)
-        try:
+
+        async def send() -> MessageRef:
             message = await self.text(channel_id, reply.text, reply.buttons)
-        except BaseException:
-            waiting.set_result(None)
-            raise
-        ref = MessageRef(channel_id, message.id)
-        waiting.set_result(ref)
-        return ref
+            return MessageRef(channel_id, message.id)
+
+        return await self._progress.sending(reply.run_id, send)
 
     async def photos(self, channel_id: int, reply: Photos, *, reference: MessageRef | None = None) -> None:
         """Post portraits as files, at most 10 a message, each under the channel's upload limit."""
@@ -191,19 +186,10 @@ class ChannelSender:
 
     async def edit_progress(self, reply: EditProgress, fallback: MessageRef | None = None) -> None:
         """Edit a run's progress message (throttled), found in memory or at ``fallback``."""
-        target: MessageRef | None = None
-        waiting = self._progress.get(reply.run_id)
-        if waiting is not None:
-            try:
-                target = await asyncio.wait_for(asyncio.shield(waiting), PROGRESS_WAIT_S)
-            except TimeoutError:
-                target = None
-        target = target or fallback
+        target = await self._progress.find(reply.run_id, final=reply.final) or fallback
         if target is None:
             log.debug("no progress message known for run %s; edit skipped", reply.run_id)
             return
-        if reply.final:
-            self._progress.pop(reply.run_id, None)
         await self._throttle.submit(target.channel_id, target.message_id, reply.text, final=reply.final)
 
     async def aclose(self) -> None:
@@ -211,6 +197,8 @@ class ChannelSender:
 
     # ------------------------------------------------------------------------------- helpers
     def _uploads(self, keys: Sequence[str], limit: int) -> list[Upload]:
+        if self._blobs is None:
+            raise RuntimeError("this Discord client was built without the blob store (a command-sync client)")
         uploads: list[Upload] = []
         for key in keys:
             try:
@@ -234,9 +222,3 @@ class ChannelSender:
                 await message.edit(content=split_text(text)[0])
         except discord.NotFound:
             log.info("progress message %s in channel %s is gone", message_id, channel_id)
-
-    def _remember(self, run_id: str, waiting: asyncio.Future[MessageRef | None]) -> None:
-        self._progress[run_id] = waiting
-        self._progress.move_to_end(run_id)
-        while len(self._progress) > _PROGRESS_MEMORY:
-            self._progress.popitem(last=False)

@@ -17,6 +17,8 @@ from typing import Any
 import discord
 from discord import app_commands
 
+from storage.files import FILE_MODE, make_private_dirs
+
 log = logging.getLogger("facechain.discord")
 
 #: The file (under the data dir) that remembers what was uploaded.
@@ -56,9 +58,10 @@ def _load(path: Path) -> dict[str, str]:
 
 
 def _save(path: Path, state: dict[str, str]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_private_dirs(path.parent)
     partial = path.with_suffix(".tmp")
     partial.write_text(json.dumps(state, indent=2, sort_keys=True), encoding="utf-8")
+    os.chmod(partial, FILE_MODE)
     os.replace(partial, path)
 
 

@@ -36,13 +36,7 @@ def origin_of_interaction(interaction: discord.Interaction[discord.Client]) -> O
     user = interaction.user
     channel_id = str(interaction.channel_id or "")
     if interaction.guild_id is None:
-        return Origin(
-            platform=Platform.DISCORD,
-            user_id=str(user.id),
-            chat_id=channel_id,
-            private=True,
-            display_name=user.display_name,
-        )
+        return _dm_origin(user, channel_id)
     return Origin(
         platform=Platform.DISCORD,
         user_id=str(user.id),
@@ -60,12 +54,17 @@ def origin_of_interaction(interaction: discord.Interaction[discord.Client]) -> O
 
 def origin_of_message(message: discord.Message) -> Origin:
     """The origin of a DM to the bot (the only messages the bot reads)."""
+    return _dm_origin(message.author, str(message.channel.id))
+
+
+def _dm_origin(user: discord.User | discord.Member, chat_id: str) -> Origin:
+    """A private chat with ``user``: no community, no admin rights, no age mark."""
     return Origin(
         platform=Platform.DISCORD,
-        user_id=str(message.author.id),
-        chat_id=str(message.channel.id),
+        user_id=str(user.id),
+        chat_id=chat_id,
         private=True,
-        display_name=message.author.display_name,
+        display_name=user.display_name,
     )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import secrets
 from dataclasses import dataclass
@@ -19,7 +20,10 @@ from telegram import Update
 from telegram.error import InvalidToken, NetworkError, RetryAfter, TelegramError
 from telegram.ext import Application, ApplicationBuilder, ContextTypes, TypeHandler
 
+from bot.chat_progress import EDIT_INTERVAL_S
 from bot.config import BotSettings
+from bot.errors import OperatorError, redacted_url
+from bot.logging_setup import register_secret, reveal
 from bot.service import ConversationService
 from bot.telegram_adapter.commands import register_commands
 from bot.telegram_adapter.downloads import CLOUD_API_HOST, CLOUD_DOWNLOAD_LIMIT, make_downloader
@@ -28,7 +32,6 @@ from bot.telegram_adapter.lanes import ALBUM_WAIT_S, ChatLanes
 from bot.telegram_adapter.request import AiohttpRequest
 from bot.telegram_adapter.retry import retry_after_seconds
 from bot.telegram_adapter.sender import TelegramNotifier, TelegramSender
-from bot.telegram_adapter.throttle import EDIT_INTERVAL_S
 from storage.blobs import BlobStore
 from storage.models import Platform
 
@@ -41,12 +44,9 @@ ALLOWED_UPDATES = (Update.MESSAGE, Update.CALLBACK_QUERY)
 POLL_TIMEOUT_S = 10
 #: Connections the bot's own Bot API calls may hold at once (PTB's default); getUpdates gets one of its own.
 CONNECTION_POOL_SIZE = 256
-#: Loggers that would print URLs with the token in them (httpx: every request; PTB's bot: its base URL).
-TOKEN_LOGGERS = {"httpx": logging.WARNING, "httpcore": logging.WARNING, "telegram.Bot": logging.INFO,
-                 "telegram.ext.ExtBot": logging.INFO}  # fmt: skip
 
 
-class TelegramStartupError(RuntimeError):
+class TelegramStartupError(OperatorError):
     """Telegram refused the bot at startup (a wrong token); says so without showing the token."""
 
 
@@ -59,12 +59,10 @@ class AdapterOptions:
     poll_timeout: int = POLL_TIMEOUT_S
 
 
-def quiet_token_loggers() -> None:
-    """Raise the loggers that would write the token (in request URLs) above the level they'd do it at."""
-    for name, level in TOKEN_LOGGERS.items():
-        logger = logging.getLogger(name)
-        if logger.getEffectiveLevel() < level:
-            logger.setLevel(level)
+def api_root(settings: BotSettings) -> str:
+    """The Bot API server as log lines name it: the configured root, without any credentials. The
+    token (``{root}/bot<token>/…``) is never part of it."""
+    return redacted_url(str(settings.telegram_api_url).rstrip("/"))
 
 
 def is_cloud_api(settings: BotSettings) -> bool:
@@ -75,11 +73,11 @@ def build_application(settings: BotSettings) -> TelegramApp:
     """The PTB Application for the configured Bot API server (no handlers yet)."""
     if settings.telegram_token is None:
         raise TelegramStartupError("FACECHAIN_TELEGRAM_TOKEN is not set")
-    quiet_token_loggers()
     root = str(settings.telegram_api_url).rstrip("/")
     application: TelegramApp = (
         ApplicationBuilder()
-        .token(settings.telegram_token.get_secret_value())
+        # Registered with the log redaction first: PTB logs its URLs (and proxies echo them in errors).
+        .token(reveal(settings.telegram_token))
         .base_url(f"{root}/bot")
         .base_file_url(f"{root}/file/bot")
         .request(AiohttpRequest(connection_pool_size=CONNECTION_POOL_SIZE))
@@ -102,14 +100,18 @@ class TelegramAdapter:
     """The Telegram side of the bot process: one PTB Application, its lanes, sender and notifier."""
 
     def __init__(
-        self, settings: BotSettings, service: ConversationService, options: AdapterOptions | None = None
+        self,
+        settings: BotSettings,
+        service: ConversationService,
+        blobs: BlobStore,
+        options: AdapterOptions | None = None,
     ) -> None:
         self._settings = settings
         self._service = service
         self._options = options or AdapterOptions()
         self.application = build_application(settings)
         bot = self.application.bot
-        self.sender = TelegramSender(bot, BlobStore(settings.blob_dir), edit_interval=self._options.edit_interval)
+        self.sender = TelegramSender(bot, blobs, edit_interval=self._options.edit_interval)
         limit = CLOUD_DOWNLOAD_LIMIT if is_cloud_api(settings) else None
         self.router = UpdateRouter(bot, service, self.sender, make_downloader(bot, limit))
         self.lanes = ChatLanes(self.router.handle, self.router.handle_album, album_wait=self._options.album_wait)
@@ -159,7 +161,10 @@ class TelegramAdapter:
             except RetryAfter as exc:
                 await asyncio.sleep(retry_after_seconds(exc))
             except NetworkError as exc:
-                log.warning("telegram: Bot API not reachable (%s); retrying in %.0f s", type(exc).__name__, delay)
+                log.warning(
+                    "telegram: the Bot API at %s is not reachable (%s); retrying in %.0f s",
+                    api_root(self._settings), exc.message, delay,
+                )  # fmt: skip
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
 
@@ -173,13 +178,14 @@ class TelegramAdapter:
                 allowed_updates=list(ALLOWED_UPDATES),
                 drop_pending_updates=False,
                 bootstrap_retries=-1,
-                error_callback=_polling_error,
+                error_callback=functools.partial(_polling_error, api_root(self._settings)),
             )
             return
         host, port = parse_listen(self._settings.telegram_webhook_listen)
         secret = self._settings.telegram_webhook_secret
         # Without a configured secret a fresh one is made: Telegram sends it back with every update.
         token = secret.get_secret_value() if secret is not None else secrets.token_urlsafe(32)
+        register_secret(token)  # configured or made here: kept out of the logs either way
         await updater.start_webhook(
             listen=host,
             port=port,
@@ -198,11 +204,11 @@ class TelegramAdapter:
         log.error("telegram: an update failed: %s", type(context.error).__name__, exc_info=context.error)
 
 
-def _polling_error(exc: TelegramError) -> None:
+def _polling_error(root: str, exc: TelegramError) -> None:
     # PTB retries getUpdates itself; the update is confirmed only by a later call, so nothing is lost.
-    log.warning("telegram: polling failed (%s: %s); retrying", type(exc).__name__, exc.message)
+    log.warning("telegram: polling %s failed (%s: %s); retrying", root, type(exc).__name__, exc.message)
 
 
-async def run_telegram(settings: BotSettings, service: ConversationService) -> None:
+async def run_telegram(settings: BotSettings, service: ConversationService, blobs: BlobStore) -> None:
     """The adapter entry point :mod:`bot.app` runs: serve Telegram until cancelled."""
-    await TelegramAdapter(settings, service).run()
+    await TelegramAdapter(settings, service, blobs).run()

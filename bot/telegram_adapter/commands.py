@@ -1,40 +1,30 @@
-"""The command menus Telegram shows, built from the core's own command list (its words, not ours)."""
+"""The command menus Telegram shows, rendered from the core's command catalogue."""
 
 from __future__ import annotations
 
 import logging
-import re
 
 from telegram import Bot, BotCommand, BotCommandScopeAllChatAdministrators, BotCommandScopeDefault
 from telegram.error import TelegramError
 
-from bot.core import texts
+from bot.core import catalogue
 from bot.telegram_adapter.retry import with_retries
 
 log = logging.getLogger("facechain.telegram")
 
-#: "/generate [style] [count] - make portraits" → ("generate", "make portraits").
-_LINE = re.compile(r"^/(?P<name>[a-z0-9_]{1,32})(?:\s+[^-]*?)?\s+-\s+(?P<description>.+)$")
-
-
-def parse_menu(help_text: str) -> list[BotCommand]:
-    """The commands listed in a help text, in its order (lines that list no command are skipped)."""
-    commands: list[BotCommand] = []
-    for line in help_text.splitlines():
-        match = _LINE.match(line.strip())
-        if match is not None:
-            commands.append(BotCommand(match["name"], match["description"][:256]))
-    return commands
-
 
 def default_menu() -> list[BotCommand]:
-    """Everyone's menu: the core's command list."""
-    return parse_menu(texts.help_text(admin_here=False))
+    """Everyone's menu: the catalogue's listed commands, in its order."""
+    return [_entry(c) for c in catalogue.listed()]
 
 
 def admin_menu() -> list[BotCommand]:
     """Group administrators' menu: everyone's commands plus /admin."""
-    return parse_menu(texts.help_text(admin_here=True))
+    return [*default_menu(), _entry(catalogue.ADMIN)]
+
+
+def _entry(command: catalogue.CommandSpec) -> BotCommand:
+    return BotCommand(command.name, command.help)
 
 
 async def register_commands(bot: Bot) -> None:

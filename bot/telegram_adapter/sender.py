@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -19,10 +18,10 @@ from typing import Any, TypeVar
 from telegram import Bot, InlineKeyboardButton, InlineKeyboardMarkup, InputMediaPhoto, Message, ReplyParameters
 from telegram.error import BadRequest, Forbidden, TelegramError
 
+from bot.chat_progress import EDIT_INTERVAL_S, EditThrottle, ProgressMessages
 from bot.core.formatting import split_message
 from bot.core.replies import Button, EditProgress, Photos, ProgressMessage, Reply, Text
 from bot.telegram_adapter.retry import with_retries
-from bot.telegram_adapter.throttle import EDIT_INTERVAL_S, EditThrottle
 from storage.blobs import BlobNotFound, BlobStore
 from storage.models import Delivery
 
@@ -37,10 +36,6 @@ MAX_GROUP = 10
 #: Buttons per keyboard row, and the label characters a row holds before wrapping.
 ROW_BUTTONS = 3
 ROW_CHARS = 30
-#: How long an edit waits for its run's progress message, still being sent, to get an id.
-PROGRESS_WAIT_S = 30.0
-#: Runs whose progress message ids are kept in memory (the database keeps them for good).
-_PROGRESS_MEMORY = 10_000
 
 
 def keyboard(buttons: Sequence[Button]) -> InlineKeyboardMarkup | None:
@@ -86,7 +81,8 @@ class TelegramSender:
         self._bot = bot
         self._blobs = blobs
         self._throttle: EditThrottle[_EditContent] = EditThrottle(self._edit, edit_interval)
-        self._progress: OrderedDict[str, asyncio.Future[_ProgressTarget | None]] = OrderedDict()
+        #: Runs' progress messages in memory (the database keeps their ids for good).
+        self._progress: ProgressMessages[_ProgressTarget] = ProgressMessages()
 
     async def send(
         self,
@@ -185,26 +181,16 @@ class TelegramSender:
             await self._text(chat_id, caption or reply.caption or "…", markup, None)
 
     async def _progress_message(self, chat_id: int, reply: ProgressMessage, reply_to: int | None) -> int | None:
-        # Registered before sending: an edit that races the send waits for the id instead of dropping.
-        waiting: asyncio.Future[_ProgressTarget | None] = asyncio.get_running_loop().create_future()
-        self._remember(reply.run_id, waiting)
         markup = keyboard(reply.buttons)
-        try:
+
+        async def send() -> _ProgressTarget:
             message = await self._text(chat_id, reply.text, markup, reply_to)
-        except BaseException:
-            waiting.set_result(None)
-            raise
-        waiting.set_result(_ProgressTarget(chat_id, message.message_id, markup))
-        return message.message_id
+            return _ProgressTarget(chat_id, message.message_id, markup)
+
+        return (await self._progress.sending(reply.run_id, send)).message_id
 
     async def _edit_progress(self, chat_id: int, reply: EditProgress, fallback: int | None) -> None:
-        target: _ProgressTarget | None = None
-        waiting = self._progress.get(reply.run_id)
-        if waiting is not None:
-            try:
-                target = await asyncio.wait_for(asyncio.shield(waiting), PROGRESS_WAIT_S)
-            except TimeoutError:
-                target = None
+        target = await self._progress.find(reply.run_id, final=reply.final)
         if target is None and fallback is not None:
             target = _ProgressTarget(chat_id, fallback)
         if target is None:
@@ -216,13 +202,11 @@ class TelegramSender:
                 return
             log.debug("no progress message known for run %s; edit skipped", reply.run_id)
             return
-        if reply.final:
-            self._progress.pop(reply.run_id, None)
         # A finished run's message loses its buttons; an intermediate edit keeps them.
         content = _EditContent(reply.text, None if reply.final else target.markup)
         await self._throttle.submit(target.chat_id, target.message_id, content, final=reply.final)
 
-    async def _edit(self, chat_id: int, message_id: int, content: _EditContent) -> None:
+    async def _edit(self, chat_id: int, message_id: int, content: _EditContent, final: bool) -> None:
         try:
             await self._call(
                 "editMessageText",
@@ -240,12 +224,6 @@ class TelegramSender:
     # ------------------------------------------------------------------------------- helpers
     async def _call(self, what: str, method: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
         return await with_retries(lambda: method(*args, **kwargs), what)
-
-    def _remember(self, run_id: str, waiting: asyncio.Future[_ProgressTarget | None]) -> None:
-        self._progress[run_id] = waiting
-        self._progress.move_to_end(run_id)
-        while len(self._progress) > _PROGRESS_MEMORY:
-            self._progress.popitem(last=False)
 
 
 class TelegramNotifier:

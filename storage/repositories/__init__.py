@@ -52,9 +52,9 @@ class Repositories:
         self.portraits = PortraitsRepository(db)
         self.snapshots = SnapshotsRepository(db)
 
-    async def forget_user(self, user_id: int, blobs: BlobStore) -> None:
-        """Delete every row and blob of the user (see :func:`storage.repositories.forget.forget_user`)."""
-        await forget_user(self.db, user_id, blobs)
+    async def forget_user(self, user_id: int, blobs: BlobStore) -> tuple[str, ...]:
+        """Delete every row and blob of the user; returns their run ids (see :func:`.forget.forget_user`)."""
+        return await forget_user(self.db, user_id, blobs)
 
     async def purge_blob_deletions(self, blobs: BlobStore) -> int:
         """Finish blob deletions an interrupted :meth:`forget_user` left queued."""

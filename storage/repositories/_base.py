@@ -1,17 +1,27 @@
-"""Shared plumbing of the repositories: statement helpers and the base class."""
+"""Shared plumbing of the repositories: statement helpers, row-to-record mapping and the base class."""
 
 from __future__ import annotations
 
+import functools
 import sqlite3
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import fields
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiosqlite
 
 from storage._time import to_db
 from storage.db import Database
+from storage.errors import StorageError
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 Params = Sequence[Any] | Mapping[str, Any]
+R = TypeVar("R")
+D = TypeVar("D", bound="DataclassInstance")
+#: Turns one row into the record a repository returns.
+Decode = Callable[[sqlite3.Row], R]
 
 
 async def fetch_all(conn: aiosqlite.Connection, sql: str, params: Params = ()) -> list[sqlite3.Row]:
@@ -20,6 +30,7 @@ async def fetch_all(conn: aiosqlite.Connection, sql: str, params: Params = ()) -
 
 
 async def fetch_one(conn: aiosqlite.Connection, sql: str, params: Params = ()) -> sqlite3.Row | None:
+    """Run a statement to completion and return its first row, if any."""
     rows = await fetch_all(conn, sql, params)
     return rows[0] if rows else None
 
@@ -36,6 +47,34 @@ async def execute(conn: aiosqlite.Connection, sql: str, params: Params = ()) -> 
 def placeholders(values: Iterable[object]) -> str:
     """``?, ?, ?`` for an ``IN (...)`` list."""
     return ", ".join("?" for _ in values)
+
+
+@functools.cache
+def _field_names(cls: type[DataclassInstance]) -> tuple[str, ...]:
+    return tuple(field.name for field in fields(cls))
+
+
+def record(cls: type[D], row: sqlite3.Row, **decoded: Any) -> D:
+    """A record of ``cls`` from a row: each field is the column of the same name, as stored.
+
+    ``decoded`` gives the fields that are stored in another form (timestamps, enums, flags, a nested
+    record); columns that ``cls`` has no field for are ignored (joined or computed ones).
+    """
+    stored = {name: row[name] for name in _field_names(cls) if name not in decoded}
+    return cls(**stored, **decoded)
+
+
+def violation(exc: sqlite3.IntegrityError, errors: Mapping[str, StorageError]) -> StorageError:
+    """The error to raise for a broken constraint: the first of ``errors`` whose phrase is in its message.
+
+    Re-raises ``exc`` when none matches: a constraint the caller did not foresee is a bug, not a user's
+    mistake to report.
+    """
+    message = str(exc)
+    for phrase, error in errors.items():
+        if phrase in message:
+            return error
+    raise exc
 
 
 class Repository:
@@ -59,3 +98,24 @@ class Repository:
         """One statement on its own (atomic by itself); returns the rows changed."""
         async with self._db.locked() as conn:
             return await execute(conn, sql, params)
+
+    async def _get(self, decode: Decode[R], sql: str, params: Params = ()) -> R | None:
+        """The statement's first row as a record; None when it returns no row."""
+        row = await self._one(sql, params)
+        return None if row is None else decode(row)
+
+    async def _list(self, decode: Decode[R], sql: str, params: Params = ()) -> list[R]:
+        """Every row of the statement as a record, in the order it returns them."""
+        return [decode(row) for row in await self._all(sql, params)]
+
+    async def _returning(self, decode: Decode[R], sql: str, params: Params = ()) -> R:
+        """The one row a statement always returns (``INSERT ... RETURNING *``), as a record."""
+        row = await self._one(sql, params)
+        assert row is not None
+        return decode(row)
+
+    async def _number(self, sql: str, params: Params = ()) -> int:
+        """The integer in the first column of the one row a statement returns (a count, a sum)."""
+        row = await self._one(sql, params)
+        assert row is not None
+        return int(row[0])

@@ -7,27 +7,20 @@ import sqlite3
 from collections.abc import Iterable
 from typing import Literal
 
+import aiosqlite
+
 from storage._time import from_db
 from storage.errors import NotFound
 from storage.models import Community, CustomStyle, Platform, ResultsTo
-from storage.repositories._base import Repository, execute, fetch_all, fetch_one
+from storage.repositories._base import Repository, execute, fetch_one, record
 
 QuotaScope = Literal["user", "group"]
 _QUOTA_COLUMN: dict[str, str] = {"user": "user_daily_quota", "group": "community_daily_quota"}
 
 
 def style_record(row: sqlite3.Row) -> CustomStyle:
-    return CustomStyle(
-        community_id=row["community_id"],
-        name=row["name"],
-        prompt=row["prompt"],
-        negative_prompt=row["negative_prompt"],
-        lora_key=row["lora_key"],
-        style_weight=row["style_weight"],
-        face_weight=row["face_weight"],
-        created_by=row["created_by"],
-        created_at=from_db(row["created_at"]),
-    )
+    """A community style from its row (``custom_styles.*``)."""
+    return record(CustomStyle, row, created_at=from_db(row["created_at"]))
 
 
 def _weight(name: str, value: float) -> float:
@@ -39,23 +32,32 @@ def _weight(name: str, value: float) -> float:
 def community_record(row: sqlite3.Row, toggles: Iterable[tuple[str, int]]) -> Community:
     """A community from its row and its (style, enabled) toggles."""
     toggles = list(toggles)
-    return Community(
-        id=row["id"],
+    return record(
+        Community,
+        row,
         platform=Platform(row["platform"]),
-        external_id=row["external_id"],
         enabled_styles=frozenset(style for style, enabled in toggles if enabled),
         disabled_styles=frozenset(style for style, enabled in toggles if not enabled),
-        user_daily_quota=row["user_daily_quota"],
-        community_daily_quota=row["community_daily_quota"],
         results_to=ResultsTo(row["results_to"]),
         nsfw_allowed=bool(row["nsfw_allowed"]),
     )
 
 
 def check_external_id(external_id: str) -> str:
+    """``external_id`` if it is a valid group chat or server id (1-128 characters), else ValueError."""
     if not 1 <= len(external_id) <= 128:
         raise ValueError("external_id must be 1-128 characters")
     return external_id
+
+
+async def insert_community(conn: aiosqlite.Connection, platform: Platform, external_id: str, now: str) -> None:
+    """Create the community of a group chat or server with default settings, unless it exists."""
+    await execute(
+        conn,
+        "INSERT INTO communities (platform, external_id, created_at) VALUES (?, ?, ?)"
+        " ON CONFLICT (platform, external_id) DO NOTHING",
+        (platform, external_id, now),
+    )
 
 
 class CommunitiesRepository(Repository):
@@ -85,12 +87,7 @@ class CommunitiesRepository(Repository):
         platform = Platform(platform)
         check_external_id(external_id)
         async with self._db.locked() as conn:
-            await execute(
-                conn,
-                "INSERT INTO communities (platform, external_id, created_at) VALUES (?, ?, ?)"
-                " ON CONFLICT (platform, external_id) DO NOTHING",
-                (platform, external_id, self._now()),
-            )
+            await insert_community(conn, platform, external_id, self._now())
         community = await self.find(platform, external_id)
         assert community is not None
         return community
@@ -184,20 +181,21 @@ class CommunitiesRepository(Repository):
         return None if previous is None else style_record(previous)
 
     async def custom_style(self, community_id: int, name: str) -> CustomStyle | None:
-        row = await self._one("SELECT * FROM custom_styles WHERE community_id = ? AND name = ?", (community_id, name))
-        return None if row is None else style_record(row)
+        """The community's style of this name (case-insensitive), if any."""
+        return await self._get(
+            style_record, "SELECT * FROM custom_styles WHERE community_id = ? AND name = ?", (community_id, name)
+        )
 
     async def remove_custom_style(self, community_id: int, name: str) -> CustomStyle | None:
         """Remove a community style; returns it (its ``lora_key`` blob is the caller's to delete)."""
-        async with self._db.locked() as conn:
-            rows = await fetch_all(
-                conn,
-                "DELETE FROM custom_styles WHERE community_id = ? AND name = ? RETURNING *",
-                (community_id, name),
-            )
-        return style_record(rows[0]) if rows else None
+        return await self._get(
+            style_record,
+            "DELETE FROM custom_styles WHERE community_id = ? AND name = ? RETURNING *",
+            (community_id, name),
+        )
 
     async def custom_styles(self, community_id: int) -> list[CustomStyle]:
         """The community's own styles, by name."""
-        rows = await self._all("SELECT * FROM custom_styles WHERE community_id = ? ORDER BY name", (community_id,))
-        return [style_record(row) for row in rows]
+        return await self._list(
+            style_record, "SELECT * FROM custom_styles WHERE community_id = ? ORDER BY name", (community_id,)
+        )

@@ -7,23 +7,16 @@ import sqlite3
 from storage._time import from_db, opt_from_db
 from storage.errors import Conflict, NotFound
 from storage.models import FaceModel, ModelStatus
-from storage.repositories._base import Repository, placeholders
+from storage.repositories._base import Repository, placeholders, record
 
 _OPEN = (ModelStatus.PENDING, ModelStatus.TRAINING)
 
 
 def _model(row: sqlite3.Row) -> FaceModel:
-    return FaceModel(
-        id=row["id"],
-        user_id=row["user_id"],
-        version=row["version"],
+    return record(
+        FaceModel,
+        row,
         status=ModelStatus(row["status"]),
-        photo_set_id=row["photo_set_id"],
-        subject=row["subject"],
-        trigger=row["trigger"],
-        template_key=row["template_key"],
-        lora_key=row["lora_key"],
-        error_code=row["error_code"],
         created_at=from_db(row["created_at"]),
         finished_at=opt_from_db(row["finished_at"]),
     )
@@ -36,7 +29,8 @@ class FaceModelsRepository(Repository):
         """A pending model with the next version number of this user."""
         try:
             # One INSERT ... SELECT max() + 1 statement: no other write can slip in between.
-            row = await self._one(
+            return await self._returning(
+                _model,
                 "INSERT INTO face_models (user_id, version, status, photo_set_id, subject, created_at)"
                 " SELECT ?, coalesce(max(version), 0) + 1, ?, ?, ?, ? FROM face_models WHERE user_id = ?"
                 " RETURNING *",
@@ -46,30 +40,28 @@ class FaceModelsRepository(Repository):
             if "another user" in str(exc):
                 raise Conflict(f"photo set {photo_set_id} belongs to another user") from exc
             raise NotFound(f"no user {user_id} or photo set {photo_set_id}") from exc
-        assert row is not None
-        return _model(row)
 
     async def get(self, model_id: int) -> FaceModel | None:
-        row = await self._one("SELECT * FROM face_models WHERE id = ?", (model_id,))
-        return None if row is None else _model(row)
+        """The model with this id, whatever its status."""
+        return await self._get(_model, "SELECT * FROM face_models WHERE id = ?", (model_id,))
 
     async def for_user(self, user_id: int) -> list[FaceModel]:
         """Every model of the user, newest version first."""
-        rows = await self._all("SELECT * FROM face_models WHERE user_id = ? ORDER BY version DESC", (user_id,))
-        return [_model(row) for row in rows]
+        return await self._list(_model, "SELECT * FROM face_models WHERE user_id = ? ORDER BY version DESC", (user_id,))
 
     async def latest(self, user_id: int) -> FaceModel | None:
         """The newest model of the user, whatever its status."""
-        row = await self._one("SELECT * FROM face_models WHERE user_id = ? ORDER BY version DESC LIMIT 1", (user_id,))
-        return None if row is None else _model(row)
+        return await self._get(
+            _model, "SELECT * FROM face_models WHERE user_id = ? ORDER BY version DESC LIMIT 1", (user_id,)
+        )
 
     async def latest_ready(self, user_id: int) -> FaceModel | None:
         """The newest model that can generate portraits (a newer one may be training)."""
-        row = await self._one(
+        return await self._get(
+            _model,
             "SELECT * FROM face_models WHERE user_id = ? AND status = ? ORDER BY version DESC LIMIT 1",
             (user_id, ModelStatus.READY),
         )
-        return None if row is None else _model(row)
 
     async def mark_training(self, model_id: int) -> bool:
         """pending → training; False when the model is not pending."""

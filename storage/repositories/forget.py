@@ -5,6 +5,10 @@ the blob keys and prefixes to delete are queued in ``blob_deletions``. The files
 the commit and each queue entry is removed once its files are gone, so a crash or a disk error in
 between leaves a queue that :func:`purge_blob_deletions` finishes later, never a forgotten user
 whose files can no longer be found.
+
+Deleted rows leave no copy behind in the database files: the connection runs with
+``secure_delete`` (freed space is zeroed), and the WAL, which still holds the pages as they were
+before the delete, is checkpointed and truncated afterwards.
 """
 
 from __future__ import annotations
@@ -19,13 +23,14 @@ from storage.keys import run_prefix, user_prefix
 from storage.repositories._base import execute, fetch_all
 
 
-async def forget_user(db: Database, user_id: int, blobs: BlobStore) -> None:
-    """Delete every row of the user and every blob of theirs (idempotent).
+async def forget_user(db: Database, user_id: int, blobs: BlobStore) -> tuple[str, ...]:
+    """Delete every row of the user and every blob of theirs (idempotent); returns their run ids.
 
     Blobs: their photos, the LoRA and template of their models, their portraits, and everything
     under ``users/{user_id}/`` and ``runs/{run_id}/`` of each of their runs. Community styles they
     created stay with the community, with ``created_by`` cleared. Cancel the user's active runs
-    first: a worker still running writes under ``runs/{run_id}/`` after this returns.
+    first: a worker still running writes under ``runs/{run_id}/`` after this returns. The run ids
+    returned name what the queue keeps about them (the caller deletes those keys).
     """
     async with db.transaction() as conn:
         rows = await fetch_all(
@@ -48,7 +53,12 @@ async def forget_user(db: Database, user_id: int, blobs: BlobStore) -> None:
         # Identities, conversation, photo sets and photos, models, runs and portraits, usage:
         # all cascade from the user row; custom_styles.created_by is set to NULL.
         await execute(conn, "DELETE FROM users WHERE id = ?", (user_id,))
-    await purge_blob_deletions(db, blobs)
+    try:
+        await purge_blob_deletions(db, blobs)  # checkpoints the WAL once the entries are gone
+    except BaseException:
+        await db.checkpoint()  # the rows are gone all the same
+        raise
+    return tuple(sorted(row["id"] for row in runs))
 
 
 async def purge_blob_deletions(db: Database, blobs: BlobStore) -> int:
@@ -76,6 +86,9 @@ async def purge_blob_deletions(db: Database, blobs: BlobStore) -> int:
         async with db.locked() as conn:
             await execute(conn, "DELETE FROM blob_deletions WHERE key = ?", (key,))
         done += 1
+    if done:
+        # The entries named a forgotten user's folders and runs: no old copy of them stays in the WAL.
+        await db.checkpoint()
     if failures:
         raise StorageError(f"{len(failures)} blob deletions failed and stay queued: {failures[0]}") from failures[0]
     return done

@@ -5,22 +5,22 @@ from __future__ import annotations
 import sqlite3
 
 from storage._time import from_db
-from storage.errors import IdentityTaken, NotFound
 from storage.models import Identity, Platform, User
-from storage.repositories._base import Repository, execute, fetch_one
+from storage.repositories._base import Repository, execute, fetch_one, record
+
+#: The user behind a chat account, and the name stored for that account.
+_BY_ACCOUNT = (
+    "SELECT u.*, i.display_name AS display_name FROM users u JOIN identities i ON i.user_id = u.id"
+    " WHERE i.platform = ? AND i.platform_user_id = ?"
+)
 
 
 def _user(row: sqlite3.Row) -> User:
-    return User(id=row["id"], created_at=from_db(row["created_at"]))
+    return record(User, row, created_at=from_db(row["created_at"]))
 
 
 def _identity(row: sqlite3.Row) -> Identity:
-    return Identity(
-        platform=Platform(row["platform"]),
-        platform_user_id=row["platform_user_id"],
-        user_id=row["user_id"],
-        display_name=row["display_name"],
-    )
+    return record(Identity, row, platform=Platform(row["platform"]))
 
 
 def _check_account(platform: Platform | str, platform_user_id: str) -> tuple[Platform, str]:
@@ -33,18 +33,13 @@ class UsersRepository(Repository):
     """One user per person; each chat account (identity) belongs to exactly one user."""
 
     async def get(self, user_id: int) -> User | None:
-        row = await self._one("SELECT * FROM users WHERE id = ?", (user_id,))
-        return None if row is None else _user(row)
+        """The user with this id."""
+        return await self._get(_user, "SELECT * FROM users WHERE id = ?", (user_id,))
 
     async def find(self, platform: Platform | str, platform_user_id: str) -> User | None:
         """The user behind a chat account, if it has spoken to the bot before."""
         platform, platform_user_id = _check_account(platform, platform_user_id)
-        row = await self._one(
-            "SELECT u.* FROM users u JOIN identities i ON i.user_id = u.id"
-            " WHERE i.platform = ? AND i.platform_user_id = ?",
-            (platform, platform_user_id),
-        )
-        return None if row is None else _user(row)
+        return await self._get(_user, _BY_ACCOUNT, (platform, platform_user_id))
 
     async def get_or_create(self, platform: Platform | str, platform_user_id: str, display_name: str = "") -> User:
         """The user behind a chat account, created on first contact.
@@ -53,21 +48,12 @@ class UsersRepository(Repository):
         """
         platform, platform_user_id = _check_account(platform, platform_user_id)
         # Nearly always the account is known and its name unchanged: one read, no transaction.
-        known = await self._one(
-            "SELECT u.*, i.display_name AS display_name FROM users u JOIN identities i ON i.user_id = u.id"
-            " WHERE i.platform = ? AND i.platform_user_id = ?",
-            (platform, platform_user_id),
-        )
+        known = await self._one(_BY_ACCOUNT, (platform, platform_user_id))
         if known is not None and (not display_name or known["display_name"] == display_name):
             return _user(known)
         now = self._now()
         async with self._db.transaction() as conn:
-            row = await fetch_one(
-                conn,
-                "SELECT u.* FROM users u JOIN identities i ON i.user_id = u.id"
-                " WHERE i.platform = ? AND i.platform_user_id = ?",
-                (platform, platform_user_id),
-            )
+            row = await fetch_one(conn, _BY_ACCOUNT, (platform, platform_user_id))
             if row is not None:
                 if display_name:
                     await execute(
@@ -87,41 +73,10 @@ class UsersRepository(Repository):
             )
             return _user(user)
 
-    async def link_identity(
-        self, user_id: int, platform: Platform | str, platform_user_id: str, display_name: str = ""
-    ) -> Identity:
-        """Attach another chat account to ``user_id`` (e.g. their Discord next to their Telegram).
-
-        Linking an account the user already has is a no-op. Raises :class:`IdentityTaken` when the
-        account already belongs to another user (accounts are never moved or merged silently), and
-        :class:`NotFound` for an unknown user.
-        """
-        platform, platform_user_id = _check_account(platform, platform_user_id)
-        async with self._db.transaction() as conn:
-            existing = await fetch_one(
-                conn,
-                "SELECT * FROM identities WHERE platform = ? AND platform_user_id = ?",
-                (platform, platform_user_id),
-            )
-            if existing is not None:
-                if existing["user_id"] != user_id:
-                    raise IdentityTaken(f"{platform} account {platform_user_id!r} is already linked to another user")
-                return _identity(existing)
-            if await fetch_one(conn, "SELECT 1 FROM users WHERE id = ?", (user_id,)) is None:
-                raise NotFound(f"no user {user_id}")
-            row = await fetch_one(
-                conn,
-                "INSERT INTO identities (platform, platform_user_id, user_id, display_name, created_at)"
-                " VALUES (?, ?, ?, ?, ?) RETURNING *",
-                (platform, platform_user_id, user_id, display_name, self._now()),
-            )
-            assert row is not None
-            return _identity(row)
-
     async def identities(self, user_id: int) -> list[Identity]:
         """The chat accounts of a user, oldest first."""
-        rows = await self._all(
+        return await self._list(
+            _identity,
             "SELECT * FROM identities WHERE user_id = ? ORDER BY created_at, platform, platform_user_id",
             (user_id,),
         )
-        return [_identity(row) for row in rows]

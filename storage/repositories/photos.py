@@ -9,33 +9,18 @@ from collections.abc import Iterable
 from storage._time import from_db
 from storage.errors import Conflict, NotFound, PhotoSetClosed
 from storage.models import Photo, PhotoSet, PhotoSetStatus
-from storage.repositories._base import Repository, execute, fetch_all, fetch_one, placeholders
+from storage.repositories._base import Repository, execute, fetch_all, fetch_one, placeholders, record, violation
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+_COLLECTING_SET = "SELECT * FROM photo_sets WHERE user_id = ? AND status = ?"
 
 
 def _set(row: sqlite3.Row) -> PhotoSet:
-    return PhotoSet(
-        id=row["id"],
-        user_id=row["user_id"],
-        status=PhotoSetStatus(row["status"]),
-        created_at=from_db(row["created_at"]),
-    )
+    return record(PhotoSet, row, status=PhotoSetStatus(row["status"]), created_at=from_db(row["created_at"]))
 
 
 def _photo(row: sqlite3.Row) -> Photo:
-    return Photo(
-        id=row["id"],
-        set_id=row["set_id"],
-        user_id=row["user_id"],
-        blob_key=row["blob_key"],
-        sha256=row["sha256"],
-        size_bytes=row["size_bytes"],
-        width=row["width"],
-        height=row["height"],
-        mime=row["mime"],
-        created_at=from_db(row["created_at"]),
-    )
+    return record(Photo, row, created_at=from_db(row["created_at"]))
 
 
 class PhotosRepository(Repository):
@@ -44,11 +29,7 @@ class PhotosRepository(Repository):
     async def open_set(self, user_id: int) -> PhotoSet:
         """The user's collecting set, created if there is none."""
         async with self._db.transaction() as conn:
-            row = await fetch_one(
-                conn,
-                "SELECT * FROM photo_sets WHERE user_id = ? AND status = ?",
-                (user_id, PhotoSetStatus.COLLECTING),
-            )
+            row = await fetch_one(conn, _COLLECTING_SET, (user_id, PhotoSetStatus.COLLECTING))
             if row is None:
                 try:
                     row = await fetch_one(
@@ -75,15 +56,11 @@ class PhotosRepository(Repository):
 
     async def current_set(self, user_id: int) -> PhotoSet | None:
         """The user's collecting set, if any."""
-        row = await self._one(
-            "SELECT * FROM photo_sets WHERE user_id = ? AND status = ?",
-            (user_id, PhotoSetStatus.COLLECTING),
-        )
-        return None if row is None else _set(row)
+        return await self._get(_set, _COLLECTING_SET, (user_id, PhotoSetStatus.COLLECTING))
 
     async def get_set(self, set_id: int) -> PhotoSet | None:
-        row = await self._one("SELECT * FROM photo_sets WHERE id = ?", (set_id,))
-        return None if row is None else _set(row)
+        """The set with this id, whatever its status."""
+        return await self._get(_set, "SELECT * FROM photo_sets WHERE id = ?", (set_id,))
 
     async def add_photo(
         self,
@@ -106,24 +83,22 @@ class PhotosRepository(Repository):
         if not _SHA256.fullmatch(sha256):
             raise ValueError("sha256 must be 64 hex digits")
         try:
-            async with self._db.locked() as conn:
-                row = await fetch_one(
-                    conn,
-                    "INSERT INTO photos (set_id, user_id, blob_key, sha256, size_bytes, width, height,"
-                    " mime, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                    " ON CONFLICT (set_id, sha256) DO NOTHING RETURNING *",
-                    (set_id, user_id, blob_key, sha256, size_bytes, width, height, mime, self._now()),
-                )
+            return await self._get(
+                _photo,
+                "INSERT INTO photos (set_id, user_id, blob_key, sha256, size_bytes, width, height,"
+                " mime, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (set_id, sha256) DO NOTHING RETURNING *",
+                (set_id, user_id, blob_key, sha256, size_bytes, width, height, mime, self._now()),
+            )
         except sqlite3.IntegrityError as exc:
-            message = str(exc)
-            if "not collecting" in message:
-                raise PhotoSetClosed(f"photo set {set_id} is not collecting photos") from exc
-            if "blob_key" in message:
-                raise Conflict(f"blob key {blob_key!r} is already recorded") from exc
-            if "FOREIGN KEY" in message:
-                raise Conflict(f"photo set {set_id} does not belong to user {user_id}") from exc
-            raise
-        return None if row is None else _photo(row)
+            raise violation(
+                exc,
+                {
+                    "not collecting": PhotoSetClosed(f"photo set {set_id} is not collecting photos"),
+                    "blob_key": Conflict(f"blob key {blob_key!r} is already recorded"),
+                    "FOREIGN KEY": Conflict(f"photo set {set_id} does not belong to user {user_id}"),
+                },
+            ) from exc
 
     async def contains(self, set_id: int, sha256: str) -> bool:
         """Whether the set already holds an upload with this SHA-256 (check before storing a blob)."""
@@ -132,13 +107,11 @@ class PhotosRepository(Repository):
 
     async def photos(self, set_id: int) -> list[Photo]:
         """The photos of a set, in the order they arrived."""
-        rows = await self._all("SELECT * FROM photos WHERE set_id = ? ORDER BY id", (set_id,))
-        return [_photo(row) for row in rows]
+        return await self._list(_photo, "SELECT * FROM photos WHERE set_id = ? ORDER BY id", (set_id,))
 
     async def count(self, set_id: int) -> int:
-        row = await self._one("SELECT count(*) AS n FROM photos WHERE set_id = ?", (set_id,))
-        assert row is not None
-        return int(row["n"])
+        """How many photos the set holds."""
+        return await self._number("SELECT count(*) FROM photos WHERE set_id = ?", (set_id,))
 
     async def set_status(self, set_id: int, status: PhotoSetStatus) -> None:
         """Move a set to ``status`` (e.g. submitted for training, or back to collecting).

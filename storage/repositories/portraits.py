@@ -7,22 +7,13 @@ import sqlite3
 from storage._time import from_db
 from storage.errors import Conflict, NotFound
 from storage.models import Portrait
-from storage.repositories._base import Repository, fetch_one
+from storage.repositories._base import Repository, fetch_one, record
 
 _INT64 = range(-(2**63), 2**63)
 
 
 def _portrait(row: sqlite3.Row) -> Portrait:
-    return Portrait(
-        id=row["id"],
-        run_id=row["run_id"],
-        user_id=row["user_id"],
-        blob_key=row["blob_key"],
-        seed=row["seed"],
-        score=row["score"],
-        style=row["style"],
-        created_at=from_db(row["created_at"]),
-    )
+    return record(Portrait, row, created_at=from_db(row["created_at"]))
 
 
 class PortraitsRepository(Repository):
@@ -52,17 +43,15 @@ class PortraitsRepository(Repository):
         return _portrait(row)
 
     async def get(self, portrait_id: int) -> Portrait | None:
-        row = await self._one("SELECT * FROM portraits WHERE id = ?", (portrait_id,))
-        return None if row is None else _portrait(row)
+        """The portrait with this id."""
+        return await self._get(_portrait, "SELECT * FROM portraits WHERE id = ?", (portrait_id,))
 
     async def for_run(self, run_id: str) -> list[Portrait]:
         """A run's portraits in the order recorded (the worker's ranking)."""
-        rows = await self._all("SELECT * FROM portraits WHERE run_id = ? ORDER BY id", (run_id,))
-        return [_portrait(row) for row in rows]
+        return await self._list(_portrait, "SELECT * FROM portraits WHERE run_id = ? ORDER BY id", (run_id,))
 
     async def for_user(self, user_id: int) -> list[Portrait]:
         """All of a user's portraits, newest first."""
-        rows = await self._all(
-            "SELECT * FROM portraits WHERE user_id = ? ORDER BY created_at DESC, id DESC", (user_id,)
+        return await self._list(
+            _portrait, "SELECT * FROM portraits WHERE user_id = ? ORDER BY created_at DESC, id DESC", (user_id,)
         )
-        return [_portrait(row) for row in rows]

@@ -8,7 +8,7 @@ import sqlite3
 from storage._time import from_db, opt_from_db
 from storage.errors import Conflict, NotFound
 from storage.models import Delivery, Platform, Run, RunKind, RunStatus
-from storage.repositories._base import Repository, fetch_one, placeholders
+from storage.repositories._base import Repository, placeholders, record, violation
 
 _ACTIVE = (RunStatus.QUEUED, RunStatus.RUNNING)
 _TERMINAL = (RunStatus.DONE, RunStatus.FAILED, RunStatus.CANCELLED)
@@ -16,25 +16,13 @@ _IN_ACTIVE = f"status IN ({placeholders(_ACTIVE)})"
 
 
 def run_record(row: sqlite3.Row) -> Run:
-    return Run(
-        id=row["id"],
-        user_id=row["user_id"],
+    """A run from its row (``runs.*``; other columns of a joined row are ignored)."""
+    return record(
+        Run,
+        row,
         kind=RunKind(row["kind"]),
         status=RunStatus(row["status"]),
-        attempt=row["attempt"],
-        model_id=row["model_id"],
-        style=row["style"],
-        count=row["count"],
-        progress=row["progress"],
-        stage=row["stage"],
-        error_code=row["error_code"],
-        error_message=row["error_message"],
-        delivery=Delivery(
-            platform=Platform(row["platform"]),
-            chat_id=row["chat_id"],
-            progress_message_id=row["progress_message_id"],
-            community_id=row["community_id"],
-        ),
+        delivery=record(Delivery, row, platform=Platform(row["platform"])),
         created_at=from_db(row["created_at"]),
         started_at=opt_from_db(row["started_at"]),
         finished_at=opt_from_db(row["finished_at"]),
@@ -54,16 +42,21 @@ class RunsRepository(Repository):
         model_id: int | None = None,
         style: str | None = None,
         count: int | None = None,
+        request: str | None = None,
     ) -> Run:
-        """A queued run, attempt 1. Raises :class:`Conflict` for a run id already used."""
+        """A queued run, attempt 1. Raises :class:`Conflict` for a run id already used.
+
+        ``request`` is the job payload as JSON, kept so that a later attempt can submit it again.
+        """
         kind = RunKind(kind)
         if count is not None and count < 1:
             raise ValueError("count must be at least 1")
         try:
-            row = await self._one(
+            return await self._returning(
+                run_record,
                 "INSERT INTO runs (id, user_id, kind, status, model_id, style, count, platform, chat_id,"
-                " progress_message_id, community_id, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING *",
+                " progress_message_id, community_id, created_at, request)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING *",
                 (
                     run_id,
                     user_id,
@@ -77,23 +70,22 @@ class RunsRepository(Repository):
                     delivery.progress_message_id,
                     delivery.community_id,
                     self._now(),
+                    request,
                 ),
             )
         except sqlite3.IntegrityError as exc:
-            message = str(exc)
-            if "UNIQUE" in message:
-                raise Conflict(f"run id {run_id!r} is already used") from exc
-            if "another user" in message:
-                raise Conflict(f"face model {model_id} belongs to another user") from exc
-            if "FOREIGN KEY" in message:
-                raise NotFound(f"no user {user_id}, model {model_id} or community") from exc
-            raise
-        assert row is not None
-        return run_record(row)
+            raise violation(
+                exc,
+                {
+                    "UNIQUE": Conflict(f"run id {run_id!r} is already used"),
+                    "another user": Conflict(f"face model {model_id} belongs to another user"),
+                    "FOREIGN KEY": NotFound(f"no user {user_id}, model {model_id} or community"),
+                },
+            ) from exc
 
     async def get(self, run_id: str) -> Run | None:
-        row = await self._one("SELECT * FROM runs WHERE id = ?", (run_id,))
-        return None if row is None else run_record(row)
+        """The run with this id, whatever its status."""
+        return await self._get(run_record, "SELECT * FROM runs WHERE id = ?", (run_id,))
 
     async def set_progress_message(self, run_id: str, message_id: str) -> None:
         """Remember the chat message that shows this run's progress (edited as it advances)."""
@@ -166,45 +158,45 @@ class RunsRepository(Repository):
             )
         )
 
-    async def next_attempt(self, run_id: str) -> int:
-        """Start another attempt of a run (after a worker crash or a failure) and return its number.
+    async def restart(self, run_id: str, attempt: int) -> int | None:
+        """Start the next attempt of an active run whose attempt ``attempt`` was lost; return its number.
 
-        The run goes back to queued with its progress and error cleared. A run that is done or was
-        cancelled is never re-run: :class:`Conflict`.
+        The run goes back to queued with its progress cleared. None, changing nothing, when the run has
+        ended or another attempt is already under way: of two callers racing, one restarts it.
         """
-        async with self._db.transaction() as conn:
-            row = await fetch_one(conn, "SELECT status FROM runs WHERE id = ?", (run_id,))
-            if row is None:
-                raise NotFound(f"no run {run_id!r}")
-            if row["status"] in (RunStatus.DONE, RunStatus.CANCELLED):
-                raise Conflict(f"run {run_id!r} is {row['status']}: it is not retried")
-            updated = await fetch_one(
-                conn,
-                "UPDATE runs SET attempt = attempt + 1, status = ?, progress = 0, stage = NULL,"
-                " error_code = NULL, error_message = NULL, started_at = NULL, finished_at = NULL"
-                " WHERE id = ? RETURNING attempt",
-                (RunStatus.QUEUED, run_id),
-            )
-            assert updated is not None
-            return int(updated["attempt"])
+        row = await self._one(
+            "UPDATE runs SET attempt = attempt + 1, status = ?, progress = 0, stage = NULL, started_at = NULL"
+            f" WHERE id = ? AND attempt = ? AND {_IN_ACTIVE} RETURNING attempt",
+            (RunStatus.QUEUED, run_id, attempt, *_ACTIVE),
+        )
+        return None if row is None else int(row["attempt"])
 
     async def active(self, user_id: int) -> list[Run]:
         """The user's queued and running runs, oldest first."""
-        rows = await self._all(
+        return await self._list(
+            run_record,
             f"SELECT * FROM runs WHERE user_id = ? AND {_IN_ACTIVE} ORDER BY created_at, rowid",
             (user_id, *_ACTIVE),
         )
-        return [run_record(row) for row in rows]
 
     async def active_all(self) -> list[Run]:
         """Every queued and running run, oldest first (to resume watching them after a restart)."""
-        rows = await self._all(f"SELECT * FROM runs WHERE {_IN_ACTIVE} ORDER BY created_at, rowid", _ACTIVE)
-        return [run_record(row) for row in rows]
+        return await self._list(
+            run_record, f"SELECT * FROM runs WHERE {_IN_ACTIVE} ORDER BY created_at, rowid", _ACTIVE
+        )
+
+    async def count_active(self) -> dict[tuple[RunKind, RunStatus], int]:
+        """How many runs are queued and running, by kind and status (absent pairs: none)."""
+        rows = await self._all(
+            f"SELECT kind, status, count(*) AS n FROM runs WHERE {_IN_ACTIVE} GROUP BY kind, status", _ACTIVE
+        )
+        return {(RunKind(row["kind"]), RunStatus(row["status"])): int(row["n"]) for row in rows}
 
     async def by_status(self, status: RunStatus) -> list[Run]:
         """Every run in ``status``, oldest first."""
-        rows = await self._all("SELECT * FROM runs WHERE status = ? ORDER BY created_at, rowid", (RunStatus(status),))
-        return [run_record(row) for row in rows]
+        return await self._list(
+            run_record, "SELECT * FROM runs WHERE status = ? ORDER BY created_at, rowid", (RunStatus(status),)
+        )
 
     async def queue_position(self, run_id: str) -> int | None:
         """1 for the next queued run of its kind, 2 for the one after...; None unless queued."""

@@ -21,8 +21,8 @@ from storage.models import (
     RunStatus,
     UserSnapshot,
 )
-from storage.repositories._base import Repository, execute, fetch_all
-from storage.repositories.communities import check_external_id, community_record, style_record
+from storage.repositories._base import Repository, fetch_all
+from storage.repositories.communities import check_external_id, community_record, insert_community, style_record
 from storage.repositories.runs import run_record
 from storage.repositories.usage import GENERATE
 
@@ -54,6 +54,8 @@ SELECT
         AS toggles,
     (SELECT coalesce(sum(n), 0) FROM usage_counters WHERE community_id = c.id AND day = :day AND kind = :kind)
         AS generations_today,
+    (SELECT count(*) FROM runs WHERE community_id = c.id AND kind = :kind AND status IN (:queued, :running))
+        AS active_generations,
     s.community_id, s.name, s.prompt, s.negative_prompt, s.lora_key, s.style_weight, s.face_weight, s.created_by,
     s.created_at
 FROM communities c
@@ -101,18 +103,15 @@ class SnapshotsRepository(Repository):
 
     async def community(self, platform: Platform | str, external_id: str, day: date) -> CommunitySnapshot:
         """The community of a group chat or server (created with default settings on first sight),
-        its own styles by name and everyone's /generate count there on ``day``."""
-        params = {"platform": Platform(platform), "external_id": check_external_id(external_id),
-                  "day": day.isoformat(), "kind": GENERATE}  # fmt: skip
+        its own styles by name, everyone's /generate count there on ``day`` and the runs in flight."""
+        platform = Platform(platform)
+        params = {"platform": platform, "external_id": check_external_id(external_id),
+                  "day": day.isoformat(), "kind": GENERATE, "queued": RunStatus.QUEUED,
+                  "running": RunStatus.RUNNING}  # fmt: skip
         async with self._db.locked() as conn:
             rows = await fetch_all(conn, _COMMUNITY_SQL, params)
             if not rows:
-                await execute(
-                    conn,
-                    "INSERT INTO communities (platform, external_id, created_at) VALUES (?, ?, ?)"
-                    " ON CONFLICT (platform, external_id) DO NOTHING",
-                    (params["platform"], external_id, self._now()),
-                )
+                await insert_community(conn, platform, external_id, self._now())
                 rows = await fetch_all(conn, _COMMUNITY_SQL, params)
         return _community_snapshot(rows)
 
@@ -124,4 +123,5 @@ def _community_snapshot(rows: list[sqlite3.Row]) -> CommunitySnapshot:
         community=community_record(first, toggles),
         custom_styles=tuple(style_record(row) for row in rows if row["name"] is not None),
         generations_today=int(first["generations_today"]),
+        active_generations=int(first["active_generations"]),
     )

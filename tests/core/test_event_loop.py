@@ -14,6 +14,7 @@ from bot.app import loop_factory
 from bot.cli import main
 from bot.config import BotSettings
 from bot.service import ConversationService
+from storage.blobs import BlobStore
 
 
 class _Probed(Exception):
@@ -22,7 +23,7 @@ class _Probed(Exception):
 
 @pytest.fixture
 def env(cli_env: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("FACECHAIN_TELEGRAM_TOKEN", "123:probe")
+    monkeypatch.setenv("FACECHAIN_TELEGRAM_TOKEN", "123456:AAH-probe-token-for-the-event-loop-test")
     return cli_env
 
 
@@ -31,7 +32,7 @@ def _run_bot_command(monkeypatch: pytest.MonkeyPatch) -> asyncio.AbstractEventLo
     probe in place of the chat adapters; returns the loop the adapter ran on."""
     seen: list[asyncio.AbstractEventLoop] = []
 
-    async def probe(settings: BotSettings, service: ConversationService) -> None:
+    async def probe(settings: BotSettings, service: ConversationService, blobs: BlobStore) -> None:
         seen.append(asyncio.get_running_loop())
         await asyncio.sleep(0.2)  # the outcome worker and progress listener start on the same loop
         raise _Probed

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
+import json
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -35,7 +40,9 @@ from bot.core.events import (
     OfferedFile,
     PhotosOffered,
     PhotosSaved,
+    QueueUnavailable,
     RunQueued,
+    RunRestarted,
     RunsCancelled,
     SavedPhoto,
     StyleAdded,
@@ -413,6 +420,11 @@ def test_photos_saved(row: Row) -> None:
         "running jobs continue",
     ),
     runs_cancelled=Row(IDLE, RunsCancelled((RUN, GEN)), BASE, _I, (), "cancelling 2 jobs", replies=3),
+    # Redis down at the subject press: nothing started, the question comes back so one press retries.
+    queue_busy_train=Row(IDLE, QueueUnavailable("train"), BASE, _A, (), "try again shortly", replies=1),
+    queue_busy_generate=Row(IDLE, QueueUnavailable("generate"), BASE, _I, (), "busy right now", replies=1),
+    queue_busy_while_asked_to_forget=Row(CONFIRMING, QueueUnavailable("generate"), BASE, _F, (), "try again"),
+    run_restarted=Row(IDLE, RunRestarted(RUN, 2, 3), TRAINING, _I, (), "started again (try 2 of 3)", replies=1),
     status_shows_runs=Row(
         IDLE,
         Command("status"),
@@ -584,7 +596,7 @@ def train_outcome(**fields: Any) -> TrainOutcome:
 
 
 def generate_outcome(**fields: Any) -> GenerateOutcome:
-    return GenerateOutcome(run_id=GEN, style="studio", **fields)
+    return GenerateOutcome(run_id=GEN, **{"style": "studio", **fields})
 
 
 PHOTO_KEYS = tuple(f"photos/u1/s1/{i}.jpg" for i in range(1, 6))
@@ -673,6 +685,7 @@ TOO_FEW = train_outcome(
         _I,
         (),
         "2 held back by the safety filter",
+        not_says="best match",
     ),
     no_usable_portrait=Row(
         IDLE,
@@ -714,6 +727,18 @@ def test_training_failure_keeps_photos_for_a_retry(code: ErrorCode) -> None:
 def test_generation_failure_is_not_charged(code: ErrorCode) -> None:
     decision = check(Row(IDLE, JobFinished(generate_outcome(error=code)), BASE, _I, (), "sorry"))
     assert "didn't count against your daily limit" in text_of(decision)
+
+
+def test_a_style_whose_lora_is_missing_is_named_with_the_fix_and_not_charged() -> None:
+    missing = JobFinished(generate_outcome(error=ErrorCode.MODEL_MISSING, style="vintage"))
+    decision = check(Row(IDLE, missing, BASE, _I, (), 'the style "vintage"', not_says="/admin"))
+    said = text_of(decision)
+    assert "facechain-bot models fetch" in said and "didn't count against your daily limit" in said
+    assert [b.action for b in buttons_of(decision)] == ["another"]
+
+    gone = JobFinished(generate_outcome(error=ErrorCode.MODEL_MISSING, style="noir"))
+    decision = check(Row(IDLE, gone, GROUP, _I, (), 'the style "noir"', not_says="models fetch"))
+    assert "/admin addstyle" in text_of(decision) and "didn't count" in text_of(decision)
 
 
 def test_ready_model_offers_styles() -> None:
@@ -873,6 +898,9 @@ EVENTS: list[Event] = [
     RunQueued(GEN, "generate", 2, LONG, 4),
     progress(Stage.TRAINING, 1.0),
     RunsCancelled(()),
+    QueueUnavailable("train"),
+    QueueUnavailable("generate"),
+    RunRestarted(RUN, 3, 3),
     StyleAdded(LONG, "exists"),
     JobFinished(TOO_FEW),
     JobFinished(train_outcome(lora_key="k/l.safetensors")),
@@ -899,10 +927,24 @@ def test_every_reply_fits_the_platforms(facts: Facts, mode: Mode) -> None:
                 assert not reply.private
 
 
-def test_decide_is_deterministic() -> None:
-    for event in EVENTS:
-        for state in STATES.values():
-            assert decide(state, event, BASE) == decide(state, event, BASE)
+def all_decisions(order: int = 1) -> list[str]:
+    """Every (state, event) of the tables decided, in table order or reversed (``order=-1``), as text."""
+    cases = [(state, event) for event in EVENTS for state in STATES.values()][::order]
+    return [repr(decide(state, event, BASE)) for state, event in cases][::order]
+
+
+def test_decide_depends_on_its_arguments_only() -> None:
+    """No hidden state (the order of calls), no mutated input, no clock, randomness or hash order: the
+    service may re-run an event after a crash and the user reads the same words."""
+    before = copy.deepcopy((STATES, EVENTS, BASE))
+    forward = all_decisions()
+    assert all_decisions(order=-1) == forward, "an earlier call changed a later decision"
+    assert before == (STATES, EVENTS, BASE), "decide changed its input"
+    script = "from tests.core.test_flow import all_decisions; import json; print(json.dumps(all_decisions()))"
+    for seed in ("1", "2"):
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
+        assert json.loads(done.stdout) == forward, f"another process (hash seed {seed}) decided differently"
 
 
 def test_buttons_the_flow_makes_are_buttons_it_understands() -> None:
@@ -936,3 +978,146 @@ def test_start_explains_what_where_and_what_is_kept(phrase: str) -> None:
     decision = decide(IDLE, Command("start"), replace(BASE, limits=Limits(min_photos=3, max_photos=10)))
     assert phrase in text_of(decision)
     assert "\n\n" in text_of(decision)
+
+
+# ------------------------------------------------------------------------------ limits at the boundary
+#: Every limit is tried just below, exactly at and just above its value (the settings fill these in).
+LIM = Limits()
+MIN, MAX = LIM.min_photos, LIM.max_photos
+
+
+def file_of(size: int) -> OfferedFile:
+    return jpeg("s", size=size)
+
+
+def prompt_of(length: int) -> Command:
+    return admin("addstyle", "noir", "p" * length)
+
+
+def lora_of(size: int) -> Command:
+    return admin("addstyle", "noir", "dark", attachment=replace(LORA, size=size))
+
+
+def quota(used: int, limit: int) -> Facts:
+    return replace(BASE, user_quota=limit, generations_today=used)
+
+
+def group_quota(used: int, limit: int) -> Facts:
+    return replace(GROUP, community_quota=limit, community_generations_today=used)
+
+
+@rows(
+    done_one_below_min_photos=Row(
+        COLLECTING, Command("done"), replace(BASE, photo_count=MIN - 1), _C, (), "send 1 more"
+    ),
+    done_at_min_photos=Row(
+        COLLECTING, Command("done"), replace(BASE, photo_count=MIN), _A, (), "who is in these photos"
+    ),
+    done_at_max_photos=Row(
+        COLLECTING, Command("done"), replace(BASE, photo_count=MAX), _A, (), "who is in these photos"
+    ),
+    photo_fills_the_last_place=Row(
+        COLLECTING, PhotosOffered((jpeg(),)), replace(BASE, photo_count=MAX - 1), _C, (SavePhotos((jpeg(),)),), None
+    ),
+    photo_past_max_photos=Row(COLLECTING, PhotosOffered((jpeg(),)), replace(BASE, photo_count=MAX), _C, (), "full"),
+    saved_one_below_min_photos=Row(COLLECTING, saved(OK, total=MIN - 1), BASE, _C, (), "send 1 more"),
+    saved_at_min_photos=Row(COLLECTING, saved(OK, total=MIN), BASE, _C, (), "/done to start", not_says="send 1 more"),
+    photo_at_max_bytes=Row(
+        COLLECTING,
+        PhotosOffered((file_of(LIM.max_photo_bytes),)),
+        BASE,
+        _C,
+        (SavePhotos((file_of(LIM.max_photo_bytes),)),),
+        None,
+    ),
+    photo_one_byte_over=Row(
+        COLLECTING, PhotosOffered((file_of(LIM.max_photo_bytes + 1),)), BASE, _C, (), "too large (the limit is 20 mb)"
+    ),
+    count_one=Row(IDLE, Command("generate", ("studio", "1")), BASE, _I, (StartGeneration("studio", 1),), None),
+    count_at_max=Row(
+        IDLE,
+        Command("generate", ("studio", str(LIM.max_count))),
+        BASE,
+        _I,
+        (StartGeneration("studio", LIM.max_count),),
+        None,
+    ),
+    count_one_over_max=Row(
+        IDLE, Command("generate", ("studio", str(LIM.max_count + 1))), BASE, _I, (), f"from 1 to {LIM.max_count}"
+    ),
+    user_quota_one_left=Row(IDLE, Command("generate", ("studio",)), quota(2, 3), _I, _GEN, None),
+    user_quota_at_limit=Row(IDLE, Command("generate", ("studio",)), quota(3, 3), _I, (), "resets tomorrow"),
+    user_quota_zero=Row(IDLE, Command("generate", ("studio",)), quota(0, 0), _I, (), "resets tomorrow"),
+    group_quota_one_left=Row(IDLE, Command("generate", ("studio",)), group_quota(9, 10), _I, _GEN, None),
+    group_quota_at_limit=Row(
+        IDLE, Command("generate", ("studio",)), group_quota(10, 10), _I, (), "this group has used its 10"
+    ),
+    style_name_at_32=Row(
+        IDLE, admin("addstyle", "n" * 32, "dark"), ADMIN_HERE, _I, (AddStyle("n" * 32, "dark"),), None
+    ),
+    style_name_at_33=Row(IDLE, admin("addstyle", "n" * 33, "dark"), ADMIN_HERE, _I, (), "1-32 characters"),
+    prompt_at_max=Row(
+        IDLE,
+        prompt_of(LIM.max_style_prompt_chars),
+        ADMIN_HERE,
+        _I,
+        (AddStyle("noir", "p" * LIM.max_style_prompt_chars),),
+        None,
+    ),
+    prompt_one_over=Row(IDLE, prompt_of(LIM.max_style_prompt_chars + 1), ADMIN_HERE, _I, (), "too long"),
+    lora_at_max_bytes=Row(IDLE, lora_of(LIM.max_lora_bytes), ADMIN_HERE, _I, (AddStyle,), None),
+    lora_one_byte_over=Row(
+        IDLE, lora_of(LIM.max_lora_bytes + 1), ADMIN_HERE, _I, (), "too large (the limit is 256 mb)"
+    ),
+    quota_set_to_zero=Row(IDLE, admin("quota", "user", "0"), ADMIN_HERE, _I, (SetQuota("user", 0),), "0 portrait runs"),
+    quota_at_its_ceiling=Row(
+        IDLE, admin("quota", "user", "10000"), ADMIN_HERE, _I, (SetQuota("user", 10_000),), "10000 portrait"
+    ),
+    quota_over_its_ceiling=Row(IDLE, admin("quota", "user", "10001"), ADMIN_HERE, _I, (), "usage: /admin quota"),
+)
+def test_limits_at_their_boundary(row: Row) -> None:
+    check(row)
+
+
+@pytest.mark.parametrize("min_photos", [1, 3, 5])
+def test_done_follows_the_configured_minimum(min_photos: int) -> None:
+    """FACECHAIN_MIN_PHOTOS is read, not the default: /done at exactly the minimum asks who it is."""
+    facts = replace(BASE, limits=Limits(min_photos=min_photos), photo_count=min_photos)
+    assert decide(COLLECTING, Command("done"), facts).state.mode is Mode.ASKING_SUBJECT
+    below = decide(COLLECTING, Command("done"), replace(facts, photo_count=min_photos - 1))
+    assert below.state.mode is Mode.COLLECTING and "send 1 more" in text_of(below)
+
+
+# -------------------------------------------------------------------------------- style previews
+PICTURED = (
+    StyleInfo("studio", "Clean studio portrait", builtin=True, preview="styles/previews/studio.jpg"),
+    StyleInfo("business_suit", "Suit and tie", builtin=True),
+)
+PICTURED_ALL = (*PICTURED, StyleInfo("vintage", "Old film", builtin=True, preview="styles/previews/vintage.png"))
+
+
+def test_styles_show_the_pictures_they_have_after_the_list() -> None:
+    decision = decide(IDLE, Command("styles"), replace(BASE, styles=PICTURED, all_styles=PICTURED_ALL))
+    listing, pictures = decision.replies
+    assert isinstance(listing, Text) and "suit and tie" in listing.text.casefold()
+    assert pictures == Photos(("styles/previews/studio.jpg",), "What studio looks like.")
+
+
+def test_admins_see_the_pictures_of_every_style_here() -> None:
+    facts = replace(ADMIN_HERE, styles=PICTURED, all_styles=PICTURED_ALL)
+    listing, pictures = decide(IDLE, admin("styles"), facts).replies
+    assert isinstance(listing, Text) and "vintage: off" in listing.text.casefold()
+    assert pictures == Photos(
+        ("styles/previews/studio.jpg", "styles/previews/vintage.png"),
+        "What the styles look like, in order: studio, vintage.",
+    )
+
+
+def test_styles_without_pictures_are_a_list_only() -> None:
+    assert [type(r) for r in decide(IDLE, Command("styles"), BASE).replies] == [Text]
+
+
+def test_at_most_ten_pictures_go_with_a_list() -> None:
+    many = tuple(StyleInfo(f"s{i}", preview=f"styles/previews/s{i}.jpg") for i in range(12))
+    pictures = decide(IDLE, Command("styles"), replace(BASE, styles=many, all_styles=many)).replies[-1]
+    assert isinstance(pictures, Photos) and pictures.keys == tuple(f"styles/previews/s{i}.jpg" for i in range(10))

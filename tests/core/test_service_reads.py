@@ -8,7 +8,7 @@ user reads is checked by the flow tables and the platform journeys; these tests 
 from __future__ import annotations
 
 import io
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +20,7 @@ from bot.core.limits import Limits
 from bot.core.replies import Reply
 from bot.service import ConversationService, Origin, StyleEntry
 from pipeline import jobs
-from storage.blobs import BlobStore
+from storage.blobs import LocalBlobStore
 from storage.db import Database, open_database
 from storage.models import Platform, RunStatus
 from storage.repositories import Repositories
@@ -34,6 +34,9 @@ STYLES = {"watercolor": StyleEntry(jobs.StyleSpec(name="watercolor", prompt="wat
 
 
 class RecordingQueue:
+    async def available(self) -> bool:
+        return True
+
     async def submit(self, request: jobs.TrainRequest | jobs.GenerateRequest, attempt: int) -> int | None:
         return 0
 
@@ -42,6 +45,9 @@ class RecordingQueue:
 
     async def cancel(self, kind: str, run_id: str, attempt: int) -> bool:
         return True
+
+    async def forget(self, run_ids: Sequence[str], *, ended: bool = False) -> int:
+        return 0
 
 
 def _jpeg(shade: int) -> bytes:
@@ -74,7 +80,7 @@ class Counted:
 async def counted(tmp_path: Path) -> AsyncIterator[Counted]:
     db: Database = await open_database(tmp_path / "bot.sqlite3")
     repos = Repositories(db)
-    service = ConversationService(repos, BlobStore(tmp_path / "blobs"), RecordingQueue(), STYLES, Limits())
+    service = ConversationService(repos, LocalBlobStore(tmp_path / "blobs"), RecordingQueue(), STYLES, Limits())
     counted = Counted(service, repos)
     await db.conn.set_trace_callback(counted.traced)
     try:

@@ -4,25 +4,20 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from bot.app import loop_factory
-from bot.config import BotSettings
-from pipeline.config import WorkerSettings
-from storage.blobs import BlobStore
+from tests.bot_loop import bot_loop_factories
 from tests.discord.fake_discord import FakeDiscord
-from tests.discord.harness import OPTIONS, ScriptedRunner, Stack, bot_settings
+from tests.discord.harness import Stack, bot_settings, scripted_stack
 
 
 def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Callable[[], Any]]:
-    """These tests run on the bot process's own loop (``bot.app.loop_factory``: uvloop when switched on),
-    asyncio's with ``FACECHAIN_UVLOOP=false``."""
-    factory = loop_factory(BotSettings(_env_file=None))
-    return {"uvloop": factory} if factory is not None else {"asyncio": asyncio.new_event_loop}
+    return bot_loop_factories()
 
 
 @pytest.fixture
@@ -38,12 +33,22 @@ async def fake() -> AsyncIterator[FakeDiscord]:
 @pytest.fixture
 async def scripted(fake: FakeDiscord, tmp_path: Path, redis_url: str) -> AsyncIterator[Stack]:
     """The bot and a GPU worker whose stages are scripted (fast; for tests about the chat side)."""
-    settings = bot_settings(fake, tmp_path, redis_url)
-    worker = WorkerSettings(_env_file=None, data_dir=tmp_path / "data", redis_url=redis_url)  # type: ignore[call-arg]
-    stack = Stack(fake, settings, worker, ScriptedRunner(BlobStore(settings.blob_dir)), OPTIONS)
-    await stack.start_bot()
-    await stack.start_worker()
-    try:
+    async with scripted_stack(fake, bot_settings(fake, tmp_path, redis_url)) as stack:
         yield stack
+
+
+@pytest.fixture
+def fake_in_thread() -> Iterator[FakeDiscord]:
+    """The fake Discord on a loop of its own, so the CLI can run its own ``asyncio.run``."""
+    loop = asyncio.new_event_loop()
+    fake = FakeDiscord()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    asyncio.run_coroutine_threadsafe(fake.start(), loop).result(10)
+    try:
+        yield fake
     finally:
-        await stack.close()
+        asyncio.run_coroutine_threadsafe(fake.close(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()

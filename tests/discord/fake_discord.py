@@ -33,6 +33,8 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from tests.waiting import eventually
+
 API = "/api/v10"
 TOKEN = "fake-bot-token.Zm9vYmFy.c2VjcmV0LXRva2VuLXZhbHVl"
 #: Discord's limit for answering an interaction.
@@ -273,6 +275,7 @@ class FakeDiscord:
         self.requests: list[tuple[str, str]] = []
         self.unauthorized: list[str] = []
         self.rate_limits: list[tuple[str, str, float]] = []
+        self.echoes: list[tuple[str, str, int]] = []
         self.rate_limited: list[tuple[str, float]] = []
         self._ws: web.WebSocketResponse | None = None
         self._seq = 0
@@ -355,14 +358,7 @@ class FakeDiscord:
 
     async def wait_for(self, predicate: Callable[[], Any], wait_s: float = 20.0, what: str = "") -> Any:
         """Poll until ``predicate()`` is truthy; return its value."""
-        deadline = time.monotonic() + wait_s
-        while True:
-            value = predicate()
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out after {wait_s} s waiting for {what or predicate}")
-            await asyncio.sleep(0.02)
+        return await eventually(predicate, wait_s, what, every=0.02)
 
     async def wait_message(self, user: User, channel_id: int, needle: str, wait_s: float = 20.0) -> Message:
         found: Message = await self.wait_for(
@@ -373,6 +369,11 @@ class FakeDiscord:
     def rate_limit_next(self, method: str, path_contains: str, retry_after: float) -> None:
         """Answer the next matching request with 429 (discord.py must wait and retry)."""
         self.rate_limits.append((method, path_contains, retry_after))
+
+    def echo_next(self, method: str, path_contains: str, status: int) -> None:
+        """Fail the next matching request with ``status``, as an echoing proxy does: the error's message
+        quotes the request line, its Authorization header (the bot token) and its body."""
+        self.echoes.append((method, path_contains, status))
 
     # --------------------------------------------------------------------------------- gateway
     async def _gateway(self, request: web.Request) -> web.WebSocketResponse:
@@ -688,6 +689,13 @@ class FakeDiscord:
                 }
                 body = {"message": "You are being rate limited.", "retry_after": retry_after, "global": False}
                 return json_response(body, 429, headers)
+        for index, (method, needle, status) in enumerate(self.echoes):
+            if method == request.method and needle in path:
+                del self.echoes[index]
+                body = (await request.read()).decode(errors="replace")[:2000]
+                auth = request.headers.get("Authorization", "")
+                quoted = f"{request.method} {request.raw_path} Authorization: {auth} body: {body}"
+                return error(status, 0, f"{status}: upstream refused the request: {quoted}")
         routes: list[tuple[str, str, Callable[..., Any], bool]] = [
             ("GET", r"/gateway/bot", self._gateway_bot, True),
             ("GET", r"/users/@me", self._me, True),

@@ -11,23 +11,24 @@ import contextlib
 import io
 import random
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
-from bot.app import bot_runtime
+from bot.app import background_tasks, bot_runtime
 from bot.config import BotSettings
 from bot.core import texts
 from bot.discord_adapter import DiscordOptions, run_discord
-from bot.queue import build_outcome_worker, listen_progress, run_outcome_worker
 from pipeline import jobs
+from pipeline.aio import cancel_all
 from pipeline.config import WorkerSettings
 from pipeline.worker import StageControl, run_worker
-from storage.blobs import BlobStore
+from storage.blobs import BlobStore, LocalBlobStore
 from tests.discord.fake_discord import TOKEN, FakeDiscord, Interaction, Message, Upload, User
+from tests.scripted_stages import trained_outcome
 
 
 def jpeg(seed: int, size: int = 96) -> bytes:
@@ -87,19 +88,7 @@ class ScriptedRunner:
             self.calls.append(f"train:{request.run_id}")
         for step in range(3):
             control.report(jobs.Stage.TRAINING, (step + 1) / 3, "")
-        prefix = jobs.run_prefix(request.run_id)
-        self.blobs.put_bytes(f"{prefix}/face_lora.safetensors", b"lora")
-        self.blobs.put_bytes(f"{prefix}/template.png", b"template")
-        subject = request.subject or jobs.Subject.PERSON
-        return jobs.TrainOutcome(
-            run_id=request.run_id,
-            lora_key=f"{prefix}/face_lora.safetensors",
-            template_key=f"{prefix}/template.png",
-            subject=subject,
-            trigger=f"{jobs.TRIGGER_TOKEN}, {jobs.TRIGGER_PHRASES[subject]}",
-            used_photos=list(request.photo_keys),
-            steps=3,
-        )
+        return trained_outcome(request, self.blobs, ("template.png", b"template"), list(request.photo_keys))
 
     def generate(self, request: jobs.GenerateRequest, control: StageControl) -> jobs.GenerateOutcome:
         with self.lock:
@@ -131,18 +120,18 @@ class Stack:
 
     @property
     def blobs(self) -> BlobStore:
-        return BlobStore(self.settings.blob_dir)
+        return LocalBlobStore(self.settings.blob_dir)
 
     async def start_bot(self) -> None:
         """Start the bot process's parts (as ``bot.app.run_bot`` does) and wait for the gateway."""
         identified = len(self.fake.identifies)
         stack = contextlib.AsyncExitStack()
         runtime = await stack.enter_async_context(bot_runtime(self.settings))
-        outcome_worker = build_outcome_worker(str(self.settings.redis_url), runtime.service.on_outcome)
         self._bot_tasks = [
-            asyncio.create_task(run_outcome_worker(outcome_worker), name="outcomes"),
-            asyncio.create_task(listen_progress(runtime.redis, runtime.service.on_progress), name="progress"),
-            asyncio.create_task(run_discord(self.settings, runtime.service, options=self.options), name="discord"),
+            *background_tasks(runtime),
+            asyncio.create_task(
+                run_discord(self.settings, runtime.service, runtime.blobs, options=self.options), name="discord"
+            ),
         ]
         self._bot = stack
         await self.fake.wait_for(
@@ -150,9 +139,8 @@ class Stack:
         )
 
     async def stop_bot(self) -> None:
-        for task in self._bot_tasks:
-            task.cancel()
-        results = await asyncio.gather(*self._bot_tasks, return_exceptions=True)
+        await cancel_all(self._bot_tasks)
+        results = [t.exception() if not t.cancelled() else asyncio.CancelledError() for t in self._bot_tasks]
         self._bot_tasks = []
         if self._bot is not None:
             await self._bot.aclose()
@@ -169,23 +157,33 @@ class Stack:
             self._workers.append(asyncio.create_task(run_worker(self.worker_settings, ctx=ctx), name=name))
 
     async def stop_worker(self) -> None:
-        for task in self._workers:
-            task.cancel()
-        for task in self._workers:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_all(self._workers)
         self._workers = []
 
     async def close(self) -> None:
         await self.stop_worker()
         await self.stop_bot()
 
+    async def __aenter__(self) -> Stack:
+        """The bot and one GPU worker started; both stopped when the block ends."""
+        await self.start_bot()
+        await self.start_worker()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
     # ---------------------------------------------------------------------------- user journeys
     async def train_in_dm(
         self, user: User, photos: Sequence[Upload], *, subject: str = "A woman", wait_s: float = 30.0
     ) -> Message:
         """/train (modal with the photos), /done, who-is-it button; wait for "model ready"; return it."""
+        await self.ask_to_train_in_dm(user, photos, subject=subject)
         dm = self.fake.dm_channel(user)
+        return await self.fake.wait_message(user, dm, texts.model_ready(has_styles=True)[:20], wait_s)
+
+    async def ask_to_train_in_dm(self, user: User, photos: Sequence[Upload], *, subject: str = "A woman") -> None:
+        """/train (modal with the photos), /done, who-is-it button: the training is asked for."""
         train = await self.fake.slash(user, "train")
         await self.fake.wait_for(lambda: train.modal, 5.0, "the upload modal")
         submitted = await self.fake.submit_modal(train, list(photos))
@@ -193,7 +191,6 @@ class Stack:
         done = await self.fake.slash(user, "done")
         question = await self.fake.wait_for(lambda: _with_buttons(done), 10.0, "the subject question")
         await self.fake.press(user, question, subject)
-        return await self.fake.wait_message(user, dm, texts.model_ready(has_styles=True)[:20], wait_s)
 
     async def generate_in(
         self, user: User, channel: int, style: str, count: int, *, wait_s: float = 20.0
@@ -214,6 +211,15 @@ class Stack:
             f"portraits in {style}",
         )
         return asked, photos
+
+
+def scripted_stack(
+    fake: FakeDiscord, settings: BotSettings, runner: Callable[[BlobStore], Any] = ScriptedRunner
+) -> Stack:
+    """The bot of ``settings`` and a GPU worker on its data directory and Redis, whose stages are
+    ``runner`` (scripted by default) on the bot's blob store."""
+    worker = WorkerSettings(_env_file=None, data_dir=settings.data_dir, redis_url=settings.redis_url)  # type: ignore[call-arg]
+    return Stack(fake, settings, worker, runner(LocalBlobStore(settings.blob_dir)), OPTIONS)
 
 
 def _with_buttons(interaction: Interaction) -> Message | None:

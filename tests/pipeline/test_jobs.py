@@ -84,3 +84,23 @@ def test_every_subject_has_a_trigger_phrase() -> None:
 def test_a_retry_gets_a_fresh_arq_job_id() -> None:
     assert jobs.arq_job_id("t20261125abcdef", 1) != jobs.arq_job_id("t20261125abcdef", 2)
     assert jobs.outcome_key("t20261125abcdef").startswith(jobs.run_prefix("t20261125abcdef") + "/")
+
+
+def test_a_styles_lora_is_a_model_reference_or_an_upload_never_one_for_the_other() -> None:
+    reference = "modelscope:ly261666/civitai_xiapei_lora@v1.0.0/xiapei.safetensors"
+    builtin = jobs.StyleSpec(name="hanfu", prompt="p", lora=reference)
+    upload = jobs.StyleSpec(name="noir", prompt="p", lora_key="communities/1/styles/noir-ab.safetensors")
+    assert (builtin.lora_key, upload.lora) == (None, None)
+    with pytest.raises(ValidationError, match="not a model reference"):
+        jobs.StyleSpec(name="x", prompt="p", lora="ly261666/civitai_xiapei_lora/x.safetensors", lora_key="a/b")
+    with pytest.raises(ValidationError, match="not a valid blob key"):
+        jobs.StyleSpec(name="x", prompt="p", lora_key="modelscope:YorickHe/fairy_lora/fairy.safetensors")
+    with pytest.raises(ValidationError, match="one LoRA"):
+        jobs.StyleSpec(name="x", prompt="p", lora="hf:o/n/f.safetensors", lora_key="a/b.safetensors")
+
+
+def test_a_job_queued_by_the_previous_bot_keeps_its_uploaded_lora() -> None:
+    # Before lora_key, an admin upload's blob key travelled in ``lora``: a job still queued at the upgrade.
+    old = {"name": "noir", "prompt": "p", "lora": "communities/1/styles/noir-ab.safetensors"}
+    spec = jobs.StyleSpec.model_validate(old)
+    assert (spec.lora, spec.lora_key) == (None, "communities/1/styles/noir-ab.safetensors")

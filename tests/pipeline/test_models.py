@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
+from diffusers import DPMSolverSinglestepScheduler, StableDiffusionPipeline
 from safetensors.torch import load_file
 
 from pipeline import devices
@@ -24,6 +24,7 @@ from pipeline.models import (
     resolve_base_model,
     resolve_model_file,
 )
+from tests.pipeline.hub_server import serve_hub
 from tests.pipeline.tiny import save_single_file, tiny_settings
 
 
@@ -43,7 +44,7 @@ def test_tiny_pipeline_round_trips_through_the_loader(tiny_model_dir: Path, tmp_
     pipe = load_base_pipeline(tiny_settings(tiny_model_dir, tmp_path), "cpu", torch.float32)
 
     assert isinstance(pipe, StableDiffusionPipeline)
-    assert isinstance(pipe.scheduler, DPMSolverMultistepScheduler)
+    assert isinstance(pipe.scheduler, DPMSolverSinglestepScheduler)
     assert pipe.safety_checker is None and pipe.feature_extractor is None
     assert pipe.vae_scale_factor == 8
     saved = load_file(tiny_model_dir / "unet" / "diffusion_pytorch_model.safetensors")
@@ -88,7 +89,7 @@ def test_single_file_checkpoint_loads_the_same_weights(tiny_model_dir: Path, tmp
     pipe = load_base_pipeline(tiny_settings(checkpoint, tmp_path), "cpu", torch.float32)
 
     assert resolve_base_model(tiny_settings(checkpoint, tmp_path)) == checkpoint
-    assert isinstance(pipe.scheduler, DPMSolverMultistepScheduler)
+    assert isinstance(pipe.scheduler, DPMSolverSinglestepScheduler)
     assert pipe.safety_checker is None
     for part in ("unet", "vae", "text_encoder"):
         assert _state_equal(getattr(pipe, part), getattr(reference, part)), part
@@ -211,38 +212,44 @@ def test_resolve_model_file(tmp_path: Path) -> None:
 
 
 def test_fetch_models_writes_the_layout_the_resolver_reads(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    import importlib
-
     import huggingface_hub
 
-    # The package re-exports a function under the module's name: fetch the module itself.
-    ms_module = importlib.import_module("modelscope.hub.snapshot_download")
+    calls: list[tuple[str, dict[str, object]]] = []
 
-    calls: list[tuple[str, str, dict[str, object]]] = []
+    def hf_download(repo_id: str, **kwargs: object) -> str:
+        calls.append((repo_id, kwargs))
+        return str(kwargs["local_dir"])
 
-    def fake_download(hub: str):  # type: ignore[no-untyped-def]
-        def download(repo_id: str, **kwargs: object) -> str:
-            calls.append((hub, repo_id, kwargs))
-            return str(kwargs["local_dir"])
-
-        return download
-
-    monkeypatch.setattr(ms_module, "snapshot_download", fake_download("modelscope"))
-    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_download("huggingface"))
-    settings = tiny_settings("ly261666/cv_portrait_model", tmp_path)
-
-    paths = fetch_models(settings, ["ly261666/cv_portrait_model", "hf:org/name/lora.safetensors"])
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", hf_download)
+    with serve_hub(tmp_path / "hub") as (endpoint, state):
+        state.add(
+            "ly261666/cv_portrait_model",
+            "v2.0",
+            {
+                "film/film/model_index.json": b"{}",
+                "film/film/unet/diffusion_pytorch_model.safetensors": b"weights",
+                "film/film/unet/diffusion_pytorch_model.ckpt": b"a pickle: not fetched",
+                "other/model_index.json": b"{}",
+            },
+        )
+        settings = tiny_settings("ly261666/cv_portrait_model/film/film", tmp_path, modelscope_endpoint=endpoint)
+        paths = fetch_models(settings, ["ly261666/cv_portrait_model/film/film", "hf:org/name/lora.safetensors"])
 
     assert paths == [
         settings.models_dir / "ly261666" / "cv_portrait_model",
         settings.models_dir / "org" / "name",
     ]
-    (hub0, repo0, kw0), (hub1, repo1, kw1) = calls
-    assert (hub0, repo0, kw0["revision"], kw0["allow_patterns"]) == (
-        "modelscope", "ly261666/cv_portrait_model", "v2.0", None,
-    )  # fmt: skip
-    assert (hub1, repo1, kw1["allow_patterns"]) == ("huggingface", "org/name", ["lora.safetensors"])
-    assert Path(str(kw0["local_dir"])) == paths[0]
+    base = paths[0] / "film" / "film"
+    assert (base / "unet" / "diffusion_pytorch_model.safetensors").read_bytes() == b"weights"
+    assert not (base / "unet" / "diffusion_pytorch_model.ckpt").exists()
+    assert not (paths[0] / "other").exists(), "only the sub folder the reference names"
+    assert resolve_base_model(settings) == base
+    ((repo, kwargs),) = calls
+    assert (repo, kwargs["allow_patterns"], Path(str(kwargs["local_dir"]))) == (
+        "org/name",
+        ["lora.safetensors"],
+        paths[1],
+    )
 
 
 # ------------------------------------------------------------------------------------- devices
@@ -260,10 +267,10 @@ def test_device_and_dtype_choice_on_cpu(tmp_path: Path) -> None:
 
 
 def test_out_of_memory_is_classified() -> None:
-    assert devices.out_of_memory(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB"))
-    assert devices.out_of_memory(RuntimeError("CUDA error: out of memory"))
-    assert not devices.out_of_memory(RuntimeError("shape mismatch"))
-    assert not devices.out_of_memory(ValueError("out of memory"))
+    assert devices.is_out_of_memory(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB"))
+    assert devices.is_out_of_memory(RuntimeError("CUDA error: out of memory"))
+    assert not devices.is_out_of_memory(RuntimeError("shape mismatch"))
+    assert not devices.is_out_of_memory(ValueError("out of memory"))
     assert devices.DeviceOutOfMemory.error_code == "out_of_memory"
 
 

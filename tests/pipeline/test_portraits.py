@@ -98,3 +98,16 @@ def test_one_face_analyzer_serves_many_threads_at_once(opencv_face_analyzer: Ope
                 assert [box for box, _ in one] == [box for box, _ in other]
                 for (_, a), (_, b) in zip(one, other, strict=True):
                     np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_without_a_template_face_candidates_are_filtered_but_never_scored(
+    opencv_face_analyzer: OpenCVFaceAnalyzer,
+) -> None:
+    # The detector's confidence says how sure it is of *a* face, not whose: it is never shown as a likeness.
+    picker = PortraitPicker(opencv_face_analyzer, None, threads=1)
+    try:
+        picked = picker.pick(_candidates(), 6, rank=True, template=None, nsfw_threshold=None)
+    finally:
+        picker.close()
+    assert [p.seed for p in picked.portraits] == [101, 102, 104], "one-face candidates, in their order"
+    assert all(p.score is None for p in picked.portraits) and not picked.ranked

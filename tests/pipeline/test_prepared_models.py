@@ -13,6 +13,7 @@ from safetensors import safe_open
 
 from pipeline.models import load_base_pipeline
 from tests.pipeline.tiny import tiny_settings
+from tests.storage.test_file_modes import not_private
 
 
 def _copies(models_dir: Path) -> list[Path]:
@@ -47,13 +48,14 @@ def test_first_load_writes_the_converted_copy_and_a_restart_reads_it(
     with safe_open(str(copy / "unet" / "diffusion_pytorch_model.safetensors"), "pt") as handle:
         key = next(iter(handle.keys()))
         assert handle.get_tensor(key).dtype == torch.bfloat16
+    assert not_private(settings.models_dir / ".prepared") == {}, "the service's own files are 0600, folders 0700"
     caplog.clear()
 
     restarted = load_base_pipeline(settings, "cpu", torch.bfloat16)
 
     assert "read from its prepared copy" in caplog.text and "written to" not in caplog.text
     assert _same_weights(first, restarted)
-    assert type(restarted.scheduler).__name__ == "DPMSolverMultistepScheduler"
+    assert type(restarted.scheduler).__name__ == "DPMSolverSinglestepScheduler"  # the recipe's
     assert restarted.tokenizer("a portrait").input_ids == first.tokenizer("a portrait").input_ids
     assert _copies(settings.models_dir) == [copy]
 

@@ -8,8 +8,6 @@ the face on the aligned crop (within 3° for the photos as they are, a little mo
 from __future__ import annotations
 
 import json
-import logging
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -22,14 +20,6 @@ from PIL import Image
 from pipeline.config import WorkerSettings
 from pipeline.faces import Face, OpenCVFaceAnalyzer, refine_face
 from pipeline.jobs import RejectReason, Subject
-from pipeline.optional_models import (
-    FACE_QUALITY,
-    HUMAN_PARSING,
-    OPTIONAL_MODELS,
-    OptionalStages,
-    load_optional_stages,
-    modelscope_model_dir,
-)
 from pipeline.preprocess import (
     PreprocessResult,
     alignment_matrix,
@@ -38,11 +28,13 @@ from pipeline.preprocess import (
     preprocess_photos,
     subject_from_faces,
 )
+from pipeline.stages import FaceChainStages
+from pipeline.stages.parsing import head_mask
 from tests.pipeline import photos
 
 
 def _run(analyzer: Any, settings: WorkerSettings, items: list[tuple[str, bytes]], **kwargs: Any) -> PreprocessResult:
-    return preprocess_photos(items, analyzer, settings, stages=kwargs.pop("stages", OptionalStages()), **kwargs)
+    return preprocess_photos(items, analyzer, settings, stages=kwargs.pop("stages", FaceChainStages()), **kwargs)
 
 
 def _redetect(analyzer: OpenCVFaceAnalyzer, image: Image.Image) -> Face:
@@ -230,8 +222,10 @@ def _face(gender: str | None, age: float | None) -> Face:
 
 def test_subject_is_the_majority_of_the_faces_attributes() -> None:
     assert subject_from_faces([_face("male", 30), _face("male", 41), _face("female", 35)]) is Subject.MAN
-    assert subject_from_faces([_face("female", 8), _face("female", 10), _face("female", 30)]) is Subject.GIRL
+    assert subject_from_faces([_face("female", 8), _face("female", 9), _face("female", 30)]) is Subject.GIRL
     assert subject_from_faces([_face("male", 7)]) is Subject.BOY
+    # FaceChain's children are FairFace's 0-2 and 3-9 buckets (data_process/preprocessing.py:67).
+    assert subject_from_faces([_face("female", 10)]) is Subject.WOMAN
     assert subject_from_faces([_face("female", 13)]) is Subject.WOMAN
     assert subject_from_faces([_face(None, None), _face(None, None)]) is None
     assert subject_from_faces([]) is None
@@ -278,99 +272,37 @@ def test_progress_is_reported_per_photo(
     assert calls == [(1, 2), (2, 2)]
 
 
-# ---------------------------------------------------------------------------------- optional stages
-def _stage_records(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == "facechain.preprocess" and "skipped" in r.getMessage()]
-
-
-def test_absent_optional_models_are_skipped_with_one_log_line_each(
-    opencv_face_analyzer: OpenCVFaceAnalyzer,
-    preprocess_settings: WorkerSettings,
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    settings = preprocess_settings.model_copy(
-        update={"human_parsing": True, "skin_retouch": True, "face_quality": True}
-    )
-    items = [(f"p{i}", photos.encode(image)) for i, image in enumerate(photos.same_person_set(photos.astronaut()))]
-    with caplog.at_level(logging.INFO):
-        result = preprocess_photos(items, opencv_face_analyzer, settings)
-    assert len(result.kept) == len(items)
-    lines = _stage_records(caplog)
-    assert len(lines) == 3
-    for spec, line in zip(OPTIONAL_MODELS[:3], lines, strict=True):
-        assert spec.setting in line and "facechain-bot models fetch" in line
-        assert str(modelscope_model_dir(settings.models_dir, spec.model_id)) in line
-
-
-def test_optional_stage_without_modelscope_is_skipped_with_one_log_line(
-    preprocess_settings: WorkerSettings, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    settings = preprocess_settings.model_copy(update={"skin_retouch": True})
-    modelscope_model_dir(settings.models_dir, "damo/cv_unet_skin-retouching").mkdir(parents=True)
-    # As if the package were not installed: the real loader's import fails.
-    monkeypatch.setitem(sys.modules, "modelscope.pipelines", None)
-    with caplog.at_level(logging.INFO):
-        stages = load_optional_stages(settings)
-    assert stages == OptionalStages()
-    (line,) = _stage_records(caplog)
-    assert "skin_retouch" in line and "ModelScope cannot be imported" in line
-
-
-def test_optional_stage_that_fails_to_load_is_skipped_with_one_log_line(
-    preprocess_settings: WorkerSettings, caplog: pytest.LogCaptureFixture
-) -> None:
-    settings = preprocess_settings.model_copy(update={"face_quality": True})
-    modelscope_model_dir(settings.models_dir, FACE_QUALITY.model_id).mkdir(parents=True)
-
-    def broken(task: str, model_dir: Path, device: str) -> Any:
-        raise RuntimeError("configuration.json is missing")
-
-    with caplog.at_level(logging.INFO):
-        stages = load_optional_stages(settings, factory=broken)
-    assert stages.face_quality is None
-    (line,) = _stage_records(caplog)
-    assert "face_quality" in line and "configuration.json is missing" in line
-
-
-def test_loaded_optional_stages_gate_and_whiten(
+# ---------------------------------------------------------------------------- ModelScope stages' glue
+def test_skin_retouching_then_human_parsing_whiten_all_but_the_head(
     opencv_face_analyzer: OpenCVFaceAnalyzer, preprocess_settings: WorkerSettings
 ) -> None:
-    """The glue around ModelScope's outputs, with small stand-ins for the (unavailable) models."""
-    settings = preprocess_settings.model_copy(update={"human_parsing": True, "face_quality": True})
-    for spec in (HUMAN_PARSING, FACE_QUALITY):
-        modelscope_model_dir(settings.models_dir, spec.model_id).mkdir(parents=True)
-    loaded: list[tuple[str, str]] = []
+    """FaceChain's order and its white background, with stand-ins for the two ModelScope pipelines
+    (neither runs here: skin retouching brings its own code, M2FP needs timm)."""
+    order: list[str] = []
 
-    def quality(image: Image.Image) -> dict[str, Any]:
-        # Bright crops score high: the exposed copy passes, the darkened one fails.
-        return {"scores": [float(np.asarray(image).mean()) / 255]}
+    class Retouch:
+        def __call__(self, image: np.ndarray) -> np.ndarray:
+            order.append("skin_retouch")
+            return image
 
-    def parsing(image: Image.Image) -> dict[str, Any]:
-        face = np.zeros((image.height, image.width), np.float32)
-        face[180:340, 190:330] = 1
-        return {"masks": [face, np.ones_like(face)], "labels": ["Face", "Human"], "scores": [0.99, 0.99]}
+    class Parse:
+        def head_mask(self, image: np.ndarray) -> np.ndarray | None:
+            order.append("human_parsing")
+            face = np.zeros(image.shape[:2], np.float32)
+            face[180:340, 190:330] = 1
+            # The shape of M2FP's output, as ModelScope's pipeline returns it.
+            segments = {"masks": [face, np.ones_like(face)], "labels": ["Face", "Human"], "scores": [0.99, 0.99]}
+            return head_mask(segments, image.shape[:2])
 
-    def factory(task: str, model_dir: Path, device: str) -> Any:
-        loaded.append((task, model_dir.name))
-        return {"face-quality-assessment": quality, "image-segmentation": parsing}[task]
-
-    stages = load_optional_stages(settings, factory=factory)
-    assert sorted(loaded) == [
-        ("face-quality-assessment", "cv_manual_face-quality-assessment_fqa"),
-        ("image-segmentation", "cv_resnet101_image-multiple-human-parsing"),
-    ]
-    hopper = photos.grace_hopper()
-    items = [
-        ("bright", photos.encode(photos.exposed(hopper, 1.6))),
-        ("dark", photos.encode(photos.exposed(hopper, 0.35))),
-    ]
-    result = preprocess_photos(items, opencv_face_analyzer, settings, stages=stages)
-    assert result.kept_keys == ["bright"]
-    assert result.rejections[0].reason is RejectReason.LOW_QUALITY
+    stages = FaceChainStages(skin_retouch=Retouch(), human_parsing=Parse())  # type: ignore[arg-type]
+    result = preprocess_photos(
+        [("p", photos.encode(photos.grace_hopper()))], opencv_face_analyzer, preprocess_settings, stages=stages
+    )
+    assert order == ["skin_retouch", "human_parsing"]
     pixels = np.asarray(result.kept[0].image)
     assert (pixels[:40, :40] == 255).all() and (pixels[-40:, -40:] == 255).all()
     assert pixels[250, 250].tolist() != [255, 255, 255]
-    assert result.kept[0].quality is not None and result.template_key == "bright"
+    assert result.stages_run == ["detection", "alignment", "skin_retouch", "human_parsing"]
 
 
 # ----------------------------------------------------------------------------------------- timing

@@ -1,21 +1,22 @@
-"""Prompt weighting syntax and weighted CLIP embeddings (on the tiny text encoder)."""
+"""FaceChain's portrait prompts per style, the weighting syntax, and both prompt encodings (tiny CLIP)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from pipeline.jobs import TRIGGER_TOKEN
+from pipeline import recipe
+from pipeline.jobs import TRIGGER_TOKEN, StyleSpec
 from pipeline.prompts import (
-    NEGATIVE_PROMPT,
     build_prompt_embeds,
     caption,
     count_windows,
     encode_weighted,
-    face_prompt,
-    negative_prompt,
     parse_weighted,
+    portrait_negative_prompt,
+    portrait_prompt,
 )
+from pipeline.styles import load_styles_from, style_to_spec
 
 W = 1.1
 
@@ -111,19 +112,83 @@ def test_windows_are_cut_after_a_comma(tiny_pipe: object) -> None:
     assert len(windows[0]) == 72  # cut after the comma at 71, not mid-phrase at 75
 
 
-def test_face_prompt_weights_the_trigger_once() -> None:
-    prompt = face_prompt("wearing a suit", "a handsome man")
-    again = face_prompt("wearing a suit", f"{TRIGGER_TOKEN}, a handsome man")
+MAN = f"{TRIGGER_TOKEN}, a handsome man"
+SUIT = StyleSpec(name="suit", prompt="wearing a suit")
+FAIRY = StyleSpec(name="fairy", prompt="a fairy in a meadow", lora="modelscope:YorickHe/fairy_lora/fairy.safetensors")
 
-    assert prompt == again
-    assert prompt.startswith(f"({TRIGGER_TOKEN}:2), a handsome man, wearing a suit, ")
-    assert prompt.count(TRIGGER_TOKEN) == 1
-    assert parse_weighted(prompt)[0] == (TRIGGER_TOKEN, 2.0)
+
+def test_a_style_without_a_lora_fills_facechains_cloth_template() -> None:
+    # FaceChain v3.0.0: inference.py:229 (trigger), constants.py:5 (template), app.py:216-217.
+    assert portrait_prompt(SUIT, MAN) == (
+        "(<fcsks>:10), a handsome man, raw photo, masterpiece, wearing a suit, solo, medium shot, "
+        "high detail face, looking straight into the camera with shoulders parallel to the frame, "
+        "photorealistic, best quality"
+    )
+    # The phrase alone (no token) gives the same prompt, and the token appears once.
+    assert portrait_prompt(SUIT, "a handsome man") == portrait_prompt(SUIT, MAN)
+    assert portrait_prompt(SUIT, MAN).count(TRIGGER_TOKEN) == 1
     assert caption("a beautiful woman") == f"{TRIGGER_TOKEN}, a beautiful woman"
 
 
-def test_negative_prompt_covers_the_usual_failures() -> None:
-    for word in ("nsfw", "low quality", "blurry", "deformed", "extra fingers", "watermark"):
-        assert word in NEGATIVE_PROMPT
-    assert negative_prompt() == NEGATIVE_PROMPT
-    assert negative_prompt("cartoon, ") == f"cartoon, {NEGATIVE_PROMPT}"
+def test_a_style_with_a_lora_fills_facechains_style_template() -> None:
+    # constants.py:6, app.py:218-219.
+    assert portrait_prompt(FAIRY, f"{TRIGGER_TOKEN}, a beautiful woman") == (
+        "(<fcsks>:10), a beautiful woman, a fairy in a meadow, upper_body, raw photo, masterpiece, solo, "
+        "medium shot, high detail face, photorealistic, best quality"
+    )
+
+
+def test_style_trigger_words_open_the_style_part_of_the_prompt() -> None:
+    style = FAIRY.model_copy(update={"trigger_words": "fairy_style, "})
+    assert portrait_prompt(style, MAN).startswith("(<fcsks>:10), a handsome man, fairy_style, a fairy in a meadow, ")
+    builtin = style_to_spec(load_styles_from(None, None)["school_uniform"])
+    assert builtin.trigger_words == "JK_style"
+    assert "a handsome man, JK_style, white short-sleeved JK_shirt" in portrait_prompt(builtin, MAN)
+
+
+def test_the_negative_prompt_is_facechains_after_the_styles_own_words() -> None:
+    # constants.py:2-4; "children" for an adult man only (inference.py:230-231).
+    assert portrait_negative_prompt(SUIT, "a beautiful woman") == recipe.NEGATIVE_PROMPT
+    assert portrait_negative_prompt(SUIT, MAN) == f"{recipe.NEGATIVE_PROMPT}, children"
+    assert portrait_negative_prompt(SUIT, "a boy, children") == recipe.NEGATIVE_PROMPT
+    own = SUIT.model_copy(update={"negative_prompt": "casual clothes, "})
+    assert portrait_negative_prompt(own, "a girl, children") == f"casual clothes, {recipe.NEGATIVE_PROMPT}"
+
+
+def test_a_painting_style_does_not_fight_the_negative_prompt_and_a_photo_style_keeps_it() -> None:
+    styles = {name: style_to_spec(style) for name, style in load_styles_from(None, None).items()}
+    for name in ("watercolor", "oil_painting"):
+        painting = styles[name]
+        assert painting.medium == "painting"
+        negative = portrait_negative_prompt(painting, MAN).lower()
+        assert "paintings" not in negative and "sketches" not in negative
+        assert "(nsfw:2)" in negative and "(worst quality:2)" in negative  # the rest stays
+        prompt = portrait_prompt(painting, MAN)
+        assert "photorealistic" not in prompt and "raw photo" not in prompt
+        assert painting.prompt in prompt
+    for name in ("business_suit", "fairy_tale", "cyberpunk"):
+        photo = styles[name]
+        assert photo.medium == "photo"
+        negative = portrait_negative_prompt(photo, MAN)
+        assert "paintings, sketches" in negative
+        assert "photorealistic" in portrait_prompt(photo, MAN)
+
+
+def test_the_diffusers_encoding_is_the_pipelines_own_plain_text_cut_at_77_tokens(tiny_pipe: object) -> None:
+    pipe = tiny_pipe
+    tok, te = pipe.tokenizer, pipe.text_encoder  # type: ignore[attr-defined]
+    long_prompt = portrait_prompt(SUIT, MAN) + ", " + ", ".join(["a portrait photo in the garden"] * 12)
+    assert count_windows(tok, long_prompt) >= 2
+
+    positive, negative = build_prompt_embeds(tok, te, long_prompt, recipe.NEGATIVE_PROMPT, "diffusers")
+
+    theirs, theirs_negative = pipe.encode_prompt(  # type: ignore[attr-defined]
+        long_prompt, device="cpu", num_images_per_prompt=1, do_classifier_free_guidance=True,
+        negative_prompt=recipe.NEGATIVE_PROMPT,
+    )  # fmt: skip
+    assert positive.shape == negative.shape == (1, 77, 32)
+    assert torch.equal(positive, theirs) and torch.equal(negative, theirs_negative)
+    # "(<fcsks>:10)" is text to diffusers: the weighted encoding reads a weight of 10 instead.
+    weighted, _ = build_prompt_embeds(tok, te, portrait_prompt(SUIT, MAN), "", "weighted")
+    plain, _ = build_prompt_embeds(tok, te, portrait_prompt(SUIT, MAN), "", "diffusers")
+    assert not torch.allclose(weighted[:, :77], plain)

@@ -16,7 +16,15 @@ from safetensors.torch import save_file
 from pipeline.jobs import StyleSpec
 from pipeline.lora_files import InvalidLoraFile, is_lora_tensor_name, validate_lora_file
 from pipeline.models import default_model_names, parse_hub_ref
-from pipeline.styles import BUILTIN_DIR, Style, StyleFileError, load_styles, read_style, style_to_spec
+from pipeline.styles import (
+    BUILTIN_DIR,
+    Style,
+    StyleFileError,
+    load_catalogue,
+    load_styles,
+    read_style,
+    style_to_spec,
+)
 from tests.pipeline.tiny import kohya_lora_file, random_lora_file, tiny_settings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -60,6 +68,68 @@ def test_styles_dir_adds_and_overrides(tmp_path: Path) -> None:
     assert style_to_spec(styles["neon_noir"]).lora == styles["neon_noir"].lora
 
 
+# ---------------------------------------------------------------------- where a style's LoRA may be
+def _style(folder: Path, name: str, lora: str) -> Path:
+    path = folder / f"{name}.toml"
+    path.write_text(f'name = "{name}"\nprompt = "a {name} portrait"\nlora = "{lora}"\n')
+    return path
+
+
+@pytest.fixture
+def dirs(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """(models dir, styles dir, a folder outside both) with a LoRA-named file in each."""
+    folders = tuple(tmp_path / name for name in ("models", "styles", "elsewhere"))
+    for folder in folders:
+        (folder / "loras").mkdir(parents=True)
+        (folder / "loras" / "x.safetensors").write_bytes(b"x")
+    return folders  # type: ignore[return-value]
+
+
+def test_style_lora_paths_may_point_into_the_models_or_styles_dir(dirs: tuple[Path, Path, Path]) -> None:
+    models, styles, _ = dirs
+    _style(styles, "relative", "loras/x.safetensors")
+    _style(styles, "in_models", str(models / "loras" / "x.safetensors"))
+    _style(styles, "file_scheme", f"file:{models / 'loras' / 'x.safetensors'}")
+    _style(styles, "hub", "modelscope:someone/style_lora@v1/x.safetensors")
+    (styles / "loras" / "linked.safetensors").symlink_to(models / "loras" / "x.safetensors")
+    _style(styles, "link_to_models", "loras/linked.safetensors")
+
+    catalogue = load_catalogue(styles, models)
+
+    assert catalogue.refused == ()
+    assert catalogue.styles["relative"].lora == f"file:{(styles / 'loras' / 'x.safetensors').resolve()}"
+    assert catalogue.styles["in_models"].lora == catalogue.styles["file_scheme"].lora
+    assert catalogue.styles["link_to_models"].lora == f"file:{(models / 'loras' / 'x.safetensors').resolve()}"
+
+
+@pytest.mark.parametrize(
+    "lora",
+    [
+        "../elsewhere/loras/x.safetensors",
+        "../../../../../../etc/passwd",
+        "{elsewhere}/loras/x.safetensors",
+        "file:{elsewhere}/loras/x.safetensors",
+        "loras/escape.safetensors",  # a symlink in the styles dir to a file outside
+        "modelscope:someone/style_lora@v1/../../../elsewhere/x.safetensors",
+        "hf:someone/style_lora",  # no file
+    ],
+)
+def test_a_style_file_whose_lora_points_elsewhere_is_refused_and_the_others_load(
+    dirs: tuple[Path, Path, Path], lora: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    models, styles, elsewhere = dirs
+    (styles / "loras" / "escape.safetensors").symlink_to(elsewhere / "loras" / "x.safetensors")
+    bad = _style(styles, "sneaky", lora.format(elsewhere=elsewhere))
+    _style(styles, "fine", "loras/x.safetensors")
+
+    styles_loaded = load_styles(tiny_settings("unused", models.parent, models_dir=models, styles_dir=styles))
+
+    assert "sneaky" not in styles_loaded and "fine" in styles_loaded and "hanfu" in styles_loaded
+    [line] = [r.getMessage() for r in caplog.records if r.name == "facechain.styles"]
+    assert line.startswith("style file refused: ") and str(bad) in line and "\n" not in line
+    assert "refused" in line.removeprefix("style file refused: ")
+
+
 @pytest.mark.parametrize(
     ("content", "message"),
     [
@@ -79,10 +149,14 @@ def test_bad_style_files_name_the_file_and_the_problem(tmp_path: Path, content: 
 
 
 def test_duplicate_style_names_in_one_folder_are_refused(tmp_path: Path) -> None:
-    for file in ("a.toml", "b.toml"):
-        (tmp_path / file).write_text('name = "same"\nprompt = "p"\n')
-    with pytest.raises(StyleFileError, match="already defined"):
-        load_styles(tiny_settings("unused", tmp_path, styles_dir=tmp_path))
+    for file, prompt in (("a.toml", "first"), ("b.toml", "second")):
+        (tmp_path / file).write_text(f'name = "same"\nprompt = "{prompt}"\n')
+
+    catalogue = load_catalogue(tmp_path, tmp_path / "models")
+
+    assert catalogue.styles["same"].prompt == "first"
+    [line] = catalogue.refused
+    assert str(tmp_path / "b.toml") in line and "already defined" in line
 
 
 def test_default_model_names_list_the_base_model_and_style_loras(tmp_path: Path) -> None:
@@ -94,7 +168,8 @@ def test_default_model_names_list_the_base_model_and_style_loras(tmp_path: Path)
 
 
 def test_style_model_has_the_spec_fields() -> None:
-    assert set(StyleSpec.model_fields) <= set(Style.model_fields)
+    # lora_key is a community style's uploaded LoRA: never in a style file.
+    assert set(StyleSpec.model_fields) - {"lora_key"} <= set(Style.model_fields)
 
 
 # ------------------------------------------------------------------------------------- LoRA files

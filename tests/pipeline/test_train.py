@@ -18,6 +18,7 @@ from torch._dynamo.utils import counters
 from pipeline.config import WorkerSettings
 from pipeline.devices import DeviceOutOfMemory
 from pipeline.lora_files import validate_lora_file
+from pipeline.recipe import get_recipe
 from pipeline.train import (
     LoraTrainer,
     TrainArgs,
@@ -109,8 +110,8 @@ def test_lora_alpha_is_recorded_in_the_file(tiny_pipe: object, tiny_env: WorkerS
     assert '"unet.r": 4' in metadata["lora_adapter_metadata"]
 
 
-def test_worker_defaults_train_facechains_800_samples_in_100_batches_of_8() -> None:
-    args = TrainArgs.from_settings(WorkerSettings(_env_file=None))  # type: ignore[call-arg]
+def test_the_fast_recipe_trains_800_samples_in_100_batches_of_8() -> None:
+    args = TrainArgs.from_settings(WorkerSettings(_env_file=None, recipe="fast"))  # type: ignore[call-arg]
 
     assert args.total_samples(5) == 800 and args.train_batch_size == 8 and args.total_steps(5) == 100
     # The learning rate follows the batch and is held after a 10-step warm-up (docs/benchmarks.md).
@@ -168,9 +169,13 @@ def test_training_refuses_a_pipeline_that_still_has_adapters(
         tiny_pipe.unload_lora_weights()  # type: ignore[attr-defined]
 
 
-@pytest.mark.parametrize(("photos", "expected"), [(1, 200), (3, 600), (4, 800), (10, 800)])
-def test_step_budget_is_200_a_photo_capped(photos: int, expected: int) -> None:
-    assert TrainArgs().total_steps(photos) == expected
+@pytest.mark.parametrize(("photos", "expected"), [(1, 200), (3, 600), (4, 800), (10, 2000)])
+def test_step_budget_is_200_a_photo(photos: int, expected: int) -> None:
+    facechain = TrainArgs.from_recipe(get_recipe("facechain"))
+    assert facechain.total_steps(photos) == expected
+    assert TrainArgs.from_recipe(get_recipe("facechain"), max_train_steps=800).total_steps(photos) == min(expected, 800)
+    # The fast recipe (the default) caps the same budget at 800 samples, in steps of 8.
+    assert TrainArgs().total_steps(photos) == min(expected, 800) // 8
 
 
 def test_augmented_views_are_flips_and_crops_at_the_resolution() -> None:
@@ -231,7 +236,7 @@ def test_out_of_memory_becomes_a_typed_error_and_leaves_the_unet_clean(
 
 @pytest.mark.parametrize(("batch", "steps"), [(1, 800), (8, 100), (3, 267)])
 def test_a_larger_batch_does_the_same_samples_in_fewer_steps(batch: int, steps: int) -> None:
-    args = TrainArgs(train_batch_size=batch)
+    args = TrainArgs(train_batch_size=batch, max_train_steps=800)
     assert args.total_samples(5) == 800
     assert args.total_steps(5) == steps
 
@@ -328,7 +333,10 @@ def test_compiled_training_step_follows_the_plain_one_and_is_traced_once(
         torch._dynamo.reset()
     assert len(compiled) == len(plain) == 4
     assert compiled == pytest.approx(plain, rel=1e-4)
-    assert _same_weights_close(first.lora_path, tmp_path / "plain.safetensors")
+    # AdamW turns last-bit gradient differences near zero into steps of up to the learning rate:
+    # 4 steps at 1e-2 (FaceChain's schedule has no warm-up) leave up to 3e-4; a step that trained
+    # other weights, or none, would be off by about the learning rate × 4.
+    assert _same_weights_close(first.lora_path, tmp_path / "plain.safetensors", atol=1e-3)
     _assert_clean(tiny_pipe)
 
 
@@ -373,6 +381,6 @@ def test_jobs_train_on_the_plain_step_while_the_compiled_one_is_made(
     _assert_clean(tiny_pipe)
 
 
-def _same_weights_close(a: Path, b: Path) -> bool:
+def _same_weights_close(a: Path, b: Path, atol: float = 1e-5) -> bool:
     first, second = load_file(a), load_file(b)
-    return first.keys() == second.keys() and all(torch.allclose(first[k], second[k], atol=1e-5) for k in first)
+    return first.keys() == second.keys() and all(torch.allclose(first[k], second[k], atol=atol) for k in first)

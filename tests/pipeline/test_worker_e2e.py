@@ -9,37 +9,24 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from bot.queue import ArqJobQueue, build_outcome_worker, create_redis
+from bot.queue import ArqJobQueue, create_redis
 from pipeline import jobs
 from pipeline.config import WorkerSettings
 from pipeline.runner import PipelineRunner
 from pipeline.worker import run_worker
-from storage.blobs import BlobStore
+from storage.blobs import LocalBlobStore
 from tests.pipeline import photos
+from tests.pipeline.outcomes import received_outcomes
 from tests.pipeline.tiny import tiny_settings
 
 pytestmark = pytest.mark.slow
-
-
-async def _outcomes(redis_url: str) -> list[jobs.TrainOutcome | jobs.GenerateOutcome]:
-    received: list[jobs.TrainOutcome | jobs.GenerateOutcome] = []
-
-    async def collect(outcome: jobs.TrainOutcome | jobs.GenerateOutcome) -> None:
-        received.append(outcome)
-
-    worker = build_outcome_worker(redis_url, collect, burst=True)
-    try:
-        await asyncio.wait_for(worker.async_run(), 30)
-    finally:
-        await worker.close()
-    return received
 
 
 async def test_train_then_generate_on_the_real_stages(tiny_model_dir: Path, tmp_path: Path, redis_url: str) -> None:
     settings: WorkerSettings = tiny_settings(
         tiny_model_dir, tmp_path, redis_url=redis_url, rank_faces=False, nsfw_check=True, candidates=3
     )
-    blobs = BlobStore(settings.blob_dir)
+    blobs = LocalBlobStore(settings.blob_dir)
     keys = []
     for i, image in enumerate(photos.same_person_set(photos.astronaut())):
         keys.append(f"users/1/photos/1/{i}.png")
@@ -56,7 +43,7 @@ async def test_train_then_generate_on_the_real_stages(tiny_model_dir: Path, tmp_
         )
         await queue.submit(train, attempt=1)
         await asyncio.wait_for(run_worker(settings, burst=True, ctx={"runner": runner, "blobs": blobs}), 300)
-        [trained] = await _outcomes(redis_url)
+        [trained] = await received_outcomes(redis_url)
         assert isinstance(trained, jobs.TrainOutcome)
         assert trained.ok, trained
         assert trained.trigger == "<fcsks>, a handsome man"
@@ -76,7 +63,7 @@ async def test_train_then_generate_on_the_real_stages(tiny_model_dir: Path, tmp_
         )  # fmt: skip
         await queue.submit(generate, attempt=1)
         await asyncio.wait_for(run_worker(settings, burst=True, ctx={"runner": runner, "blobs": blobs}), 300)
-        [made] = await _outcomes(redis_url)
+        [made] = await received_outcomes(redis_url)
         assert isinstance(made, jobs.GenerateOutcome)
         assert made.ok, made
         assert [p.seed for p in made.portraits] == [7, 8], "the first candidates, seeds recorded"

@@ -20,18 +20,21 @@ import pytest
 from arq.connections import ArqRedis
 from PIL import Image
 
+from bot.core import texts
 from bot.core.events import ButtonPressed, Command, OfferedFile, PhotosOffered
 from bot.core.replies import EditProgress, Photos, ProgressMessage, Reply, Text
 from bot.queue import ArqJobQueue, build_outcome_worker, create_redis
 from bot.service import ConversationService, Origin, StyleEntry
+from bot.supervisor import Action, RunSupervisor, SupervisorSettings
 from pipeline import jobs
 from pipeline.config import WorkerSettings
 from pipeline.control import StageControl
 from pipeline.worker import run_worker
-from storage.blobs import BlobStore
+from storage.blobs import BlobStore, LocalBlobStore
 from storage.db import open_database
 from storage.models import Delivery, ModelStatus, Platform, RunStatus
 from storage.repositories import Repositories
+from tests.scripted_stages import trained_outcome
 
 STYLES = {
     "Business": StyleEntry(jobs.StyleSpec(name="Business", prompt="a person in a business suit")),
@@ -50,6 +53,10 @@ class ScriptedRunner:
     hold: threading.Event | None = None
     started: threading.Event = field(default_factory=threading.Event)
 
+    def hold_next(self) -> None:
+        """Block the next stage until ``hold`` is set; ``started`` is set once that stage runs."""
+        self.hold, self.started = threading.Event(), threading.Event()
+
     def _wait(self, control: StageControl) -> None:
         self.started.set()
         while self.hold is not None and not self.hold.is_set():
@@ -61,19 +68,8 @@ class ScriptedRunner:
         for step in range(3):
             control.report(jobs.Stage.TRAINING, (step + 1) / 3, "")
         self._wait(control)
-        prefix = jobs.run_prefix(request.run_id)
-        self.blobs.put_bytes(f"{prefix}/face_lora.safetensors", b"lora")
-        self.blobs.put_bytes(f"{prefix}/template.png", b"template")
         assert request.subject is not None
-        return jobs.TrainOutcome(
-            run_id=request.run_id,
-            lora_key=f"{prefix}/face_lora.safetensors",
-            template_key=f"{prefix}/template.png",
-            subject=request.subject,
-            trigger=f"{jobs.TRIGGER_TOKEN}, {jobs.TRIGGER_PHRASES[request.subject]}",
-            used_photos=list(request.photo_keys),
-            steps=3,
-        )
+        return trained_outcome(request, self.blobs, ("template.png", b"template"), list(request.photo_keys))
 
     def generate(self, request: jobs.GenerateRequest, control: StageControl) -> jobs.GenerateOutcome:
         self.calls.append(f"generate:{request.run_id}")
@@ -162,7 +158,7 @@ class Bench:
 async def bench(tmp_path: Path, redis_url: str) -> AsyncIterator[Bench]:
     db = await open_database(tmp_path / "data" / "facechain.sqlite3")
     redis = await create_redis(redis_url)
-    blobs = BlobStore(tmp_path / "data" / "blobs")
+    blobs = LocalBlobStore(tmp_path / "data" / "blobs")
     repos = Repositories(db)
     service = ConversationService(repos, blobs, ArqJobQueue(redis), STYLES, WorkerSettingsLimits, candidates=4)
     notifier = RecordingNotifier()
@@ -247,18 +243,25 @@ async def test_a_malformed_job_is_answered_with_bad_payload_and_nothing_is_lost(
 async def test_cancel_a_queued_training_never_reaches_the_gpu(bench: Bench) -> None:
     run_id = await bench.train_alice()
     replies = await bench.send(Command("cancel"))
-    assert replies
+    # A queued run has no worker to wait for: it is stopped at once, and the user reads so at once.
+    assert replies == [
+        Text("Cancelling 1 job…"),
+        EditProgress(run_id, "Cancelling…"),
+        EditProgress(run_id, "Training stopped.", final=True),
+        Text(texts.train_cancelled()),
+    ]
     run = await bench.repos.runs.get(run_id)
     assert run is not None and run.status is RunStatus.CANCELLED
     await bench.work()
     assert bench.runner.calls == []
     # The photos are kept: the user can /done again.
     state_replies = await bench.send(Command("status"))
-    assert any("4" in r.text for r in state_replies if isinstance(r, Text))
+    status = "\n".join(r.text for r in state_replies if isinstance(r, Text))
+    assert "Face model: none yet" in status and "Photo set: 4 of 10" in status, status
 
 
 async def test_cancel_a_running_training_stops_the_stage(bench: Bench) -> None:
-    bench.runner.hold = threading.Event()
+    bench.runner.hold_next()
     run_id = await bench.train_alice()
     worker = asyncio.create_task(bench.work())
     await asyncio.to_thread(bench.runner.started.wait, 10)
@@ -271,7 +274,7 @@ async def test_cancel_a_running_training_stops_the_stage(bench: Bench) -> None:
 
 
 async def test_a_stage_over_its_timeout_is_stopped_and_reported(bench: Bench) -> None:
-    bench.runner.hold = threading.Event()
+    bench.runner.hold_next()
     bench.settings = bench.settings.model_copy(update={"train_timeout_s": 1})
     run_id = await bench.train_alice()
     await bench.work()
@@ -308,3 +311,112 @@ async def test_a_result_that_could_not_be_sent_is_sent_when_the_platform_is_back
     assert len(finals) == 1, "delivered once, after the platform came back"
     run = await bench.repos.runs.get(run_id)
     assert run is not None and run.delivered_at is not None
+
+
+# ------------------------------------------------------------------------------ lost jobs, Redis keys
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _supervisor(bench: Bench, clock: Clock, max_attempts: int = 3) -> RunSupervisor:
+    queue = ArqJobQueue(bench.redis)
+    return RunSupervisor(bench.service, queue, SupervisorSettings(1.0, 30.0, max_attempts), clock=clock)
+
+
+async def test_a_run_whose_job_redis_lost_is_submitted_again_and_finishes(bench: Bench) -> None:
+    run_id = await bench.train_alice()
+    await bench.redis.flushdb()  # a Redis restarted without persistence: every job is gone
+    clock = Clock()
+    supervisor = _supervisor(bench, clock)
+    assert await supervisor.check() == {}, "a vanished job gets its grace first"
+    clock.now += 30
+    assert await supervisor.check() == {run_id: Action.RESTART}
+    restarted = await bench.repos.runs.get(run_id)
+    assert restarted is not None and (restarted.status, restarted.attempt) == (RunStatus.QUEUED, 2)
+    told = [r for _, r in bench.notifier.sent if isinstance(r, EditProgress) and r.run_id == run_id]
+    assert told and "try 2 of 3" in told[-1].text
+
+    await bench.work()
+    await bench.deliver()
+    done = await bench.repos.runs.get(run_id)
+    assert done is not None and (done.status, done.attempt) == (RunStatus.DONE, 2)
+    assert await supervisor.check() == {}
+
+
+async def test_a_finished_run_whose_outcome_was_lost_is_delivered_from_its_done_marker(bench: Bench) -> None:
+    run_id = await bench.train_alice()
+    await bench.work()
+    await bench.redis.delete(jobs.BOT_QUEUE, "arq:job:" + jobs.deliver_job_id(jobs.arq_job_id(run_id, 1)))
+    clock = Clock()
+    supervisor = _supervisor(bench, clock)
+    await supervisor.check()
+    clock.now += 31
+    assert await supervisor.check() == {run_id: Action.DELIVER_STORED}
+    await bench.deliver()
+    run = await bench.repos.runs.get(run_id)
+    assert run is not None and (run.status, run.attempt, run.delivered_at is not None) == (RunStatus.DONE, 1, True)
+    assert bench.runner.calls == [f"train:{run_id}"], "trained once"
+
+
+async def test_a_run_lost_on_its_last_attempt_fails_and_is_told(bench: Bench) -> None:
+    run_id = await bench.train_alice()
+    await bench.redis.flushdb()
+    clock = Clock()
+    supervisor = _supervisor(bench, clock, max_attempts=1)
+    await supervisor.check()
+    clock.now += 30
+    assert await supervisor.check() == {run_id: Action.FAIL}
+    await bench.deliver()
+    run = await bench.repos.runs.get(run_id)
+    assert run is not None and (run.status, run.error_code) == (RunStatus.FAILED, "worker_lost")
+    failed = [r.text for _, r in bench.notifier.sent if isinstance(r, Text)]
+    assert any("The GPU worker stopped while working on it" in text for text in failed), failed
+    assert bench.runner.calls == []
+
+
+async def test_a_superseded_attempt_stops_and_reports_nothing(bench: Bench) -> None:
+    bench.runner.hold_next()
+    run_id = await bench.train_alice()
+    worker = asyncio.create_task(bench.work())
+    await asyncio.to_thread(bench.runner.started.wait, 10)
+    await bench.redis.set(jobs.superseded_key(jobs.arq_job_id(run_id, 1)), b"1")
+    await asyncio.wait_for(worker, 30)
+    assert await bench.redis.zcard(jobs.BOT_QUEUE) == 0, "no outcome sent"
+    assert not bench.blobs.exists(jobs.outcome_key(run_id)), "no done marker written"
+    run = await bench.repos.runs.get(run_id)
+    assert run is not None and run.status.active, "the run waits for its newer attempt"
+
+
+async def test_nothing_of_a_delivered_run_stays_in_redis(bench: Bench) -> None:
+    run_id = await bench.train_alice()
+    await bench.work()
+    await bench.deliver()
+    replies = await bench.send(Command("generate", ("Watercolor", "2")))
+    gen_id = next(r.run_id for r in replies if isinstance(r, ProgressMessage))
+    await bench.work()
+    await bench.deliver()
+    bench.runner.hold_next()
+    replies = await bench.send(Command("generate", ("Watercolor", "1")))
+    cancelled_id = next(r.run_id for r in replies if isinstance(r, ProgressMessage))
+    worker = asyncio.create_task(bench.work())
+    await asyncio.to_thread(bench.runner.started.wait, 10)
+    await bench.send(Command("cancel"))
+    await asyncio.wait_for(worker, 30)
+    await bench.deliver()
+
+    left: list[str] = []
+    async for key in bench.redis.scan_iter():
+        text = key.decode()
+        kind = await bench.redis.type(key)
+        values: list[bytes] = []
+        if kind == b"string":
+            values = [await bench.redis.get(key) or b""]
+        elif kind == b"zset":
+            values = await bench.redis.zrange(key, 0, -1)
+        if any(r in text or any(r.encode() in v for v in values) for r in (run_id, gen_id, cancelled_id)):
+            left.append(text)
+    assert left == [], "arq results, flags and heartbeats of delivered runs are gone"

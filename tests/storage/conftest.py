@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from storage.blobs import BlobStore
+from storage.blobs import LocalBlobStore
 from storage.db import Database, open_database
 from storage.repositories import Repositories
 
@@ -44,5 +44,5 @@ def repos(db: Database) -> Repositories:
 
 
 @pytest.fixture
-def blobs(tmp_path: Path) -> BlobStore:
-    return BlobStore(tmp_path / "blobs")
+def blobs(tmp_path: Path) -> LocalBlobStore:
+    return LocalBlobStore(tmp_path / "blobs")

@@ -178,19 +178,29 @@ async def count_users(db: Database) -> int:
     return int(rows[0][0])
 
 
-async def test_a_failing_transaction_does_not_take_other_coroutines_writes_with_it(db: Database) -> None:
-    repos = Repositories(db)
+async def _insert_in_a_transaction(
+    db: Database, then_wait_s: float, then_raise: Exception | None = None
+) -> asyncio.Task[None]:
+    """A task that inserts a user in a transaction, then keeps it open ``then_wait_s`` s and ends it by
+    raising ``then_raise`` (committing without one); returned once the insert is done."""
     inside = asyncio.Event()
 
-    async def failing() -> None:
+    async def transaction() -> None:
         async with db.transaction() as conn:
             await conn.execute(INSERT_USER)
             inside.set()
-            await asyncio.sleep(0.05)
-            raise RuntimeError("boom")
+            await asyncio.sleep(then_wait_s)
+            if then_raise is not None:
+                raise then_raise
 
-    task = asyncio.create_task(failing())
+    task = asyncio.create_task(transaction())
     await inside.wait()
+    return task
+
+
+async def test_a_failing_transaction_does_not_take_other_coroutines_writes_with_it(db: Database) -> None:
+    repos = Repositories(db)
+    task = await _insert_in_a_transaction(db, then_wait_s=0.05, then_raise=RuntimeError("boom"))
     # Runs while the other transaction is open on the same connection: it must wait, not join it.
     user = await repos.users.get_or_create(Platform.TELEGRAM, "42")
     with pytest.raises(RuntimeError):
@@ -200,16 +210,7 @@ async def test_a_failing_transaction_does_not_take_other_coroutines_writes_with_
 
 
 async def test_a_cancelled_transaction_is_rolled_back_and_the_connection_stays_usable(db: Database) -> None:
-    inside = asyncio.Event()
-
-    async def slow() -> None:
-        async with db.transaction() as conn:
-            await conn.execute(INSERT_USER)
-            inside.set()
-            await asyncio.sleep(10)
-
-    task = asyncio.create_task(slow())
-    await inside.wait()
+    task = await _insert_in_a_transaction(db, then_wait_s=10)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task

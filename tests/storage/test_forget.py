@@ -39,10 +39,9 @@ def jpeg(seed: int) -> bytes:
 
 
 async def populate(repos: Repositories, blobs: BlobStore, name: str, community_id: int, seed: int) -> Person:
-    """A user with everything: two identities, state, photo sets, a model, runs, portraits, usage."""
+    """A user with everything: an identity, state, photo sets, a model, runs, portraits, usage."""
     user = await repos.users.get_or_create(Platform.TELEGRAM, f"tg-{name}", f"{name} Display")
-    person = Person(user.id, markers={f"tg-{name}", f"dc-{name}", f"{name} Display", f"{name}-state"})
-    await repos.users.link_identity(user.id, Platform.DISCORD, f"dc-{name}", f"{name}#1")
+    person = Person(user.id, markers={f"tg-{name}", f"{name} Display", f"{name}-state"})
     await repos.conversations.set_state(user.id, {"mode": "collecting", "note": f"{name}-state"})
 
     # A submitted set that trained a model, and a set still collecting.
@@ -258,3 +257,31 @@ async def test_an_interrupted_forget_finishes_its_blob_deletions_later(
     assert await repos.purge_blob_deletions(blobs) == len(queued)
     assert not any(owned_by(key, ada) for key in blob_files(blobs.root))
     assert list(await repos.db.conn.execute_fetchall("SELECT * FROM blob_deletions")) == []
+
+
+def file_bytes(db_path: Path) -> bytes:
+    """The database file and its WAL as they are on disk (the WAL may be absent or empty)."""
+    wal = Path(f"{db_path}-wal")
+    return db_path.read_bytes() + (wal.read_bytes() if wal.exists() else b"")
+
+
+def wal_size(db_path: Path) -> int:
+    return Path(f"{db_path}-wal").stat().st_size
+
+
+async def test_forgotten_rows_leave_no_bytes_in_the_database_file_or_its_wal(
+    repos: Repositories, blobs: BlobStore, world: tuple[Person, Person, int], tmp_path: Path
+) -> None:
+    ada, bob, _ = world
+    db_path = tmp_path / "bot.sqlite3"
+    needles = {m.encode() for m in ada.markers} | {f"users/{ada.user_id}/".encode()}
+    before = file_bytes(db_path)
+    assert {n for n in needles if n in before} == needles, "the scan finds every marker before"
+
+    run_ids = await repos.forget_user(ada.user_id, blobs)
+
+    assert sorted(run_ids) == sorted(ada.run_ids)
+    after = file_bytes(db_path)
+    assert {n.decode() for n in needles if n in after} == set(), "old pages in the WAL or free space"
+    assert wal_size(db_path) == 0, "the WAL was checkpointed and truncated"
+    assert all(m.encode() in after for m in bob.markers), "everybody else is still there"

@@ -10,7 +10,7 @@ from PIL import Image, ImageCms
 from PIL.ExifTags import IFD
 from PIL.PngImagePlugin import PngInfo
 
-from storage.blobs import BlobStore, NotAnImage
+from storage.blobs import BlobStore, LocalBlobStore, NotAnImage
 
 RED = (255, 0, 0)
 BLUE = (0, 0, 255)
@@ -71,7 +71,7 @@ def test_jpeg_with_gps_comes_out_without_any_metadata_and_upright(blobs: BlobSto
         assert clean.format == "JPEG"
         assert "exif" not in clean.info
         assert len(clean.getexif()) == 0
-        assert clean.info.get("icc_profile") == icc
+        assert "icc_profile" not in clean.info, "the (sRGB) profile was applied, then dropped"
         # Orientation 6 = turn 90° clockwise: 40×20 becomes 20×40, the red left half ends on top.
         assert clean.size == (20, 40)
         rgb = clean.convert("RGB")
@@ -86,11 +86,32 @@ def test_jpeg_with_gps_comes_out_without_any_metadata_and_upright(blobs: BlobSto
     assert stored.sha256 == hashlib.sha256(upload).hexdigest()
 
 
-def test_png_metadata_is_dropped_and_palette_transparency_kept(blobs: BlobStore) -> None:
+def test_a_jpeg_needing_no_conversion_keeps_none_of_its_metadata(blobs: BlobStore) -> None:
+    """An upright sRGB JPEG without a profile goes through no pixel conversion: the decoded image's own
+    metadata (``info``: EXIF, XMP, comment) reaches the encoder unless the cleaner drops it.
+
+    Pillow writes some of ``info`` back on its own (a JPEG's comment today); this upload carries
+    every kind so that whatever a Pillow version copies over is caught here.
+    """
+    upload = encode(two_tone(), "JPEG", exif=exif_with_gps(orientation=1), xmp=XMP, comment=b"secret comment")
+    with Image.open(io.BytesIO(upload)) as original:
+        assert {"exif", "xmp", "comment"} <= set(original.info), original.info.keys()
+
+    data = blobs.get_bytes(blobs.put_photo("users/1/photos/plain.jpg", upload).key)
+
+    assert b"secret comment" not in data
+    assert b"SecretCam" not in data and b"Exif\x00\x00" not in data
+    assert b"secret-xmp-location" not in data
+    with Image.open(io.BytesIO(data)) as clean:
+        assert not {"exif", "xmp", "comment"} & set(clean.info), clean.info.keys()
+        assert clean.size == (40, 20)
+
+
+def test_png_metadata_is_dropped_and_palette_transparency_put_on_white(blobs: BlobStore) -> None:
     info = PngInfo()
     info.add_text("Author", "secret-author")
     img = two_tone().convert("P")
-    img.info["transparency"] = 0
+    img.info["transparency"] = img.getpixel((0, 0))  # the red half
     upload = encode(img, "PNG", pnginfo=info, exif=exif_with_gps())
     assert b"secret-author" in upload and b"eXIf" in upload
 
@@ -101,9 +122,12 @@ def test_png_metadata_is_dropped_and_palette_transparency_kept(blobs: BlobStore)
     data = blobs.get_bytes(stored.key)
     assert b"secret-author" not in data and b"eXIf" not in data and b"SecretCam" not in data
     with Image.open(io.BytesIO(data)) as clean:
-        assert clean.mode == "RGBA"
+        assert clean.mode == "RGB"
         assert len(clean.getexif()) == 0
         assert clean.size == (40, 20)
+        # The red half was transparent: it lies on white now.
+        assert clean.getpixel((5, 5)) == (255, 255, 255)
+        assert clean.getpixel((35, 5)) == BLUE
 
 
 def test_webp_exif_is_dropped(blobs: BlobStore) -> None:
@@ -157,13 +181,11 @@ def test_what_is_not_a_decodable_photo_is_refused_and_not_stored(blobs: BlobStor
 
 
 def test_pixel_limit_is_configurable(blobs: BlobStore) -> None:
-    small = BlobStore(blobs.root, max_pixels=799)
+    small = LocalBlobStore(blobs.root, max_pixels=799)
     with pytest.raises(NotAnImage, match="too large"):
         small.put_photo("users/1/photos/a.jpg", encode(two_tone(40, 20), "PNG"))
-    assert (
-        BlobStore(blobs.root, max_pixels=800).put_photo("users/1/photos/a.jpg", encode(two_tone(40, 20), "PNG")).key
-        == "users/1/photos/a.png"
-    )
+    fits = LocalBlobStore(blobs.root, max_pixels=800)
+    assert fits.put_photo("users/1/photos/a.jpg", encode(two_tone(40, 20), "PNG")).key == "users/1/photos/a.png"
 
 
 def test_multi_picture_jpeg_from_phones_is_stored_as_jpeg(blobs: BlobStore) -> None:

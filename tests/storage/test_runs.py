@@ -89,28 +89,30 @@ async def test_failure_keeps_the_error_and_progress(repos: Repositories) -> None
         await repos.runs.update_progress("train_0000001", None, float("nan"))
 
 
-async def test_next_attempt_requeues_with_a_new_number(repos: Repositories) -> None:
+async def test_a_lost_attempt_restarts_once_and_an_ended_run_never(repos: Repositories) -> None:
     ada = await repos.users.get_or_create(Platform.TELEGRAM, "1")
-    await repos.runs.create("train_0000001", ada.id, RunKind.TRAIN, TG)
+    request = '{"run_id": "train_0000001", "kind": "train"}'
+    await repos.runs.create("train_0000001", ada.id, RunKind.TRAIN, TG, request=request)
     await repos.runs.update_progress("train_0000001", "training", 0.4)
-    await repos.runs.finish("train_0000001", RunStatus.FAILED, "out_of_memory")
 
-    assert await repos.runs.next_attempt("train_0000001") == 2
+    assert await repos.runs.restart("train_0000001", attempt=1) == 2
+    assert await repos.runs.restart("train_0000001", attempt=1) is None, "a second caller finds it restarted"
     retried = await repos.runs.get("train_0000001")
     assert retried is not None
-    assert (retried.status, retried.attempt, retried.progress, retried.error_code, retried.started_at) == (
+    assert (retried.status, retried.attempt, retried.progress, retried.stage, retried.started_at) == (
         RunStatus.QUEUED,
         2,
         0.0,
         None,
         None,
     )
-    assert await repos.runs.next_attempt("train_0000001") == 3
-    await repos.runs.finish("train_0000001", RunStatus.DONE)
-    with pytest.raises(Conflict):
-        await repos.runs.next_attempt("train_0000001")
-    with pytest.raises(NotFound):
-        await repos.runs.next_attempt("missing_1")
+    assert retried.request == request, "the same request goes out again"
+    assert await repos.runs.restart("train_0000001", attempt=2) == 3
+    await repos.runs.finish("train_0000001", RunStatus.FAILED, "worker_lost")
+    assert await repos.runs.restart("train_0000001", attempt=3) is None
+    ended = await repos.runs.get("train_0000001")
+    assert ended is not None and (ended.status, ended.attempt) == (RunStatus.FAILED, 3)
+    assert await repos.runs.restart("missing_1", attempt=1) is None
 
 
 async def test_active_runs_and_queue_positions(repos: Repositories, clock: FakeClock) -> None:
@@ -141,6 +143,11 @@ async def test_active_runs_and_queue_positions(repos: Repositories, clock: FakeC
         "b_gen_00002",
     ]
     assert [r.id for r in await repos.runs.by_status(RunStatus.CANCELLED)] == ["a_gen_00002"]
+    assert await repos.runs.count_active() == {
+        (RunKind.TRAIN, RunStatus.QUEUED): 1,
+        (RunKind.GENERATE, RunStatus.QUEUED): 2,
+        (RunKind.GENERATE, RunStatus.RUNNING): 1,
+    }, "the metrics' runs in flight: ended runs are not counted"
     # Positions count queued runs of the same kind ahead: running and ended ones do not wait.
     assert await repos.runs.queue_position("a_train_001") == 1
     assert await repos.runs.queue_position("a_gen_00001") == 1

@@ -4,8 +4,8 @@ import asyncio
 
 import pytest
 
-from storage.errors import IdentityTaken, NotFound
-from storage.models import Identity, Platform
+from storage.errors import NotFound
+from storage.models import Platform
 from storage.repositories import Repositories
 from tests.storage.conftest import FakeClock
 
@@ -34,30 +34,6 @@ async def test_unknown_platform_and_empty_account_are_refused(repos: Repositorie
         await repos.users.get_or_create("myspace", "1")
     with pytest.raises(ValueError):
         await repos.users.get_or_create(Platform.TELEGRAM, "")
-
-
-async def test_link_a_second_platform(repos: Repositories, clock: FakeClock) -> None:
-    ada = await repos.users.get_or_create(Platform.TELEGRAM, "1001", "Ada")
-    clock.advance(seconds=1)
-    linked = await repos.users.link_identity(ada.id, Platform.DISCORD, "555", "ada#1")
-
-    assert linked == Identity(Platform.DISCORD, "555", ada.id, "ada#1")
-    # Speaking from Discord now reaches the same user, with the same data.
-    assert await repos.users.get_or_create(Platform.DISCORD, "555") == ada
-    assert [i.platform for i in await repos.users.identities(ada.id)] == [Platform.TELEGRAM, Platform.DISCORD]
-    # Linking again is harmless.
-    assert await repos.users.link_identity(ada.id, Platform.DISCORD, "555") == linked
-
-
-async def test_linking_an_account_of_another_user_is_refused(repos: Repositories) -> None:
-    ada = await repos.users.get_or_create(Platform.TELEGRAM, "1001")
-    bob = await repos.users.get_or_create(Platform.DISCORD, "555")
-    with pytest.raises(IdentityTaken, match="already linked"):
-        await repos.users.link_identity(ada.id, Platform.DISCORD, "555")
-    assert [i.user_id for i in await repos.users.identities(bob.id)] == [bob.id]
-    assert len(await repos.users.identities(ada.id)) == 1
-    with pytest.raises(NotFound):
-        await repos.users.link_identity(4242, Platform.CLI, "x")
 
 
 async def test_concurrent_first_contacts_share_the_connection_safely(repos: Repositories) -> None:

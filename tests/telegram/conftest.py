@@ -4,7 +4,6 @@ Redis, the outcome worker) plus real arq GPU workers whose stages are scripted (
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,14 +11,16 @@ from typing import Any
 
 import pytest
 
-from bot.app import loop_factory, run_bot
+from bot.app import run_bot
 from bot.config import BotSettings
+from pipeline.aio import cancel_all
 from pipeline.config import WorkerSettings
 from pipeline.worker import StageRunner, run_worker
-from storage.blobs import BlobStore
+from storage.blobs import LocalBlobStore
+from tests.bot_loop import bot_loop_factories
+from tests.processes import free_port
 from tests.telegram.fake_bot_api import FakeBotApi
 from tests.telegram.gpu import ScriptedGpu
-from tests.telegram.media import face_photos
 from tests.telegram.users import TgUser
 
 #: A token in Telegram's format; tests assert it never shows up in a log record.
@@ -33,10 +34,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Callable[[], Any]]:
-    """These tests run on the bot process's own loop (``bot.app.loop_factory``: uvloop when switched on),
-    asyncio's with ``FACECHAIN_UVLOOP=false``."""
-    factory = loop_factory(BotSettings(_env_file=None))
-    return {"uvloop": factory} if factory is not None else {"asyncio": asyncio.new_event_loop}
+    return bot_loop_factories()
 
 
 @pytest.fixture
@@ -55,14 +53,14 @@ def gpu_runner(data_dir: Path, request: pytest.FixtureRequest) -> StageRunner:
     """The GPU stages behind the real worker: scripted (fast), or with ``@pytest.mark.real_gpu`` the real
     pipeline on a tiny SD model (the module must import the ``tiny_model_dir`` fixture)."""
     if request.node.get_closest_marker("real_gpu") is None:
-        return ScriptedGpu(BlobStore(data_dir / "blobs"))
+        return ScriptedGpu(LocalBlobStore(data_dir / "blobs"))
     from pipeline.runner import PipelineRunner
     from tests.pipeline.tiny import tiny_settings
 
     settings = tiny_settings(
         request.getfixturevalue("tiny_model_dir"), data_dir.parent, rank_faces=False, nsfw_check=False
     )
-    runner: StageRunner = PipelineRunner(settings, BlobStore(settings.blob_dir))
+    runner: StageRunner = PipelineRunner(settings, LocalBlobStore(settings.blob_dir))
     return runner
 
 
@@ -78,13 +76,7 @@ class Harness:
 
     async def train(self, user: TgUser, photos: list[bytes] | None = None) -> None:
         """The shortest way to a ready face model (private chat)."""
-        user.say("/train")
-        await user.expect("Send me")
-        user.send_photos(photos or face_photos(3))
-        await user.expect("Got ")
-        user.say("/done")
-        await user.expect("Who is in these photos?")
-        user.press("A woman")
+        await user.ask_to_train(photos)
         await user.expect("Your face model is ready!", within=20)
 
 
@@ -94,8 +86,19 @@ def _settings_overrides(request: pytest.FixtureRequest) -> dict[str, Any]:
 
 
 @pytest.fixture
+def settings_overrides(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """Bot settings a test changes: ``@pytest.mark.bot_settings(...)``, or a module's own fixture of this name."""
+    return _settings_overrides(request)
+
+
+@pytest.fixture
 async def bot(
-    api: FakeBotApi, redis_url: str, data_dir: Path, gpu_runner: StageRunner, request: pytest.FixtureRequest
+    api: FakeBotApi,
+    redis_url: str,
+    data_dir: Path,
+    gpu_runner: StageRunner,
+    settings_overrides: dict[str, Any],
+    request: pytest.FixtureRequest,
 ) -> AsyncIterator[Harness]:
     """The bot process and the GPU workers, running until the test ends."""
     settings = BotSettings(
@@ -104,7 +107,7 @@ async def bot(
         redis_url=redis_url,
         telegram_token=TOKEN,
         telegram_api_url=api.root,
-        **_settings_overrides(request),
+        **settings_overrides,
     )
     worker_settings = WorkerSettings(
         _env_file=None,
@@ -128,13 +131,30 @@ async def bot(
             bot_task.result()
         yield Harness(api, settings, gpu_runner, bot_task)
     finally:
-        if isinstance(gpu_runner, ScriptedGpu) and gpu_runner.hold is not None:
-            gpu_runner.hold.set()
-        for task in [bot_task, *workers]:
-            task.cancel()
-        for task in [bot_task, *workers]:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if isinstance(gpu_runner, ScriptedGpu):
+            gpu_runner.release()
+        await cancel_all([bot_task, *workers])
+
+
+@pytest.fixture
+def webhook_secret() -> str:
+    """The secret of the ``webhook`` fixture's bot; a module's own fixture of this name changes it."""
+    return "s3cret_Token"
+
+
+@pytest.fixture
+def webhook(request: pytest.FixtureRequest, webhook_secret: str) -> str:
+    """The bot under test in webhook mode on a free local port: the URL Telegram would post updates to."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/telegram-hook"
+    request.node.add_marker(
+        pytest.mark.bot_settings(
+            telegram_webhook_url=url,
+            telegram_webhook_listen=f"127.0.0.1:{port}",
+            telegram_webhook_secret=webhook_secret,
+        )
+    )
+    return url
 
 
 @pytest.fixture

@@ -24,13 +24,17 @@ import time
 from collections import defaultdict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from aiohttp import web
+
+from tests.waiting import eventually
 
 BOT_ID = 7_000_001
 BOT_USERNAME = "facechain_test_bot"
 ANONYMOUS_ADMIN_ID = 1_087_968_824
+#: The placeholder ``from`` of messages a user posts in a group on behalf of their channel.
+CHANNEL_BOT_ID = 136_817_688
 #: getFile's limit on the cloud Bot API.
 DOWNLOAD_LIMIT = 20 * 1024 * 1024
 #: A long poll waits at most this long here (the bot asks for more; tests don't want to wait).
@@ -39,14 +43,32 @@ LONG_POLL_CAP_S = 1.0
 JSON = dict[str, Any]
 
 
+#: How a fault quotes the request it fails, as some proxies and gateways do: not at all, in an HTML
+#: error page (not JSON: PTB logs "Can not load invalid JSON data" with the page), or in the JSON
+#: ``description`` (PTB makes it the exception's message).
+Echo = Literal["html", "json"] | None
+
+
 class ApiError(Exception):
     """An error answer: ``{"ok": false, "error_code": status, "description": ...}``."""
 
-    def __init__(self, status: int, description: str, retry_after: int | None = None) -> None:
+    def __init__(self, status: int, description: str, retry_after: int | None = None, echo: Echo = None) -> None:
         super().__init__(description)
         self.status = status
         self.description = description
         self.retry_after = retry_after
+        self.echo = echo
+
+    def echoed(self, request: web.Request, body: bytes) -> web.Response:
+        """The answer of an echoing proxy: it quotes the request line (with the token) and the body."""
+        quoted = f"{request.method} {request.raw_path} body: {body.decode(errors='replace')}"
+        if self.echo == "json":
+            return web.json_response(
+                {"ok": False, "error_code": self.status, "description": f"{self.description}: {quoted}"},
+                status=self.status,
+            )
+        page = f"<html><body><h1>{self.status} {self.description}</h1><p>upstream failed: {quoted}</p></body></html>"
+        return web.Response(status=self.status, text=page, content_type="text/html")
 
     def body(self) -> JSON:
         body: JSON = {"ok": False, "error_code": self.status, "description": self.description}
@@ -210,6 +232,11 @@ class FakeBotApi:
         self.chats[chat_id] = {"id": chat_id, "type": "supergroup", "title": title}
         return self.chats[chat_id]
 
+    def add_channel(self, chat_id: int, title: str) -> JSON:
+        """A channel (a user may post in groups on its behalf: :meth:`push_text` with ``as_channel``)."""
+        self.chats[chat_id] = {"id": chat_id, "type": "channel", "title": title}
+        return self.chats[chat_id]
+
     def set_member(self, chat_id: int, user_id: int, status: str) -> None:
         self.members[(chat_id, user_id)] = status
 
@@ -222,13 +249,16 @@ class FakeBotApi:
         )
         return file_id
 
-    def push_text(self, chat_id: int, user_id: int, text: str, *, as_chat: bool = False) -> ChatMessage:
-        """A user writes ``text``; ``as_chat``: an anonymous admin, sending on behalf of the group."""
+    def push_text(
+        self, chat_id: int, user_id: int, text: str, *, as_chat: bool = False, as_channel: int | None = None
+    ) -> ChatMessage:
+        """A user writes ``text``; ``as_chat``: an anonymous admin, sending on behalf of the group;
+        ``as_channel``: a member posting on behalf of their own channel (that chat's id)."""
         extra: JSON = {"text": text}
         if text.startswith("/"):
             length = len(text.split()[0])
             extra["entities"] = [{"type": "bot_command", "offset": 0, "length": length}]
-        return self._push_message(chat_id, user_id, extra, as_chat=as_chat)
+        return self._push_message(chat_id, user_id, extra, as_chat=as_chat, as_channel=as_channel)
 
     def push_photo(
         self, chat_id: int, user_id: int, data: bytes, *, media_group_id: str | None = None, caption: str | None = None
@@ -297,14 +327,21 @@ class FakeBotApi:
         )
         return query_id
 
-    def _push_message(self, chat_id: int, user_id: int, extra: JSON, *, as_chat: bool = False) -> ChatMessage:
+    def _push_message(
+        self, chat_id: int, user_id: int, extra: JSON, *, as_chat: bool = False, as_channel: int | None = None
+    ) -> ChatMessage:
         chat = self.chats[chat_id]
         message_id = next(self._message_ids[chat_id])
         body: JSON = {"message_id": message_id, "date": int(time.time()), "chat": chat, **extra}
+        # As Telegram does: sender_chat is the group itself for an anonymous admin, the channel for a
+        # post on a channel's behalf; ``from`` is then a placeholder account, the same for everybody.
         if as_chat:
             body["from"] = {"id": ANONYMOUS_ADMIN_ID, "is_bot": True, "first_name": "Group",
                             "username": "GroupAnonymousBot"}  # fmt: skip
             body["sender_chat"] = chat
+        elif as_channel is not None:
+            body["from"] = {"id": CHANNEL_BOT_ID, "is_bot": True, "first_name": "Channel", "username": "Channel_Bot"}
+            body["sender_chat"] = self.chats[as_channel]
         else:
             body["from"] = self.users[user_id]
         if chat["type"] == "private":
@@ -322,10 +359,13 @@ class FakeBotApi:
         self._new_update.set()
 
     # -------------------------------------------------------------------------- the test's view
-    def fail_next(self, method: str, status: int, *, retry_after: int | None = None) -> None:
-        """The next call of ``method`` fails: 429 with ``retry_after``, or a 5xx."""
-        description = f"Too Many Requests: retry after {retry_after or 0}" if status == 429 else "Internal Server Error"
-        self._faults[method].append(ApiError(status, description, retry_after))
+    def fail_next(self, method: str, status: int, *, retry_after: int | None = None, echo: Echo = None) -> None:
+        """The next call of ``method`` fails: 429 with ``retry_after``, or another error status. With
+        ``echo`` the answer quotes the request (path with the token, and body) as an echoing proxy's would."""
+        descriptions = {429: f"Too Many Requests: retry after {retry_after or 0}", 400: "Bad Request",
+                        502: "Bad Gateway", 503: "Service Unavailable"}  # fmt: skip
+        description = descriptions.get(status, "Internal Server Error")
+        self._faults[method].append(ApiError(status, description, retry_after, echo))
 
     def bot_messages(self, chat_id: int) -> list[ChatMessage]:
         return [m for m in self.messages[chat_id] if m.from_bot]
@@ -339,20 +379,18 @@ class FakeBotApi:
 
     async def wait_for(self, predicate: Callable[[], Any], within: float = 10.0, what: str = "") -> Any:
         """Poll ``predicate`` until it returns something truthy; fail the test after ``within`` s."""
-        deadline = time.monotonic() + within
-        while True:
-            result = predicate()
-            if result:
-                return result
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out after {within} s waiting for {what or predicate}")
-            await asyncio.sleep(0.02)
+        return await eventually(predicate, within, what, every=0.02)
 
     # ------------------------------------------------------------------------------ the server
     async def _method(self, request: web.Request) -> web.Response:
         if request.match_info["token"] != self.token:
             return web.json_response({"ok": False, "error_code": 401, "description": "Unauthorized"}, status=401)
         method = request.match_info["method"]
+        faults = self._faults.get(method)
+        if faults and faults[0].echo is not None:
+            body = await request.read()  # read raw, as a proxy sees it (the method's parameters stay unparsed)
+            self.calls.append(Call(method, {"echoed": True}, time.monotonic()))
+            return faults.popleft().echoed(request, body)
         params = await _read_params(request)
         self.calls.append(Call(method, {k: v for k, v in params.values.items() if not isinstance(v, bytes)},
                                time.monotonic()))  # fmt: skip
@@ -518,6 +556,11 @@ class FakeBotApi:
             body["reply_markup"] = {"inline_keyboard": keyboard}
         reply = p.decoded("reply_parameters")
         reply_to = reply.get("message_id") if isinstance(reply, dict) else None
+        replied = next((m for m in self.messages[chat_id] if m.message_id == reply_to), None)
+        if replied is not None:
+            # Telegram puts the whole replied-to message in (one level deep): whoever pressed a button
+            # under this message, its reply_to_message still names the user the bot answered.
+            body["reply_to_message"] = {k: v for k, v in replied.json.items() if k != "reply_to_message"}
         if group:
             body["media_group_id"] = group
         message = ChatMessage(

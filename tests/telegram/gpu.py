@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 from PIL import Image
 
 from pipeline import jobs
-from pipeline.worker import StageControl
+from pipeline.control import StageCancelled, StageControl
 from storage.blobs import BlobStore
+from tests.scripted_stages import trained_outcome
 from tests.telegram.media import NOT_A_FACE_SIZE
 
 
@@ -27,11 +28,34 @@ class ScriptedGpu:
     step_s: float = 0.05
     #: While set and not released, training waits inside its first step (to cancel a running job).
     hold: threading.Event | None = None
+    #: The same for generation: while set and not released, a generation waits before its portraits.
+    hold_generate: threading.Event | None = None
     started: threading.Event = field(default_factory=threading.Event)
     calls: list[str] = field(default_factory=list)
+    #: Every request the stages got, in order.
+    requests: list[jobs.TrainRequest | jobs.GenerateRequest] = field(default_factory=list)
+    #: "kind:run id" of every stage that stopped because it was told to (cancel, timeout).
+    stopped: list[str] = field(default_factory=list)
+
+    def release(self) -> None:
+        """Let every held stage go on."""
+        for hold in (self.hold, self.hold_generate):
+            if hold is not None:
+                hold.set()
+
+    def _wait(self, hold: threading.Event | None, control: StageControl, what: str) -> None:
+        try:
+            while hold is not None and not hold.is_set():
+                control.check()
+                hold.wait(0.05)
+            control.check()
+        except StageCancelled:
+            self.stopped.append(what)
+            raise
 
     def train(self, request: jobs.TrainRequest, control: StageControl) -> jobs.TrainOutcome:
         self.calls.append(f"train:{request.run_id}")
+        self.requests.append(request)
         rejections, used = [], []
         for key in request.photo_keys:
             with Image.open(io.BytesIO(self.blobs.get_bytes(key))) as image:
@@ -46,30 +70,16 @@ class ScriptedGpu:
             return jobs.TrainOutcome(run_id=request.run_id, error=error, rejections=rejections, used_photos=used)
         self.started.set()
         for step in range(3):
-            while self.hold is not None and not self.hold.is_set():
-                control.check()
-                self.hold.wait(0.05)
-            control.check()
+            self._wait(self.hold, control, f"train:{request.run_id}")
             time.sleep(self.step_s)
             control.report(jobs.Stage.TRAINING, (step + 1) / 3, "")
-        prefix = jobs.run_prefix(request.run_id)
-        self.blobs.put_bytes(f"{prefix}/face_lora.safetensors", b"lora")
-        self.blobs.put_bytes(f"{prefix}/template.jpg", self.blobs.get_bytes(used[0]))
-        subject = request.subject or jobs.Subject.PERSON
-        return jobs.TrainOutcome(
-            run_id=request.run_id,
-            lora_key=f"{prefix}/face_lora.safetensors",
-            template_key=f"{prefix}/template.jpg",
-            subject=subject,
-            trigger=f"{jobs.TRIGGER_TOKEN}, {jobs.TRIGGER_PHRASES[subject]}",
-            used_photos=used,
-            rejections=rejections,
-            steps=3,
-        )
+        return trained_outcome(request, self.blobs, ("template.jpg", self.blobs.get_bytes(used[0])), used, rejections)
 
     def generate(self, request: jobs.GenerateRequest, control: StageControl) -> jobs.GenerateOutcome:
         self.calls.append(f"generate:{request.run_id}")
+        self.requests.append(request)
         control.report(jobs.Stage.GENERATING, 0.5, "")
+        self._wait(self.hold_generate, control, f"generate:{request.run_id}")
         portraits = []
         for i in range(request.count):
             key = f"{jobs.run_prefix(request.run_id)}/portrait_{i}.jpg"

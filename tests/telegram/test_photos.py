@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import sqlite3
+
 import pytest
 
 from tests.telegram.conftest import Harness
@@ -30,10 +33,17 @@ async def test_an_album_of_five_is_answered_once(bot: Harness, api: FakeBotApi, 
 async def test_an_album_then_done_at_once_keeps_their_order(bot: Harness, alice: TgUser) -> None:
     alice.say("/train")
     await alice.expect("Send me")
-    alice.send_photos(face_photos(3), as_documents=True)
+    photos = face_photos(3)
+    alice.send_photos(photos, as_documents=True)
     alice.say("/done")  # arrives while the album is still being gathered
+    # expect() reads on from the last match: the album's answer comes before /done's question.
     await alice.expect("Got 3 photos (3 of 10)")
     await alice.expect("Who is in these photos?")
+    assert not any("Send 3 more" in m.shown or "I need at least" in m.shown for m in alice.replies)
+    # The set keeps the album's order (messages name photos by their number in it).
+    with sqlite3.connect(bot.settings.database_path) as db:
+        stored = [row[0] for row in db.execute("SELECT sha256 FROM photos ORDER BY id")]
+    assert stored == [hashlib.sha256(p).hexdigest() for p in photos]
 
 
 async def test_photos_without_train_start_a_set(bot: Harness, alice: TgUser) -> None:

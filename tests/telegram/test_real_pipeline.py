@@ -17,22 +17,15 @@ pytestmark = pytest.mark.real_gpu
 
 
 async def test_a_photo_that_is_not_a_face_is_dropped_then_portraits_arrive(bot: Harness, alice: TgUser) -> None:
-    alice.say("/train")
-    await alice.expect("Send me")
-    alice.send_photos([*face_photos(2), not_a_face()], as_documents=True)
-    await alice.expect("Got 3 photos (3 of 10)")
-    alice.say("/done")
-    await alice.expect("Who is in these photos?")
-    alice.press("A woman")
+    await alice.send_training_photos([*face_photos(2), not_a_face()], "Got 3 photos (3 of 10)", as_documents=True)
+    await alice.answer_subject()
 
     told = await alice.expect("I could only use 2 photos", within=60)
     assert "Photo 3: no face found" in told.shown, told.shown
 
     alice.send_photos(face_photos(1, start=2))
     await alice.expect("Got 1 photo (3 of 10)")
-    alice.say("/done")
-    await alice.expect("Who is in these photos?")
-    alice.press("A woman")
+    await alice.answer_subject()
     progress = await alice.expect("Training queued")
     await alice.expect_edit(progress, "Training done.", within=120)
     await alice.expect("Your face model is ready!")

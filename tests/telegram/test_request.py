@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import time
 import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -21,8 +20,10 @@ from telegram.request import RequestData
 from telegram.request._requestparameter import RequestParameter
 
 from bot.config import BotSettings
-from bot.telegram_adapter.app import build_application, quiet_token_loggers
+from bot.logging_setup import register_secret
+from bot.telegram_adapter.app import build_application
 from bot.telegram_adapter.request import AiohttpRequest, redact
+from tests.processes import free_port
 from tests.telegram.conftest import TOKEN
 from tests.telegram.fake_bot_api import FakeBotApi
 
@@ -69,13 +70,6 @@ async def bot(api: FakeBotApi) -> AsyncIterator[Bot]:
         get_updates_request=AiohttpRequest(connection_pool_size=1),
     ) as bot:
         yield bot
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _no_token(exc: BaseException) -> None:
@@ -142,7 +136,7 @@ async def test_a_long_poll_is_not_cut_short_by_the_read_timeout() -> None:
 
 # ------------------------------------------------------------------------------------ failures
 async def test_a_refused_connection_is_a_network_error_without_the_token() -> None:
-    url = f"http://127.0.0.1:{_free_port()}/bot{TOKEN}/getMe"
+    url = f"http://127.0.0.1:{free_port()}/bot{TOKEN}/getMe"
     async with opened(AiohttpRequest()) as request:
         with pytest.raises(NetworkError) as raised:
             await request.post(url)
@@ -225,16 +219,17 @@ async def test_http_errors_are_answers_not_network_errors() -> None:
 
 async def test_no_token_in_the_logs_of_failed_calls(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
-    quiet_token_loggers()  # as the adapter does: PTB's Bot logs its base URL at DEBUG
-    refused = f"http://127.0.0.1:{_free_port()}"
+    register_secret(TOKEN)  # as the adapter does where it hands the token to PTB (PTB logs its URLs at DEBUG)
+    refused = f"http://127.0.0.1:{free_port()}"
     bot = Bot(TOKEN, base_url=f"{refused}/bot", request=AiohttpRequest(connect_timeout=0.5))
     with pytest.raises(NetworkError) as raised:
         await bot.initialize()  # getMe
     await bot.shutdown()
     logging.getLogger("facechain.test").error("the call failed", exc_info=raised.value)
     assert caplog.records
+    assert any("Set Bot API URL" in r.getMessage() for r in caplog.records), "PTB logged its URL at DEBUG"
     for record in caplog.records:
-        text = record.getMessage() + (logging.Formatter().formatException(record.exc_info) if record.exc_info else "")
+        text = logging.Formatter().format(record)
         assert SECRET not in text, f"the token leaked through {record.name}"
 
 

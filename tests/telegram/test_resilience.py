@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 from pathlib import Path
 
 import aiohttp
@@ -44,27 +43,6 @@ async def test_errors_while_delivering_results_are_retried(bot: Harness, api: Fa
     assert len([m for m in alice.replies if m.photo]) == 3, "sent once, after the retry"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-@pytest.fixture
-def webhook(request: pytest.FixtureRequest) -> str:
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}/telegram-hook"
-    request.node.add_marker(
-        pytest.mark.bot_settings(
-            telegram_webhook_url=url,
-            telegram_webhook_listen=f"127.0.0.1:{port}",
-            telegram_webhook_secret="s3cret_Token",
-        )
-    )
-    return url
-
-
 async def test_webhook_mode_takes_updates_with_the_secret_only(
     webhook: str, bot: Harness, api: FakeBotApi, alice: TgUser
 ) -> None:
@@ -74,14 +52,7 @@ async def test_webhook_mode_takes_updates_with_the_secret_only(
         "allowed_updates": ["message", "callback_query"],
     }
     assert not api.calls_of("getUpdates")
-    update = {
-        "update_id": 1,
-        "message": {
-            "message_id": 1, "date": 0, "text": "/help", "chat": api.chats[alice.user_id],
-            "from": api.users[alice.user_id], "entities": [{"type": "bot_command", "offset": 0, "length": 5}],
-        },
-    }  # fmt: skip
-    api.started.add(alice.user_id)
+    update = alice.webhook_update("/help")
     async with aiohttp.ClientSession() as http:
         async with http.post(webhook, json=update, headers={"X-Telegram-Bot-Api-Secret-Token": "wrong"}) as resp:
             assert resp.status == 403
@@ -94,6 +65,7 @@ async def test_webhook_mode_takes_updates_with_the_secret_only(
 async def test_a_rejected_token_stops_the_adapter_with_a_clear_error(api: FakeBotApi, tmp_path: Path) -> None:
     from bot.config import BotSettings
     from bot.telegram_adapter import TelegramAdapter, TelegramStartupError
+    from storage.blobs import LocalBlobStore
 
     wrong = "5550001234:AAH-not-the-right-token-000000000000000"
     settings = BotSettings(
@@ -102,7 +74,7 @@ async def test_a_rejected_token_stops_the_adapter_with_a_clear_error(api: FakeBo
         telegram_token=wrong,
         telegram_api_url=api.root,
     )
-    adapter = TelegramAdapter(settings, service=None)  # type: ignore[arg-type]
+    adapter = TelegramAdapter(settings, service=None, blobs=LocalBlobStore(settings.blob_dir))  # type: ignore[arg-type]
     with pytest.raises(TelegramStartupError) as stopped:
         await asyncio.wait_for(adapter.run(), 10)
     assert wrong not in str(stopped.value) and "FACECHAIN_TELEGRAM_TOKEN" in str(stopped.value)

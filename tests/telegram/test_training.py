@@ -6,7 +6,7 @@ import asyncio
 import sqlite3
 import threading
 
-from storage.blobs import BlobStore
+from storage.blobs import LocalBlobStore
 from tests.telegram.conftest import Harness
 from tests.telegram.fake_bot_api import FakeBotApi
 from tests.telegram.gpu import ScriptedGpu
@@ -15,13 +15,7 @@ from tests.telegram.users import TgUser
 
 
 async def test_too_few_usable_photos_then_more_then_trained(bot: Harness, alice: TgUser) -> None:
-    alice.say("/train")
-    await alice.expect("Send me")
-    alice.send_photos([*face_photos(2), not_a_face()])
-    await alice.expect("Got 3 photos (3 of 10)")
-    alice.say("/done")
-    await alice.expect("Who is in these photos?")
-    alice.press("A man")
+    await alice.ask_to_train([*face_photos(2), not_a_face()], "A man", got="Got 3 photos (3 of 10)")
     progress = await alice.expect("Training queued")
 
     told = await alice.expect("I could only use 2 photos; I need at least 3.", within=20)
@@ -32,9 +26,7 @@ async def test_too_few_usable_photos_then_more_then_trained(bot: Harness, alice:
     alice.send_photos(face_photos(1, start=5))
     added = await alice.expect("Got 1 photo (3 of 10)")
     assert "/done" in added.shown, "the two good photos were kept, the bad one dropped"
-    alice.say("/done")
-    await alice.expect("Who is in these photos?")
-    alice.press("A man")
+    await alice.answer_subject("A man")
     second = await alice.expect("Training queued")
     await alice.expect_edit(second, "Training done.", within=20)
     await alice.expect("Your face model is ready!")
@@ -44,13 +36,7 @@ async def test_cancel_while_training_stops_it_and_keeps_the_photos(bot: Harness,
     gpu = bot.gpu
     assert isinstance(gpu, ScriptedGpu)
     gpu.hold = threading.Event()
-    alice.say("/train")
-    await alice.expect("Send me")
-    alice.send_photos(face_photos(4))
-    await alice.expect("Got 4 photos")
-    alice.say("/done")
-    await alice.expect("Who is in these photos?")
-    alice.press("A woman")
+    await alice.ask_to_train(face_photos(4), got="Got 4 photos")
     progress = await alice.expect("Training queued")
     assert await asyncio.to_thread(gpu.started.wait, 15), "training started on the GPU"
 
@@ -73,15 +59,15 @@ async def test_forget_deletes_everything_after_a_confirmation(bot: Harness, api:
     making = await alice.expect("Making 2 portraits")
     await alice.expect_edit(making, "Done.", within=20)
     await alice.wait_buttons(["More of this style", "Another style"])
-    blobs = BlobStore(bot.settings.blob_dir)
+    blobs = LocalBlobStore(bot.settings.blob_dir)
     assert blobs.list("users") and blobs.list("runs")
 
     alice.say("/forget")
     question = await alice.expect("This deletes everything I keep about you")
     assert question.labels == ["Yes, delete everything", "No, keep it"]
-    alice.press("Yes, delete everything")
+    pressed = alice.press("Yes, delete everything")
     await alice.expect("Done: everything I had about you is deleted.")
-    assert [a["id"] for a in api.callback_answers][-1], "the button press was answered"
+    assert pressed in [a["id"] for a in api.callback_answers], "the button press was answered (no spinner left)"
 
     assert blobs.list("users") == [] and blobs.list("runs") == []
     with sqlite3.connect(bot.settings.database_path) as db:
@@ -92,8 +78,33 @@ async def test_forget_deletes_everything_after_a_confirmation(bot: Harness, api:
     await alice.expect("You need a face model first")
 
 
-async def test_forget_declined_keeps_everything(bot: Harness, alice: TgUser) -> None:
+async def test_forget_declined_keeps_everything(bot: Harness, api: FakeBotApi, alice: TgUser) -> None:
+    await bot.train(alice)
+    alice.say("/train")
+    await alice.expect("Send me")
+    alice.send_photos(face_photos(2), as_documents=True)
+    await alice.expect("Got 2 photos (2 of 10)")
+    blobs = LocalBlobStore(bot.settings.blob_dir)
+    kept = sorted(blobs.list("users"))
+    rows = _counts(bot, "users", "photos", "face_models")
+    assert all(rows), rows
+
     alice.say("/forget")
     await alice.expect("Delete it all?")
-    alice.press("No, keep it")
+    pressed = alice.press("No, keep it")
     await alice.expect("Okay, nothing was deleted.")
+    assert pressed in [a["id"] for a in api.callback_answers]
+
+    assert sorted(blobs.list("users")) == kept
+    with sqlite3.connect(bot.settings.database_path) as db:
+        assert [
+            db.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in ("users", "photos", "face_models")
+        ] == rows
+    alice.say("/status")
+    status = await alice.expect("Face model:")
+    assert "Face model: ready" in status.shown and "Photo set: 2 of 10" in status.shown, status.shown
+
+
+def _counts(bot: Harness, *tables: str) -> list[int]:
+    with sqlite3.connect(bot.settings.database_path) as db:
+        return [db.execute(f"SELECT count(*) FROM {table}").fetchone()[0] for table in tables]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Any, cast
 
@@ -15,11 +14,9 @@ from bot.core.replies import Button
 from bot.service import DownloadError
 from bot.telegram_adapter import translate
 from bot.telegram_adapter.app import parse_listen
-from bot.telegram_adapter.commands import admin_menu, default_menu, parse_menu
 from bot.telegram_adapter.downloads import CLOUD_DOWNLOAD_LIMIT, make_downloader
 from bot.telegram_adapter.retry import with_retries
 from bot.telegram_adapter.sender import keyboard, split_text
-from bot.telegram_adapter.throttle import EditThrottle
 from tests.telegram.fake_bot_api import FakeBotApi
 from tests.telegram.users import TgUser
 
@@ -134,41 +131,11 @@ def test_long_text_is_split_at_lines() -> None:
     assert "\n".join(pieces) == text
 
 
-def test_command_menus_come_from_the_core_help() -> None:
-    assert [c.command for c in default_menu()][:3] == ["train", "done", "generate"]
-    assert "admin" in [c.command for c in admin_menu()]
-    assert [c.command for c in parse_menu("Intro\n/generate [style] [count] - make portraits")] == ["generate"]
-
-
 def test_parse_listen() -> None:
     assert parse_listen("0.0.0.0:8443") == ("0.0.0.0", 8443)
     assert parse_listen("[::]:443") == ("::", 443)
     with pytest.raises(ValueError):
         parse_listen("8443")
-
-
-# -------------------------------------------------------------------------------------- throttle
-async def test_intermediate_edits_coalesce_and_the_final_one_wins() -> None:
-    sent: list[tuple[int, int, str]] = []
-
-    async def edit(chat: int, message: int, text: str) -> None:
-        sent.append((chat, message, text))
-
-    throttle: EditThrottle[str] = EditThrottle(edit, interval=0.3)
-    await throttle.submit(1, 10, "10%")
-    await throttle.submit(1, 10, "20%")
-    await throttle.submit(1, 10, "30%")
-    await throttle.submit(2, 20, "other chat")
-    assert sent == [(1, 10, "10%"), (2, 20, "other chat")]
-    await asyncio.sleep(0.45)
-    assert sent[-1] == (1, 10, "30%"), "the latest waiting text went out after the interval"
-
-    await throttle.submit(1, 10, "40%")
-    await throttle.submit(1, 10, "done", final=True)
-    await throttle.submit(1, 10, "50% (late)")
-    await asyncio.sleep(0.45)
-    assert [t for c, _, t in sent if c == 1] == ["10%", "30%", "done"]
-    await throttle.aclose()
 
 
 # ---------------------------------------------------------------------------------------- retries
@@ -211,13 +178,13 @@ async def test_a_final_edit_for_a_run_whose_message_is_unknown_is_sent_as_a_mess
     """Under load an outcome can arrive before its progress message was sent: the user still sees it."""
     from bot.core.replies import EditProgress
     from bot.telegram_adapter.sender import TelegramSender
-    from storage.blobs import BlobStore
+    from storage.blobs import LocalBlobStore
 
     alice = TgUser(api, 4242, "Alice")
     alice.say("/start")  # Telegram only lets a bot write to users who wrote to it
     bot = Bot(api.token, base_url=f"{api.root}/bot", base_file_url=f"{api.root}/file/bot")
     async with bot:
-        sender = TelegramSender(bot, BlobStore(tmp_path / "blobs"), edit_interval=0.01)
+        sender = TelegramSender(bot, LocalBlobStore(tmp_path / "blobs"), edit_interval=0.01)
         await sender.send(4242, [EditProgress(run_id="t-unknown-01", text="Training done.", final=True)])
         await sender.send(4242, [EditProgress(run_id="t-unknown-02", text="Training 50%", final=False)])
         await sender.aclose()

@@ -3,7 +3,8 @@ wait for what the bot shows in their chat."""
 
 from __future__ import annotations
 
-from tests.telegram.fake_bot_api import ChatMessage, FakeBotApi
+from tests.telegram.fake_bot_api import JSON, ChatMessage, FakeBotApi
+from tests.telegram.media import face_photos
 
 
 class TgUser:
@@ -22,8 +23,9 @@ class TgUser:
         return TgUser(self.api, self.user_id, self.name, chat_id)
 
     # ------------------------------------------------------------------------------------ acting
-    def say(self, text: str, *, as_chat: bool = False) -> ChatMessage:
-        return self.api.push_text(self.chat_id, self.user_id, text, as_chat=as_chat)
+    def say(self, text: str, *, as_chat: bool = False, as_channel: int | None = None) -> ChatMessage:
+        """Write ``text``: as the group itself (an anonymous admin), or on behalf of one's channel."""
+        return self.api.push_text(self.chat_id, self.user_id, text, as_chat=as_chat, as_channel=as_channel)
 
     def send_photos(self, datas: list[bytes], *, album: bool = True, as_documents: bool = False) -> list[ChatMessage]:
         """Photos as one album (2-10) or as separate messages; compressed photos or image documents."""
@@ -51,6 +53,40 @@ class TgUser:
             message = next(m for m in reversed(self.replies) if label in m.labels)
         button = next(b for b in message.buttons if b["text"] == label)
         return self.api.push_callback(self.chat_id, self.user_id, message, button["callback_data"])
+
+    async def send_training_photos(
+        self, photos: list[bytes], got: str = "Got ", *, as_documents: bool = False
+    ) -> ChatMessage:
+        """/train, then ``photos`` as one album; the bot's answer to them (it shows ``got``)."""
+        self.say("/train")
+        await self.expect("Send me")
+        self.send_photos(photos, as_documents=as_documents)
+        return await self.expect(got)
+
+    async def answer_subject(self, subject: str = "A woman") -> None:
+        """/done, then the ``subject`` button under the bot's question who is in the photos."""
+        self.say("/done")
+        await self.expect("Who is in these photos?")
+        self.press(subject)
+
+    async def ask_to_train(
+        self, photos: list[bytes] | None = None, subject: str = "A woman", got: str = "Got "
+    ) -> None:
+        """Photos (three faces by default), /done, the subject button: the training is asked for (and
+        queued, or refused while the queue is down); ``got``: what the answer to the photos shows."""
+        await self.send_training_photos(photos or face_photos(3), got)
+        await self.answer_subject(subject)
+
+    def webhook_update(self, command: str) -> JSON:
+        """The update Telegram posts to a webhook when this user writes ``command`` in their private chat
+        (not queued for getUpdates; the fake server counts the user as having started the bot)."""
+        self.api.started.add(self.user_id)
+        entity = {"type": "bot_command", "offset": 0, "length": len(command.split()[0])}
+        message = {
+            "message_id": 1, "date": 0, "text": command, "chat": self.api.chats[self.user_id],
+            "from": self.api.users[self.user_id], "entities": [entity],
+        }  # fmt: skip
+        return {"update_id": 1, "message": message}
 
     # ----------------------------------------------------------------------------------- looking
     @property

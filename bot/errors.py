@@ -1,0 +1,65 @@
+"""Mistakes an operator fixes (a setting, a token, a missing service): one line, exit code 2.
+
+Code that meets one raises :class:`OperatorError` with the whole message; ``facechain-bot`` prints it
+without a traceback. :func:`operator_message` also recognises the few library errors that mean the same
+(Redis not reachable, a worker's missing model or device), so no caller has to translate them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+#: The exit code of every operator error (argparse uses it for usage errors too).
+EXIT_OPERATOR = 2
+
+
+class OperatorError(Exception):
+    """Something the operator must fix before this can run; its text says what and how, on one line."""
+
+
+def redacted_url(url: str) -> str:
+    """``url`` without the password (or token) in its user-info part: ``redis://***@host:6379/0``."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    authority, slash, path = rest.partition("/")
+    if "@" not in authority:
+        return url
+    return f"{scheme}://***@{authority.rsplit('@', 1)[1]}{slash}{path}"
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """``exc``, the exceptions it groups and their explicit causes (each once). Implicit contexts are
+    left out: a bug raised while handling a Redis error is still a bug."""
+    seen: set[int] = set()
+    todo = [exc]
+    while todo:
+        current = todo.pop(0)
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        if isinstance(current, BaseExceptionGroup):
+            todo.extend(current.exceptions)
+        if current.__cause__ is not None:
+            todo.append(current.__cause__)
+
+
+def operator_message(exc: BaseException, redis_url: str | None = None) -> str | None:
+    """The one line to show for ``exc`` if it is an operator's mistake; None for a bug (a traceback)."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    from pipeline.errors import WorkerSetupError
+    from pipeline.styles import StyleFileError
+
+    for error in _chain(exc):
+        if isinstance(error, OperatorError | WorkerSetupError | StyleFileError):
+            return " ".join(str(error).split())
+        if isinstance(error, RedisConnectionError | RedisTimeoutError):
+            where = f" at {redacted_url(redis_url)}" if redis_url else ""
+            return (
+                f"Redis{where} is not reachable ({' '.join(str(error).split())}): start Redis, set "
+                "FACECHAIN_REDIS_URL, or run `facechain-bot up`, which starts one"
+            )
+    return None

@@ -1,0 +1,203 @@
+"""Operator and user mistakes at the command line: one line on stderr, exit code 2, never a traceback.
+
+Each case runs the real ``facechain-bot`` as a separate process (tests/cli_process.py), as an operator
+would meet it.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.cli_process import ROOT, assert_one_line_exit_2, cli_environment, run_cli
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+@pytest.mark.parametrize("count", ["0", "1000", "many"])
+def test_generate_refuses_a_count_out_of_range(tmp_path: Path, redis_url: str, count: str) -> None:
+    result = run_cli(
+        ["generate", "alice", "--count", count, "--out", "out"], cli_environment(tmp_path, redis_url), tmp_path
+    )
+    line = assert_one_line_exit_2(result, "--count", count)
+    assert "from 1 to 10" in line or "whole number" in line
+    assert not (tmp_path / "out").exists(), "nothing was started"
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "expected"),
+    [
+        ("queues", "trian", "FACECHAIN_QUEUES"),
+        ("device", "gpu7", "FACECHAIN_DEVICE"),
+        ("redis_url", "http://127.0.0.1:6379/0", "FACECHAIN_REDIS_URL"),
+        ("max_train_steps", "lots", "FACECHAIN_MAX_TRAIN_STEPS"),
+    ],
+)
+def test_a_bad_worker_setting_is_named_in_one_line(
+    tmp_path: Path, redis_url: str, setting: str, value: str, expected: str
+) -> None:
+    env = cli_environment(tmp_path, redis_url, **{setting: value})
+    assert_one_line_exit_2(run_cli(["worker"], env, tmp_path), expected, "invalid configuration")
+
+
+def test_a_bad_queues_flag_is_named_in_one_line(tmp_path: Path, redis_url: str) -> None:
+    result = run_cli(["worker", "--queues", "train,paint"], cli_environment(tmp_path, redis_url), tmp_path)
+    assert_one_line_exit_2(result, "--queues train,paint", "train,generate")
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "expected"),
+    [
+        ("telegram_webhook_listen", "8443", "FACECHAIN_TELEGRAM_WEBHOOK_LISTEN"),
+        ("discord_gateway_url", "ftp://gateway.example", "FACECHAIN_DISCORD_GATEWAY_URL"),
+        ("min_photos", "0", "FACECHAIN_MIN_PHOTOS"),
+        ("styles_dir", "/no/such/styles", "FACECHAIN_STYLES_DIR /no/such/styles is not a directory"),
+    ],
+)
+def test_a_bad_bot_setting_is_named_in_one_line(
+    tmp_path: Path, redis_url: str, setting: str, value: str, expected: str
+) -> None:
+    token = "123456789:AAE-secret-value-0123456789abcdefghij"
+    env = cli_environment(tmp_path, redis_url, telegram_token=token, **{setting: value})
+    line = assert_one_line_exit_2(run_cli(["bot"], env, tmp_path), expected)
+    assert "AAE-secret-value-0123456789" not in line
+
+
+def test_the_worker_with_a_missing_model_says_how_to_fetch_it(tmp_path: Path, redis_url: str) -> None:
+    result = run_cli(["worker"], cli_environment(tmp_path, redis_url), tmp_path)
+    assert_one_line_exit_2(result, "base model", "not found", "facechain-bot models fetch", str(tmp_path / "models"))
+
+
+@pytest.mark.parametrize("written", ["{tmp}/no/such/model", "./no-such-model", "~/no-such-model-here.safetensors"])
+def test_a_base_model_path_that_does_not_exist_is_read_as_a_path(tmp_path: Path, redis_url: str, written: str) -> None:
+    value = written.format(tmp=tmp_path)
+    result = run_cli(["worker"], cli_environment(tmp_path, redis_url, base_model=value), tmp_path)
+    line = assert_one_line_exit_2(result, f"FACECHAIN_BASE_MODEL={value}", "not found")
+    assert "hf:" not in line and "modelscope:" not in line, "a path is never read as a hub id"
+
+
+def test_a_cuda_device_without_cuda_is_one_line(tmp_path: Path, redis_url: str) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    tiny = tmp_path / "tiny"
+    (tiny / "unet").mkdir(parents=True)
+    (tiny / "model_index.json").write_text("{}")  # found as a model; the device is checked next
+    env = cli_environment(tmp_path, redis_url, base_model=str(tiny), device="cuda:1")
+    assert_one_line_exit_2(run_cli(["worker"], env, tmp_path), "FACECHAIN_DEVICE=cuda:1", "no CUDA device")
+
+
+def test_script_mode_reports_a_missing_model_in_one_line(tmp_path: Path, redis_url: str) -> None:
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "a.jpg").write_bytes(b"not really a photo")
+    env = cli_environment(tmp_path, redis_url, base_model=str(tmp_path / "absent"))
+    result = run_cli(["train", str(photos), "--name", "alice", "--subject", "woman"], env, tmp_path)
+    assert_one_line_exit_2(result, "facechain-bot train:", "not found")
+
+
+def test_a_telegram_network_failure_names_the_url_but_not_the_token(tmp_path: Path, redis_url: str) -> None:
+    token = "123456789:AAE-never-printed-token-0123456789abc"
+    api = f"http://127.0.0.1:{_closed_port()}"
+    env = cli_environment(tmp_path, redis_url, telegram_token=token, telegram_api_url=api)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bot.cli", "bot"], env=env, cwd=tmp_path, stderr=subprocess.PIPE, text=True
+    )
+    seen: list[str] = []
+    try:
+        assert process.stderr is not None
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            line = process.stderr.readline()
+            if not line:
+                break
+            seen.append(line)
+            if "not reachable" in line:
+                break
+    finally:
+        process.terminate()
+        process.wait(30)
+    warning = next((line for line in seen if "not reachable" in line), None)
+    assert warning is not None, seen
+    assert f"the Bot API at {api} is not reachable" in warning and "retrying" in warning
+    assert token not in "".join(seen) and "AAE-never" not in "".join(seen)
+    assert str(ROOT) not in warning
+
+
+@pytest.fixture
+def unix_redis(tmp_path: Path) -> Iterator[Path]:
+    """A redis-server of this test's own, listening on a Unix socket only."""
+    sock = tmp_path / "redis.sock"
+    server = subprocess.Popen(
+        ["redis-server", "--port", "0", "--unixsocket", str(sock), "--save", "", "--appendonly", "no",
+         "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 20
+        while not sock.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        yield sock
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+@pytest.mark.parametrize("scheme", ["redis", "rediss", "unix"])
+def test_redis_urls_take_every_scheme_arq_reads(scheme: str) -> None:
+    from arq.connections import RedisSettings
+
+    from bot.config import BotSettings
+    from pipeline.config import WorkerSettings
+
+    url = "unix:///run/redis/redis.sock?db=2" if scheme == "unix" else f"{scheme}://:pw@redis.example:6380/3"
+    for cls in (BotSettings, WorkerSettings):
+        settings = cls(_env_file=None, redis_url=url)  # type: ignore[call-arg]
+        parsed = RedisSettings.from_dsn(settings.redis_url)
+        assert parsed.ssl is (scheme == "rediss")
+        assert parsed.unix_socket_path == ("/run/redis/redis.sock" if scheme == "unix" else None)
+
+
+def test_a_unix_socket_redis_is_reached_by_doctor_and_the_queue(
+    unix_redis: Path, tmp_path: Path, redis_url: str
+) -> None:
+    url = f"unix://{unix_redis}"
+    result = run_cli(["doctor", "--no-gpu"], cli_environment(tmp_path, url), tmp_path)
+    assert "[ ok ] redis" in result.stdout, result.stdout
+
+    import asyncio
+
+    from bot.queue import create_redis
+
+    async def ping() -> bool:
+        pool = await create_redis(url)
+        try:
+            return bool(await pool.ping())
+        finally:
+            await pool.aclose()
+
+    assert asyncio.run(ping())
+
+
+@pytest.mark.parametrize(
+    ("value", "queues"),
+    [("train,generate", ["train", "generate"]), ("generate", ["generate"]), ('["train"]', ["train"])],
+)
+def test_queues_are_written_comma_separated(value: str, queues: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    from bot.settings_loader import load_settings
+    from pipeline.config import WorkerSettings
+
+    monkeypatch.setenv("FACECHAIN_QUEUES", value)
+    assert load_settings(WorkerSettings).queues == queues
