@@ -271,6 +271,7 @@ class _Heartbeat:
         self._ttl_ms = max(int(ttl_s * 1000), 100)
         self._interval_s = ttl_s / 3
         self._task: asyncio.Task[None] | None = None
+        self._stopped = False
 
     async def __aenter__(self) -> _Heartbeat:
         await self._beat()
@@ -278,10 +279,11 @@ class _Heartbeat:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        # Not a single cancel(): redis-py can swallow one that lands while a beat is being sent to a hung
+        # Redis, and a heartbeat that beats on keeps its job from ending. The flag ends it in any case.
+        self._stopped = True
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_all([self._task])
         with contextlib.suppress(*REDIS_DOWN):
             # Only this attempt's own beat: a newer attempt elsewhere keeps its heartbeat.
             if await self._redis.get(self._key) == self._job_id.encode():
@@ -296,7 +298,7 @@ class _Heartbeat:
 
     async def _beat_forever(self) -> None:
         beating = True
-        while True:
+        while not self._stopped:
             await asyncio.sleep(self._interval_s)
             ok = await self._beat()
             if ok != beating:
