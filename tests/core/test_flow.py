@@ -14,40 +14,8 @@ from typing import Any
 
 import pytest
 
-from bot.core.effects import (
-    AddStyle,
-    CancelRuns,
-    DiscardPhotos,
-    Effect,
-    ForgetUser,
-    RemoveStyle,
-    ReopenSet,
-    SavePhotos,
-    SetCommunityOption,
-    SetQuota,
-    SetStyleEnabled,
-    StartCollecting,
-    StartGeneration,
-    StartTraining,
-)
-from bot.core.events import (
-    BotRejectReason,
-    ButtonPressed,
-    Command,
-    Event,
-    JobFinished,
-    JobProgress,
-    OfferedFile,
-    PhotosOffered,
-    PhotosSaved,
-    QueueUnavailable,
-    RunQueued,
-    RunRestarted,
-    RunsCancelled,
-    SavedPhoto,
-    StyleAdded,
-    TextMessage,
-)
+from bot.core import effects as fx
+from bot.core import events as ev
 from bot.core.flow import ADMIN, BUTTONS, COMMANDS, MAX_STYLE_BUTTONS, Decision, decide
 from bot.core.limits import Limits
 from bot.core.replies import MAX_BUTTON_DATA, Button, EditProgress, Photos, ProgressMessage, Text
@@ -97,8 +65,8 @@ STATES = {
 }
 
 
-def jpeg(ref: str = "f", size: int = 1000, name: str | None = "me.jpg") -> OfferedFile:
-    return OfferedFile(ref, size, "image/jpeg", name)
+def jpeg(ref: str = "f", size: int = 1000, name: str | None = "me.jpg") -> ev.OfferedFile:
+    return ev.OfferedFile(ref, size, "image/jpeg", name)
 
 
 def text_of(decision: Decision) -> str:
@@ -121,7 +89,7 @@ def buttons_of(decision: Decision) -> tuple[Button, ...]:
     return tuple(found)
 
 
-def matches(effects: tuple[Effect, ...], expected: tuple[type[Any] | Effect, ...]) -> bool:
+def matches(effects: tuple[fx.Effect, ...], expected: tuple[type[Any] | fx.Effect, ...]) -> bool:
     """Effects equal ``expected``, where a type in ``expected`` stands for any effect of that type."""
     if len(effects) != len(expected):
         return False
@@ -131,22 +99,22 @@ def matches(effects: tuple[Effect, ...], expected: tuple[type[Any] | Effect, ...
 
 
 # ---------------------------------------------------------------------- every command in every mode
-COMMAND_EVENTS: dict[str, Command] = {
-    "start": Command("start"),
-    "help": Command("help"),
-    "train": Command("train"),
-    "done": Command("done"),
-    "generate": Command("generate", ("studio",)),
-    "styles": Command("styles"),
-    "status": Command("status"),
-    "cancel": Command("cancel"),
-    "forget": Command("forget"),
-    "admin": Command("admin", ("styles",)),
-    "unknown": Command("frobnicate"),
+COMMAND_EVENTS: dict[str, ev.Command] = {
+    "start": ev.Command("start"),
+    "help": ev.Command("help"),
+    "train": ev.Command("train"),
+    "done": ev.Command("done"),
+    "generate": ev.Command("generate", ("studio",)),
+    "styles": ev.Command("styles"),
+    "status": ev.Command("status"),
+    "cancel": ev.Command("cancel"),
+    "forget": ev.Command("forget"),
+    "admin": ev.Command("admin", ("styles",)),
+    "unknown": ev.Command("frobnicate"),
 }
 
 _I, _C, _A, _F = Mode.IDLE, Mode.COLLECTING, Mode.ASKING_SUBJECT, Mode.CONFIRMING_FORGET
-_GEN: tuple[type[Any], ...] = (StartGeneration,)
+_GEN: tuple[type[Any], ...] = (fx.StartGeneration,)
 
 #: (command, mode before) → (mode after, effects, a phrase of the reply or None for no reply at all).
 #: The CONFIRMING_FORGET rows start from resume=COLLECTING: another command drops the question.
@@ -159,7 +127,7 @@ PRIVATE_TABLE: dict[tuple[str, Mode], tuple[Mode, tuple[type[Any], ...], str | N
     ("help", _C): (_C, (), "/generate"),
     ("help", _A): (_A, (), "/generate"),
     ("help", _F): (_F, (), "/generate"),
-    ("train", _I): (_C, (StartCollecting,), "tips"),
+    ("train", _I): (_C, (fx.StartCollecting,), "tips"),
     ("train", _C): (_C, (), "already have a set open with 5"),
     ("train", _A): (_A, (), "who is in these photos"),
     ("train", _F): (_C, (), "already have a set open with 5"),
@@ -180,7 +148,7 @@ PRIVATE_TABLE: dict[tuple[str, Mode], tuple[Mode, tuple[type[Any], ...], str | N
     ("status", _A): (_A, (), "who is in the photos"),
     ("status", _F): (_C, (), "photo set: 5 of 10"),
     ("cancel", _I): (_I, (), "nothing to cancel"),
-    ("cancel", _C): (_I, (DiscardPhotos,), "threw away the 5 photos"),
+    ("cancel", _C): (_I, (fx.DiscardPhotos,), "threw away the 5 photos"),
     ("cancel", _A): (_C, (), "5 of 10 photos are kept"),
     ("cancel", _F): (_C, (), "nothing was deleted"),
     ("forget", _I): (_F, (), "can't be undone"),
@@ -219,7 +187,7 @@ def test_every_command_in_every_mode(command: str, mode: Mode) -> None:
 @pytest.mark.parametrize("mode", list(Mode))
 def test_forget_remembers_where_to_return(mode: Mode) -> None:
     state = STATES[mode]
-    decision = decide(state, Command("forget"), BASE)
+    decision = decide(state, ev.Command("forget"), BASE)
     expected = state.resume if mode is Mode.CONFIRMING_FORGET else mode
     assert decision.state == UserState(mode=Mode.CONFIRMING_FORGET, resume=expected)
     assert {b.data for b in buttons_of(decision)} == {"forget:yes", "forget:no"}
@@ -229,7 +197,7 @@ def test_forget_remembers_where_to_return(mode: Mode) -> None:
 def test_group_commands_never_collect_photos(command: str, mode: Mode) -> None:
     state = STATES[mode]
     decision = decide(state, COMMAND_EVENTS[command], GROUP)
-    assert not any(isinstance(e, StartCollecting | SavePhotos | StartTraining) for e in decision.effects)
+    assert not any(isinstance(e, fx.StartCollecting | fx.SavePhotos | fx.StartTraining) for e in decision.effects)
     if state.mode is Mode.IDLE:
         assert decision.state.mode in (Mode.IDLE, Mode.CONFIRMING_FORGET)
     if command == "unknown":
@@ -243,10 +211,10 @@ def test_group_commands_never_collect_photos(command: str, mode: Mode) -> None:
 @dataclass(frozen=True)
 class Row:
     state: UserState
-    event: Event
+    event: ev.Event
     facts: Facts
     mode: Mode
-    effects: tuple[type[Any] | Effect, ...]
+    effects: tuple[type[Any] | fx.Effect, ...]
     #: A phrase of the replies (lower case); None: no reply at all.
     says: str | None
     replies: int | None = None
@@ -282,73 +250,77 @@ def check(row: Row) -> Decision:
     return decision
 
 
-HEIC = OfferedFile("h", 1000, "image/heic", "IMG_0001.HEIC")
-HUGE = OfferedFile("x", 30 * 1024 * 1024, "image/jpeg", "big.jpg")
-PDF = OfferedFile("p", 1000, "application/pdf", "cv.pdf")
-TELEGRAM_PHOTO = OfferedFile("tg", 90_000, None, None, compressed=True)
+HEIC = ev.OfferedFile("h", 1000, "image/heic", "IMG_0001.HEIC")
+HUGE = ev.OfferedFile("x", 30 * 1024 * 1024, "image/jpeg", "big.jpg")
+PDF = ev.OfferedFile("p", 1000, "application/pdf", "cv.pdf")
+TELEGRAM_PHOTO = ev.OfferedFile("tg", 90_000, None, None, compressed=True)
 
 
 @rows(
     first_photos_start_a_set=Row(
-        IDLE, PhotosOffered((jpeg(),)), NO_MODEL, _C, (StartCollecting(), SavePhotos((jpeg(),))), None
+        IDLE, ev.PhotosOffered((jpeg(),)), NO_MODEL, _C, (fx.StartCollecting(), fx.SavePhotos((jpeg(),))), None
     ),
-    photos_while_training=Row(IDLE, PhotosOffered((jpeg(),)), TRAINING, _I, (), "training"),
+    photos_while_training=Row(IDLE, ev.PhotosOffered((jpeg(),)), TRAINING, _I, (), "training"),
     album_one_reply_for_refusals=Row(
         COLLECTING,
-        PhotosOffered((jpeg("a"), HEIC, HUGE, jpeg("b"))),
+        ev.PhotosOffered((jpeg("a"), HEIC, HUGE, jpeg("b"))),
         BASE,
         _C,
-        (SavePhotos((jpeg("a"), jpeg("b"))),),
+        (fx.SavePhotos((jpeg("a"), jpeg("b"))),),
         "photo 2 (img_0001.heic): heic isn't supported",
         replies=1,
     ),
     album_all_refused_lists_reasons=Row(
         COLLECTING,
-        PhotosOffered((HEIC, PDF, HUGE)),
+        ev.PhotosOffered((HEIC, PDF, HUGE)),
         BASE,
         _C,
         (),
         "too large (the limit is 20 mb)",
         replies=1,
     ),
-    unsupported_type=Row(COLLECTING, PhotosOffered((PDF,)), BASE, _C, (), "photo 1 (cv.pdf): not a jpeg, png or webp"),
-    all_refused_opens_no_set=Row(IDLE, PhotosOffered((HEIC,)), NO_MODEL, _I, (), "send it as a photo"),
+    unsupported_type=Row(
+        COLLECTING, ev.PhotosOffered((PDF,)), BASE, _C, (), "photo 1 (cv.pdf): not a jpeg, png or webp"
+    ),
+    all_refused_opens_no_set=Row(IDLE, ev.PhotosOffered((HEIC,)), NO_MODEL, _I, (), "send it as a photo"),
     set_fills_up=Row(
         COLLECTING,
-        PhotosOffered((jpeg("a"), jpeg("b"), jpeg("c"))),
+        ev.PhotosOffered((jpeg("a"), jpeg("b"), jpeg("c"))),
         replace(BASE, photo_count=9),
         _C,
-        (SavePhotos((jpeg("a"),)),),
+        (fx.SavePhotos((jpeg("a"),)),),
         "photo 2 (me.jpg): the set is already full",
         replies=1,
     ),
     full_set_refuses_everything=Row(
-        COLLECTING, PhotosOffered((jpeg(),)), replace(BASE, photo_count=10), _C, (), "/done", replies=1
+        COLLECTING, ev.PhotosOffered((jpeg(),)), replace(BASE, photo_count=10), _C, (), "/done", replies=1
     ),
     compressed_photo_without_type_is_taken=Row(
-        COLLECTING, PhotosOffered((TELEGRAM_PHOTO,)), BASE, _C, (SavePhotos((TELEGRAM_PHOTO,)),), None
+        COLLECTING, ev.PhotosOffered((TELEGRAM_PHOTO,)), BASE, _C, (fx.SavePhotos((TELEGRAM_PHOTO,)),), None
     ),
-    photos_while_asking_go_back_to_collecting=Row(ASKING, PhotosOffered((jpeg(),)), BASE, _C, (SavePhotos,), None),
-    photos_drop_the_forget_question=Row(CONFIRMING, PhotosOffered((jpeg(),)), BASE, _C, (SavePhotos,), None),
-    empty_album=Row(IDLE, PhotosOffered(()), BASE, _I, (), None),
-    group_photos_ignored=Row(IDLE, PhotosOffered((jpeg(),)), GROUP, _I, (), None),
-    group_photos_while_collecting=Row(COLLECTING, PhotosOffered((jpeg(),)), GROUP, _C, (), "private chat"),
+    photos_while_asking_go_back_to_collecting=Row(
+        ASKING, ev.PhotosOffered((jpeg(),)), BASE, _C, (fx.SavePhotos,), None
+    ),
+    photos_drop_the_forget_question=Row(CONFIRMING, ev.PhotosOffered((jpeg(),)), BASE, _C, (fx.SavePhotos,), None),
+    empty_album=Row(IDLE, ev.PhotosOffered(()), BASE, _I, (), None),
+    group_photos_ignored=Row(IDLE, ev.PhotosOffered((jpeg(),)), GROUP, _I, (), None),
+    group_photos_while_collecting=Row(COLLECTING, ev.PhotosOffered((jpeg(),)), GROUP, _C, (), "private chat"),
 )
 def test_photos_offered(row: Row) -> None:
     check(row)
 
 
-def saved(*results: SavedPhoto, total: int) -> PhotosSaved:
-    return PhotosSaved(results, total)
+def saved(*results: ev.SavedPhoto, total: int) -> ev.PhotosSaved:
+    return ev.PhotosSaved(results, total)
 
 
-OK = SavedPhoto("f", stored=True)
+OK = ev.SavedPhoto("f", stored=True)
 
 
 @rows(
     count_and_rejections=Row(
         COLLECTING,
-        saved(OK, SavedPhoto("d", False, RejectReason.DUPLICATE), OK, OK, total=4),
+        saved(OK, ev.SavedPhoto("d", False, RejectReason.DUPLICATE), OK, OK, total=4),
         BASE,
         _C,
         (),
@@ -357,7 +329,7 @@ OK = SavedPhoto("f", stored=True)
     ),
     rejection_in_plain_words=Row(
         COLLECTING,
-        saved(OK, SavedPhoto("d", False, "duplicate"), total=4),
+        saved(OK, ev.SavedPhoto("d", False, "duplicate"), total=4),
         BASE,
         _C,
         (),
@@ -365,18 +337,20 @@ OK = SavedPhoto("f", stored=True)
     ),
     rejection_named_by_file=Row(
         COLLECTING,
-        saved(OK, SavedPhoto("d", False, "not_an_image", filename="scan.png"), total=1),
+        saved(OK, ev.SavedPhoto("d", False, "not_an_image", filename="scan.png"), total=1),
         BASE,
         _C,
         (),
         "photo 2 (scan.png): not an image",
     ),
-    bot_side_reason=Row(COLLECTING, saved(SavedPhoto("x", False, "set_full"), total=10), BASE, _C, (), "already full"),
+    bot_side_reason=Row(
+        COLLECTING, saved(ev.SavedPhoto("x", False, "set_full"), total=10), BASE, _C, (), "already full"
+    ),
     too_few_so_far=Row(COLLECTING, saved(OK, OK, total=2), BASE, _C, (), "send 1 more"),
     enough_says_done=Row(COLLECTING, saved(OK, total=3), BASE, _C, (), "/done"),
     full_says_done=Row(COLLECTING, saved(OK, total=10), BASE, _C, (), "the most i can use"),
     nothing_stored=Row(
-        COLLECTING, saved(SavedPhoto("x", False, "not_an_image"), total=1), BASE, _C, (), "no new photos"
+        COLLECTING, saved(ev.SavedPhoto("x", False, "not_an_image"), total=1), BASE, _C, (), "no new photos"
     ),
 )
 def test_photos_saved(row: Row) -> None:
@@ -384,50 +358,50 @@ def test_photos_saved(row: Row) -> None:
 
 
 @rows(
-    done_with_too_few=Row(COLLECTING, Command("done"), replace(BASE, photo_count=2), _C, (), "send 1 more"),
-    done_while_training=Row(IDLE, Command("done"), TRAINING, _I, (), "training"),
-    done_in_group=Row(COLLECTING, Command("done"), GROUP, _C, (), "private chat"),
+    done_with_too_few=Row(COLLECTING, ev.Command("done"), replace(BASE, photo_count=2), _C, (), "send 1 more"),
+    done_while_training=Row(IDLE, ev.Command("done"), TRAINING, _I, (), "training"),
+    done_in_group=Row(COLLECTING, ev.Command("done"), GROUP, _C, (), "private chat"),
     train_restarts_empty_set=Row(
-        COLLECTING, Command("train"), replace(BASE, photo_count=0), _C, (StartCollecting,), "tips"
+        COLLECTING, ev.Command("train"), replace(BASE, photo_count=0), _C, (fx.StartCollecting,), "tips"
     ),
-    train_while_training=Row(IDLE, Command("train"), TRAINING, _I, (), "/cancel"),
-    train_in_group=Row(IDLE, Command("train"), GROUP, _I, (), "private chat"),
+    train_while_training=Row(IDLE, ev.Command("train"), TRAINING, _I, (), "/cancel"),
+    train_in_group=Row(IDLE, ev.Command("train"), GROUP, _I, (), "private chat"),
     subject_starts_training=Row(
-        ASKING, ButtonPressed("subject", "woman"), BASE, _I, (StartTraining(Subject.WOMAN),), None
+        ASKING, ev.ButtonPressed("subject", "woman"), BASE, _I, (fx.StartTraining(Subject.WOMAN),), None
     ),
-    bad_subject_asks_again=Row(ASKING, ButtonPressed("subject", "cat"), BASE, _A, (), "who is in these photos"),
-    subject_after_the_fact=Row(IDLE, ButtonPressed("subject", "man"), BASE, _I, (), "expired"),
+    bad_subject_asks_again=Row(ASKING, ev.ButtonPressed("subject", "cat"), BASE, _A, (), "who is in these photos"),
+    subject_after_the_fact=Row(IDLE, ev.ButtonPressed("subject", "man"), BASE, _I, (), "expired"),
     subject_after_forget_question=Row(
         UserState(Mode.CONFIRMING_FORGET, resume=Mode.ASKING_SUBJECT),
-        ButtonPressed("subject", "man"),
+        ev.ButtonPressed("subject", "man"),
         BASE,
         _I,
-        (StartTraining(Subject.MAN),),
+        (fx.StartTraining(Subject.MAN),),
         None,
     ),
-    unknown_button=Row(IDLE, ButtonPressed("frob", "x"), BASE, _I, (), "doesn't work any more"),
-    forget_yes=Row(CONFIRMING, ButtonPressed("forget", "yes"), BASE, _I, (ForgetUser(),), "everything"),
-    forget_no=Row(CONFIRMING, ButtonPressed("forget", "no"), BASE, _C, (), "nothing was deleted"),
-    forget_button_expired=Row(IDLE, ButtonPressed("forget", "yes"), BASE, _I, (), "expired"),
-    forget_text_asks_for_a_button=Row(CONFIRMING, TextMessage("yes"), BASE, _F, (), "tap a button"),
-    cancel_runs=Row(IDLE, Command("cancel"), TRAINING, _I, (CancelRuns(),), None),
+    unknown_button=Row(IDLE, ev.ButtonPressed("frob", "x"), BASE, _I, (), "doesn't work any more"),
+    forget_yes=Row(CONFIRMING, ev.ButtonPressed("forget", "yes"), BASE, _I, (fx.ForgetUser(),), "everything"),
+    forget_no=Row(CONFIRMING, ev.ButtonPressed("forget", "no"), BASE, _C, (), "nothing was deleted"),
+    forget_button_expired=Row(IDLE, ev.ButtonPressed("forget", "yes"), BASE, _I, (), "expired"),
+    forget_text_asks_for_a_button=Row(CONFIRMING, ev.TextMessage("yes"), BASE, _F, (), "tap a button"),
+    cancel_runs=Row(IDLE, ev.Command("cancel"), TRAINING, _I, (fx.CancelRuns(),), None),
     cancel_collecting_keeps_runs=Row(
         COLLECTING,
-        Command("cancel"),
+        ev.Command("cancel"),
         replace(BASE, active_runs=(RunInfo(GEN, "generate", "queued"),)),
         _I,
-        (DiscardPhotos(),),
+        (fx.DiscardPhotos(),),
         "running jobs continue",
     ),
-    runs_cancelled=Row(IDLE, RunsCancelled((RUN, GEN)), BASE, _I, (), "cancelling 2 jobs", replies=3),
+    runs_cancelled=Row(IDLE, ev.RunsCancelled((RUN, GEN)), BASE, _I, (), "cancelling 2 jobs", replies=3),
     # Redis down at the subject press: nothing started, the question comes back so one press retries.
-    queue_busy_train=Row(IDLE, QueueUnavailable("train"), BASE, _A, (), "try again shortly", replies=1),
-    queue_busy_generate=Row(IDLE, QueueUnavailable("generate"), BASE, _I, (), "busy right now", replies=1),
-    queue_busy_while_asked_to_forget=Row(CONFIRMING, QueueUnavailable("generate"), BASE, _F, (), "try again"),
-    run_restarted=Row(IDLE, RunRestarted(RUN, 2, 3), TRAINING, _I, (), "started again (try 2 of 3)", replies=1),
+    queue_busy_train=Row(IDLE, ev.QueueUnavailable("train"), BASE, _A, (), "try again shortly", replies=1),
+    queue_busy_generate=Row(IDLE, ev.QueueUnavailable("generate"), BASE, _I, (), "busy right now", replies=1),
+    queue_busy_while_asked_to_forget=Row(CONFIRMING, ev.QueueUnavailable("generate"), BASE, _F, (), "try again"),
+    run_restarted=Row(IDLE, ev.RunRestarted(RUN, 2, 3), TRAINING, _I, (), "started again (try 2 of 3)", replies=1),
     status_shows_runs=Row(
         IDLE,
-        Command("status"),
+        ev.Command("status"),
         replace(
             TRAINING,
             active_runs=(
@@ -439,66 +413,68 @@ def test_photos_saved(row: Row) -> None:
         (),
         "training: running, 45%\nportraits (studio): waiting, number 3 in line",
     ),
-    status_quota=Row(IDLE, Command("status"), replace(BASE, user_quota=5, generations_today=2), _I, (), "2 of 5"),
-    styles_hint_for_admins=Row(IDLE, Command("styles"), ADMIN_HERE, _I, (), "/admin styles"),
-    styles_no_hint_for_members=Row(IDLE, Command("styles"), GROUP, _I, (), "suit and tie", not_says="/admin"),
-    text_while_collecting=Row(COLLECTING, TextMessage("hi"), BASE, _C, (), "5 of 10 so far"),
-    text_while_asking=Row(ASKING, TextMessage("me"), BASE, _A, (), "who is in these photos"),
-    text_idle=Row(IDLE, TextMessage("hello"), NO_MODEL, _I, (), "/train"),
-    text_in_group=Row(IDLE, TextMessage("hello"), GROUP, _I, (), None),
-    help_for_admin=Row(IDLE, Command("help"), ADMIN_HERE, _I, (), "/admin"),
+    status_quota=Row(IDLE, ev.Command("status"), replace(BASE, user_quota=5, generations_today=2), _I, (), "2 of 5"),
+    styles_hint_for_admins=Row(IDLE, ev.Command("styles"), ADMIN_HERE, _I, (), "/admin styles"),
+    styles_no_hint_for_members=Row(IDLE, ev.Command("styles"), GROUP, _I, (), "suit and tie", not_says="/admin"),
+    text_while_collecting=Row(COLLECTING, ev.TextMessage("hi"), BASE, _C, (), "5 of 10 so far"),
+    text_while_asking=Row(ASKING, ev.TextMessage("me"), BASE, _A, (), "who is in these photos"),
+    text_idle=Row(IDLE, ev.TextMessage("hello"), NO_MODEL, _I, (), "/train"),
+    text_in_group=Row(IDLE, ev.TextMessage("hello"), GROUP, _I, (), None),
+    help_for_admin=Row(IDLE, ev.Command("help"), ADMIN_HERE, _I, (), "/admin"),
 )
 def test_conversation(row: Row) -> None:
     check(row)
 
 
 def test_subject_buttons_offer_every_subject() -> None:
-    decision = decide(COLLECTING, Command("done"), BASE)
+    decision = decide(COLLECTING, ev.Command("done"), BASE)
     assert [b.data for b in buttons_of(decision)] == [f"subject:{s.value}" for s in Subject]
 
 
 # ------------------------------------------------------------------------------------------ generate
 @rows(
-    style_and_count=Row(IDLE, Command("generate", ("studio", "3")), BASE, _I, (StartGeneration("studio", 3),), None),
-    default_count=Row(IDLE, Command("generate", ("Studio",)), BASE, _I, (StartGeneration("studio", 4),), None),
+    style_and_count=Row(
+        IDLE, ev.Command("generate", ("studio", "3")), BASE, _I, (fx.StartGeneration("studio", 3),), None
+    ),
+    default_count=Row(IDLE, ev.Command("generate", ("Studio",)), BASE, _I, (fx.StartGeneration("studio", 4),), None),
     spaced_style_name=Row(
         IDLE,
-        Command("generate", ("business", "suit", "2")),
+        ev.Command("generate", ("business", "suit", "2")),
         BASE,
         _I,
-        (StartGeneration("business_suit", 2),),
+        (fx.StartGeneration("business_suit", 2),),
         None,
     ),
-    count_too_big=Row(IDLE, Command("generate", ("studio", "9")), BASE, _I, (), "from 1 to 4"),
-    count_zero=Row(IDLE, Command("generate", ("studio", "0")), BASE, _I, (), "from 1 to 4"),
-    count_not_a_number=Row(IDLE, Command("generate", ("studio", "many")), BASE, _I, (), "from 1 to 4"),
-    no_style_asks=Row(IDLE, Command("generate"), BASE, _I, (), "pick a style"),
-    count_only_asks_and_says_so=Row(IDLE, Command("generate", ("2",)), BASE, _I, (), "the buttons make 4; for 2"),
-    count_only_out_of_range=Row(IDLE, Command("generate", ("7",)), BASE, _I, (), "from 1 to 4"),
-    disabled_style=Row(IDLE, Command("generate", ("vintage",)), BASE, _I, (), "switched off here"),
+    count_too_big=Row(IDLE, ev.Command("generate", ("studio", "9")), BASE, _I, (), "from 1 to 4"),
+    count_zero=Row(IDLE, ev.Command("generate", ("studio", "0")), BASE, _I, (), "from 1 to 4"),
+    count_not_a_number=Row(IDLE, ev.Command("generate", ("studio", "many")), BASE, _I, (), "from 1 to 4"),
+    no_style_asks=Row(IDLE, ev.Command("generate"), BASE, _I, (), "pick a style"),
+    count_only_asks_and_says_so=Row(IDLE, ev.Command("generate", ("2",)), BASE, _I, (), "the buttons make 4; for 2"),
+    count_only_out_of_range=Row(IDLE, ev.Command("generate", ("7",)), BASE, _I, (), "from 1 to 4"),
+    disabled_style=Row(IDLE, ev.Command("generate", ("vintage",)), BASE, _I, (), "switched off here"),
     unknown_style_lists_enabled=Row(
         IDLE,
-        Command("generate", ("nope",)),
+        ev.Command("generate", ("nope",)),
         BASE,
         _I,
         (),
         'don\'t know the style "nope". styles here: studio',
     ),
-    no_styles_at_all=Row(IDLE, Command("generate"), replace(BASE, styles=()), _I, (), "no styles"),
-    still_training=Row(IDLE, Command("generate", ("studio",)), TRAINING, _I, (), "still training"),
-    no_model=Row(IDLE, Command("generate", ("studio",)), NO_MODEL, _I, (), "/train"),
-    failed_model=Row(IDLE, Command("generate"), replace(NO_MODEL, model=ModelState.FAILED), _I, (), "didn't work"),
+    no_styles_at_all=Row(IDLE, ev.Command("generate"), replace(BASE, styles=()), _I, (), "no styles"),
+    still_training=Row(IDLE, ev.Command("generate", ("studio",)), TRAINING, _I, (), "still training"),
+    no_model=Row(IDLE, ev.Command("generate", ("studio",)), NO_MODEL, _I, (), "/train"),
+    failed_model=Row(IDLE, ev.Command("generate"), replace(NO_MODEL, model=ModelState.FAILED), _I, (), "didn't work"),
     ready_model_while_retraining=Row(
         IDLE,
-        Command("generate", ("studio",)),
+        ev.Command("generate", ("studio",)),
         replace(TRAINING, has_ready_model=True),
         _I,
-        (StartGeneration("studio", 4),),
+        (fx.StartGeneration("studio", 4),),
         None,
     ),
     user_quota=Row(
         IDLE,
-        Command("generate", ("studio",)),
+        ev.Command("generate", ("studio",)),
         replace(BASE, user_quota=3, generations_today=3),
         _I,
         (),
@@ -506,7 +482,7 @@ def test_subject_buttons_offer_every_subject() -> None:
     ),
     community_quota=Row(
         IDLE,
-        Command("generate"),
+        ev.Command("generate"),
         replace(GROUP, community_quota=10, community_generations_today=12),
         _I,
         (),
@@ -514,22 +490,22 @@ def test_subject_buttons_offer_every_subject() -> None:
     ),
     quota_left=Row(
         IDLE,
-        Command("generate", ("studio",)),
+        ev.Command("generate", ("studio",)),
         replace(BASE, user_quota=3, generations_today=2),
         _I,
-        (StartGeneration,),
+        (fx.StartGeneration,),
         None,
     ),
-    unlimited=Row(IDLE, Command("generate", ("studio",)), replace(BASE, generations_today=999), _I, _GEN, None),
-    in_a_group=Row(IDLE, Command("generate", ("studio",)), GROUP, _I, (StartGeneration("studio", 4),), None),
+    unlimited=Row(IDLE, ev.Command("generate", ("studio",)), replace(BASE, generations_today=999), _I, _GEN, None),
+    in_a_group=Row(IDLE, ev.Command("generate", ("studio",)), GROUP, _I, (fx.StartGeneration("studio", 4),), None),
     style_button=Row(
-        IDLE, ButtonPressed("style", "business_suit"), BASE, _I, (StartGeneration("business_suit", 4),), None
+        IDLE, ev.ButtonPressed("style", "business_suit"), BASE, _I, (fx.StartGeneration("business_suit", 4),), None
     ),
-    more_button=Row(IDLE, ButtonPressed("more", "studio"), BASE, _I, (StartGeneration("studio", 4),), None),
-    another_button=Row(IDLE, ButtonPressed("another"), BASE, _I, (), "pick a style"),
+    more_button=Row(IDLE, ev.ButtonPressed("more", "studio"), BASE, _I, (fx.StartGeneration("studio", 4),), None),
+    another_button=Row(IDLE, ev.ButtonPressed("another"), BASE, _I, (), "pick a style"),
     button_with_quota_used=Row(
         IDLE,
-        ButtonPressed("more", "studio"),
+        ev.ButtonPressed("more", "studio"),
         replace(BASE, user_quota=1, generations_today=1),
         _I,
         (),
@@ -542,14 +518,14 @@ def test_generate(row: Row) -> None:
 
 def test_style_picker_shows_at_most_eight_buttons() -> None:
     many = tuple(StyleInfo(f"style{i}") for i in range(12))
-    decision = decide(IDLE, Command("generate"), replace(BASE, styles=many, all_styles=many))
+    decision = decide(IDLE, ev.Command("generate"), replace(BASE, styles=many, all_styles=many))
     assert [b.data for b in buttons_of(decision)] == [f"style:style{i}" for i in range(MAX_STYLE_BUTTONS)]
     assert "/styles" in text_of(decision)
 
 
 # -------------------------------------------------------------------------------- follow-up events
-def progress(stage: Stage, fraction: float = 0.0, position: int | None = None) -> JobProgress:
-    return JobProgress(Progress(run_id=RUN, stage=stage, fraction=fraction), position)
+def progress(stage: Stage, fraction: float = 0.0, position: int | None = None) -> ev.JobProgress:
+    return ev.JobProgress(Progress(run_id=RUN, stage=stage, fraction=fraction), position)
 
 
 @pytest.mark.parametrize(
@@ -564,7 +540,7 @@ def progress(stage: Stage, fraction: float = 0.0, position: int | None = None) -
         (progress(Stage.RANKING), "best likenesses"),
     ],
 )
-def test_progress_edits_the_run_message(event: JobProgress, phrase: str) -> None:
+def test_progress_edits_the_run_message(event: ev.JobProgress, phrase: str) -> None:
     decision = decide(IDLE, event, BASE)
     assert decision.state == IDLE
     assert decision.effects == ()
@@ -578,12 +554,12 @@ def test_progress_edits_the_run_message(event: JobProgress, phrase: str) -> None
 @pytest.mark.parametrize(
     ("event", "phrase"),
     [
-        (RunQueued(RUN, "train", queue_position=2), "training queued (number 2 in line)"),
-        (RunQueued(RUN, "train"), "a few minutes"),
-        (RunQueued(GEN, "generate", 1, "studio", 3), "making 3 portraits in studio (next in line)"),
+        (ev.RunQueued(RUN, "train", queue_position=2), "training queued (number 2 in line)"),
+        (ev.RunQueued(RUN, "train"), "a few minutes"),
+        (ev.RunQueued(GEN, "generate", 1, "studio", 3), "making 3 portraits in studio (next in line)"),
     ],
 )
-def test_run_queued_opens_a_progress_message(event: RunQueued, phrase: str) -> None:
+def test_run_queued_opens_a_progress_message(event: ev.RunQueued, phrase: str) -> None:
     decision = decide(IDLE, event, BASE)
     (message,) = decision.replies
     assert isinstance(message, ProgressMessage)
@@ -613,21 +589,21 @@ TOO_FEW = train_outcome(
 
 
 @rows(
-    model_ready=Row(IDLE, JobFinished(train_outcome(lora_key="runs/x/lora.safetensors")), BASE, _I, (), "ready"),
+    model_ready=Row(IDLE, ev.JobFinished(train_outcome(lora_key="runs/x/lora.safetensors")), BASE, _I, (), "ready"),
     too_few_photos=Row(
         IDLE,
-        JobFinished(TOO_FEW),
+        ev.JobFinished(TOO_FEW),
         KEYED,
         _C,
-        (ReopenSet((PHOTO_KEYS[1], PHOTO_KEYS[4], PHOTO_KEYS[0])),),
+        (fx.ReopenSet((PHOTO_KEYS[1], PHOTO_KEYS[4], PHOTO_KEYS[0])),),
         "photo 2: no face found\nphoto 5: more than one face",
         replies=2,
     ),
-    too_few_counts_usable=Row(IDLE, JobFinished(TOO_FEW), KEYED, _C, (ReopenSet,), "only use 2 photos"),
-    too_few_then_done=Row(IDLE, JobFinished(TOO_FEW), KEYED, _C, (ReopenSet,), "then /done again"),
+    too_few_counts_usable=Row(IDLE, ev.JobFinished(TOO_FEW), KEYED, _C, (fx.ReopenSet,), "only use 2 photos"),
+    too_few_then_done=Row(IDLE, ev.JobFinished(TOO_FEW), KEYED, _C, (fx.ReopenSet,), "then /done again"),
     no_face_without_numbering=Row(
         IDLE,
-        JobFinished(
+        ev.JobFinished(
             train_outcome(
                 error=ErrorCode.NO_FACE,
                 rejections=[PhotoRejection(photo_key="photos/a.jpg", reason=RejectReason.NO_FACE)],
@@ -635,36 +611,36 @@ TOO_FEW = train_outcome(
         ),
         BASE,
         _C,
-        (ReopenSet(("photos/a.jpg",)),),
+        (fx.ReopenSet(("photos/a.jpg",)),),
         "a photo: no face found",
     ),
     needs_subject=Row(
         IDLE,
-        JobFinished(train_outcome(error=ErrorCode.INTERNAL, needs_subject=True)),
+        ev.JobFinished(train_outcome(error=ErrorCode.INTERNAL, needs_subject=True)),
         BASE,
         _A,
-        (ReopenSet(()),),
+        (fx.ReopenSet(()),),
         "who is in these photos",
     ),
     cancelled_keeps_photos=Row(
         IDLE,
-        JobFinished(train_outcome(error=ErrorCode.CANCELLED)),
+        ev.JobFinished(train_outcome(error=ErrorCode.CANCELLED)),
         BASE,
         _C,
-        (ReopenSet(()),),
+        (fx.ReopenSet(()),),
         "training cancelled. your photos are kept",
     ),
     failure_during_forget_question=Row(
         UserState(Mode.CONFIRMING_FORGET),
-        JobFinished(train_outcome(error=ErrorCode.TIMEOUT)),
+        ev.JobFinished(train_outcome(error=ErrorCode.TIMEOUT)),
         BASE,
         _F,
-        (ReopenSet(()),),
+        (fx.ReopenSet(()),),
         "photos are kept",
     ),
     portraits=Row(
         IDLE,
-        JobFinished(
+        ev.JobFinished(
             generate_outcome(
                 portraits=[
                     Portrait(key="runs/g/1.png", seed=1, score=0.61),
@@ -680,7 +656,7 @@ TOO_FEW = train_outcome(
     ),
     portraits_without_scores=Row(
         IDLE,
-        JobFinished(generate_outcome(portraits=[Portrait(key="runs/g/1.png", seed=1)], blocked=2)),
+        ev.JobFinished(generate_outcome(portraits=[Portrait(key="runs/g/1.png", seed=1)], blocked=2)),
         BASE,
         _I,
         (),
@@ -689,14 +665,14 @@ TOO_FEW = train_outcome(
     ),
     no_usable_portrait=Row(
         IDLE,
-        JobFinished(generate_outcome(error=ErrorCode.NO_USABLE_PORTRAIT, blocked=1)),
+        ev.JobFinished(generate_outcome(error=ErrorCode.NO_USABLE_PORTRAIT, blocked=1)),
         BASE,
         _I,
         (),
         "didn't count against your daily limit",
     ),
     generate_cancelled=Row(
-        IDLE, JobFinished(generate_outcome(error=ErrorCode.CANCELLED)), BASE, _I, (), "portraits cancelled"
+        IDLE, ev.JobFinished(generate_outcome(error=ErrorCode.CANCELLED)), BASE, _I, (), "portraits cancelled"
     ),
 )
 def test_job_finished(row: Row) -> None:
@@ -717,7 +693,7 @@ def test_job_finished(row: Row) -> None:
     ],
 )
 def test_training_failure_keeps_photos_for_a_retry(code: ErrorCode) -> None:
-    decision = check(Row(IDLE, JobFinished(train_outcome(error=code)), BASE, _C, (ReopenSet(()),), "sorry"))
+    decision = check(Row(IDLE, ev.JobFinished(train_outcome(error=code)), BASE, _C, (fx.ReopenSet(()),), "sorry"))
     assert "/done to try again" in text_of(decision)
 
 
@@ -725,25 +701,25 @@ def test_training_failure_keeps_photos_for_a_retry(code: ErrorCode) -> None:
     "code", [ErrorCode.OUT_OF_MEMORY, ErrorCode.TIMEOUT, ErrorCode.INTERNAL, ErrorCode.MODEL_MISSING]
 )
 def test_generation_failure_is_not_charged(code: ErrorCode) -> None:
-    decision = check(Row(IDLE, JobFinished(generate_outcome(error=code)), BASE, _I, (), "sorry"))
+    decision = check(Row(IDLE, ev.JobFinished(generate_outcome(error=code)), BASE, _I, (), "sorry"))
     assert "didn't count against your daily limit" in text_of(decision)
 
 
 def test_a_style_whose_lora_is_missing_is_named_with_the_fix_and_not_charged() -> None:
-    missing = JobFinished(generate_outcome(error=ErrorCode.MODEL_MISSING, style="vintage"))
+    missing = ev.JobFinished(generate_outcome(error=ErrorCode.MODEL_MISSING, style="vintage"))
     decision = check(Row(IDLE, missing, BASE, _I, (), 'the style "vintage"', not_says="/admin"))
     said = text_of(decision)
     assert "facechain-bot models fetch" in said and "didn't count against your daily limit" in said
     assert [b.action for b in buttons_of(decision)] == ["another"]
 
-    gone = JobFinished(generate_outcome(error=ErrorCode.MODEL_MISSING, style="noir"))
+    gone = ev.JobFinished(generate_outcome(error=ErrorCode.MODEL_MISSING, style="noir"))
     decision = check(Row(IDLE, gone, GROUP, _I, (), 'the style "noir"', not_says="models fetch"))
     assert "/admin addstyle" in text_of(decision) and "didn't count" in text_of(decision)
 
 
 def test_ready_model_offers_styles() -> None:
     many = tuple(StyleInfo(f"s{i}") for i in range(11))
-    decision = decide(IDLE, JobFinished(train_outcome(lora_key="k/l.safetensors")), replace(BASE, styles=many))
+    decision = decide(IDLE, ev.JobFinished(train_outcome(lora_key="k/l.safetensors")), replace(BASE, styles=many))
     assert len(buttons_of(decision)) == MAX_STYLE_BUTTONS
     assert all(b.action == "style" for b in buttons_of(decision))
     assert "/generate" in text_of(decision)
@@ -751,18 +727,18 @@ def test_ready_model_offers_styles() -> None:
 
 def test_portraits_come_with_more_and_another_buttons() -> None:
     outcome = generate_outcome(portraits=[Portrait(key="runs/g/1.png", seed=1)])
-    decision = decide(IDLE, JobFinished(outcome), BASE)
+    decision = decide(IDLE, ev.JobFinished(outcome), BASE)
     photos = next(r for r in decision.replies if isinstance(r, Photos))
     assert photos.keys == ("runs/g/1.png",)
     assert [b.data for b in photos.buttons] == ["more:studio", "another:"]
 
 
 # --------------------------------------------------------------------------------------------- admin
-def admin(*args: str, attachment: OfferedFile | None = None) -> Command:
-    return Command("admin", args, text=" ".join(args), attachment=attachment)
+def admin(*args: str, attachment: ev.OfferedFile | None = None) -> ev.Command:
+    return ev.Command("admin", args, text=" ".join(args), attachment=attachment)
 
 
-LORA = OfferedFile("lora", 5_000_000, "application/octet-stream", "noir.safetensors")
+LORA = ev.OfferedFile("lora", 5_000_000, "application/octet-stream", "noir.safetensors")
 
 
 @rows(
@@ -772,31 +748,31 @@ LORA = OfferedFile("lora", 5_000_000, "application/octet-stream", "noir.safetens
     unknown_subcommand=Row(IDLE, admin("frob"), ADMIN_HERE, _I, (), "admin commands"),
     list_styles=Row(IDLE, admin("styles"), ADMIN_HERE, _I, (), "vintage: off"),
     list_styles_on=Row(IDLE, admin("styles"), ADMIN_HERE, _I, (), "studio: on"),
-    enable=Row(IDLE, admin("enable", "vintage"), ADMIN_HERE, _I, (SetStyleEnabled("vintage", True),), "now on"),
-    disable=Row(IDLE, admin("disable", "Studio"), ADMIN_HERE, _I, (SetStyleEnabled("studio", False),), "now off"),
+    enable=Row(IDLE, admin("enable", "vintage"), ADMIN_HERE, _I, (fx.SetStyleEnabled("vintage", True),), "now on"),
+    disable=Row(IDLE, admin("disable", "Studio"), ADMIN_HERE, _I, (fx.SetStyleEnabled("studio", False),), "now off"),
     enable_unknown=Row(IDLE, admin("enable", "nope"), ADMIN_HERE, _I, (), 'no style "nope"'),
     enable_without_name=Row(IDLE, admin("enable"), ADMIN_HERE, _I, (), "usage: /admin enable"),
     addstyle=Row(
         IDLE,
-        Command(
+        ev.Command(
             "admin",
             ("addstyle", "film_noir", "black", "and", "white,"),
             text="addstyle film_noir black and  white,",
         ),
         ADMIN_HERE,
         _I,
-        (AddStyle("film_noir", "black and  white,"),),
+        (fx.AddStyle("film_noir", "black and  white,"),),
         None,
     ),
     addstyle_lowercases=Row(
-        IDLE, admin("addstyle", "Noir2", "dark"), ADMIN_HERE, _I, (AddStyle("noir2", "dark"),), None
+        IDLE, admin("addstyle", "Noir2", "dark"), ADMIN_HERE, _I, (fx.AddStyle("noir2", "dark"),), None
     ),
     addstyle_with_lora=Row(
         IDLE,
         admin("addstyle", "noir", "dark", attachment=LORA),
         ADMIN_HERE,
         _I,
-        (AddStyle("noir", "dark", LORA),),
+        (fx.AddStyle("noir", "dark", LORA),),
         None,
     ),
     addstyle_bad_name=Row(IDLE, admin("addstyle", "film/noir", "dark"), ADMIN_HERE, _I, (), "1-32 characters"),
@@ -807,7 +783,7 @@ LORA = OfferedFile("lora", 5_000_000, "application/octet-stream", "noir.safetens
     addstyle_builtin_name=Row(IDLE, admin("addstyle", "studio", "x"), ADMIN_HERE, _I, (), "built-in"),
     addstyle_not_safetensors=Row(
         IDLE,
-        admin("addstyle", "noir", "dark", attachment=OfferedFile("b", 10, None, "noir.ckpt")),
+        admin("addstyle", "noir", "dark", attachment=ev.OfferedFile("b", 10, None, "noir.ckpt")),
         ADMIN_HERE,
         _I,
         (),
@@ -821,11 +797,13 @@ LORA = OfferedFile("lora", 5_000_000, "application/octet-stream", "noir.safetens
         (),
         "too large (the limit is 256 mb)",
     ),
-    removestyle=Row(IDLE, admin("removestyle", "noir"), ADMIN_HERE, _I, (RemoveStyle("noir"),), "removed"),
+    removestyle=Row(IDLE, admin("removestyle", "noir"), ADMIN_HERE, _I, (fx.RemoveStyle("noir"),), "removed"),
     removestyle_builtin=Row(IDLE, admin("removestyle", "studio"), ADMIN_HERE, _I, (), "built in"),
     removestyle_unknown=Row(IDLE, admin("removestyle", "nope"), ADMIN_HERE, _I, (), 'no style "nope"'),
-    quota_user=Row(IDLE, admin("quota", "user", "5"), ADMIN_HERE, _I, (SetQuota("user", 5),), "5 portrait runs"),
-    quota_group_off=Row(IDLE, admin("quota", "group", "off"), ADMIN_HERE, _I, (SetQuota("group", None),), "no daily"),
+    quota_user=Row(IDLE, admin("quota", "user", "5"), ADMIN_HERE, _I, (fx.SetQuota("user", 5),), "5 portrait runs"),
+    quota_group_off=Row(
+        IDLE, admin("quota", "group", "off"), ADMIN_HERE, _I, (fx.SetQuota("group", None),), "no daily"
+    ),
     quota_negative=Row(IDLE, admin("quota", "user", "-1"), ADMIN_HERE, _I, (), "usage: /admin quota"),
     quota_bad_scope=Row(IDLE, admin("quota", "world", "3"), ADMIN_HERE, _I, (), "usage: /admin quota"),
     results_direct=Row(
@@ -833,7 +811,7 @@ LORA = OfferedFile("lora", 5_000_000, "application/octet-stream", "noir.safetens
         admin("results", "direct"),
         ADMIN_HERE,
         _I,
-        (SetCommunityOption("results_to", "direct"),),
+        (fx.SetCommunityOption("results_to", "direct"),),
         "privately",
     ),
     results_channel=Row(
@@ -841,17 +819,17 @@ LORA = OfferedFile("lora", 5_000_000, "application/octet-stream", "noir.safetens
         admin("results", "channel"),
         ADMIN_HERE,
         _I,
-        (SetCommunityOption("results_to", "channel"),),
+        (fx.SetCommunityOption("results_to", "channel"),),
         "here",
     ),
     results_bad=Row(IDLE, admin("results", "moon"), ADMIN_HERE, _I, (), "usage: /admin results"),
-    nsfw_on=Row(IDLE, admin("nsfw", "on"), ADMIN_HERE, _I, (SetCommunityOption("nsfw", "on"),), "allowed"),
-    nsfw_off=Row(IDLE, admin("nsfw", "OFF"), ADMIN_HERE, _I, (SetCommunityOption("nsfw", "off"),), "blocked"),
+    nsfw_on=Row(IDLE, admin("nsfw", "on"), ADMIN_HERE, _I, (fx.SetCommunityOption("nsfw", "on"),), "allowed"),
+    nsfw_off=Row(IDLE, admin("nsfw", "OFF"), ADMIN_HERE, _I, (fx.SetCommunityOption("nsfw", "off"),), "blocked"),
     nsfw_bad=Row(IDLE, admin("nsfw"), ADMIN_HERE, _I, (), "usage: /admin nsfw"),
-    style_added=Row(IDLE, StyleAdded("noir"), ADMIN_HERE, _I, (), "style noir added"),
-    style_refused=Row(IDLE, StyleAdded("noir", "bad_tensor_names"), ADMIN_HERE, _I, (), "tensor names"),
-    style_exists=Row(IDLE, StyleAdded("studio", "exists_builtin"), ADMIN_HERE, _I, (), "built-in"),
-    style_odd_code=Row(IDLE, StyleAdded("noir", "weird"), ADMIN_HERE, _I, (), "refused (weird)"),
+    style_added=Row(IDLE, ev.StyleAdded("noir"), ADMIN_HERE, _I, (), "style noir added"),
+    style_refused=Row(IDLE, ev.StyleAdded("noir", "bad_tensor_names"), ADMIN_HERE, _I, (), "tensor names"),
+    style_exists=Row(IDLE, ev.StyleAdded("studio", "exists_builtin"), ADMIN_HERE, _I, (), "built-in"),
+    style_odd_code=Row(IDLE, ev.StyleAdded("noir", "weird"), ADMIN_HERE, _I, (), "refused (weird)"),
 )
 def test_admin(row: Row) -> None:
     check(row)
@@ -882,31 +860,31 @@ FACT_VARIANTS = {
     "long_style_names": replace(ADMIN_HERE, styles=LONG_STYLES, all_styles=LONG_STYLES),
     "long_style_private": replace(BASE, styles=LONG_STYLES, all_styles=LONG_STYLES),
 }
-EVENTS: list[Event] = [
+EVENTS: list[ev.Event] = [
     *COMMAND_EVENTS.values(),
-    Command("generate"),
-    Command("generate", (LONG,)),
-    Command("admin", ("addstyle", "a", "b")),
-    Command("admin", ("removestyle", LONG)),
-    Command("admin", ("enable", LONG)),
-    PhotosOffered((jpeg(), HEIC, HUGE, PDF)),
-    PhotosOffered(()),
-    saved(OK, SavedPhoto("x", False, None), total=3),
-    *(ButtonPressed(action, value) for action in BUTTONS for value in ("", "yes", "no", "woman", "studio", LONG)),
-    TextMessage("hi"),
-    RunQueued(RUN, "train"),
-    RunQueued(GEN, "generate", 2, LONG, 4),
+    ev.Command("generate"),
+    ev.Command("generate", (LONG,)),
+    ev.Command("admin", ("addstyle", "a", "b")),
+    ev.Command("admin", ("removestyle", LONG)),
+    ev.Command("admin", ("enable", LONG)),
+    ev.PhotosOffered((jpeg(), HEIC, HUGE, PDF)),
+    ev.PhotosOffered(()),
+    saved(OK, ev.SavedPhoto("x", False, None), total=3),
+    *(ev.ButtonPressed(action, value) for action in BUTTONS for value in ("", "yes", "no", "woman", "studio", LONG)),
+    ev.TextMessage("hi"),
+    ev.RunQueued(RUN, "train"),
+    ev.RunQueued(GEN, "generate", 2, LONG, 4),
     progress(Stage.TRAINING, 1.0),
-    RunsCancelled(()),
-    QueueUnavailable("train"),
-    QueueUnavailable("generate"),
-    RunRestarted(RUN, 3, 3),
-    StyleAdded(LONG, "exists"),
-    JobFinished(TOO_FEW),
-    JobFinished(train_outcome(lora_key="k/l.safetensors")),
-    JobFinished(generate_outcome(portraits=[Portrait(key="k/1.png", seed=1)]), style=LONG),
-    JobFinished(GenerateOutcome(run_id=GEN, style=LONG, portraits=[Portrait(key="k/1.png", seed=1)])),
-    JobFinished(GenerateOutcome(run_id=GEN, style=LONG, error=ErrorCode.NO_USABLE_PORTRAIT)),
+    ev.RunsCancelled(()),
+    ev.QueueUnavailable("train"),
+    ev.QueueUnavailable("generate"),
+    ev.RunRestarted(RUN, 3, 3),
+    ev.StyleAdded(LONG, "exists"),
+    ev.JobFinished(TOO_FEW),
+    ev.JobFinished(train_outcome(lora_key="k/l.safetensors")),
+    ev.JobFinished(generate_outcome(portraits=[Portrait(key="k/1.png", seed=1)]), style=LONG),
+    ev.JobFinished(GenerateOutcome(run_id=GEN, style=LONG, portraits=[Portrait(key="k/1.png", seed=1)])),
+    ev.JobFinished(GenerateOutcome(run_id=GEN, style=LONG, error=ErrorCode.NO_USABLE_PORTRAIT)),
 ]
 
 
@@ -955,13 +933,13 @@ def test_buttons_the_flow_makes_are_buttons_it_understands() -> None:
             shown.update((b.action, b.value) for b in buttons_of(decide(state, event, BASE)))
     assert {a for a, _ in shown} == set(BUTTONS)
     for action, value in shown:
-        decision = decide(CONFIRMING if action == "forget" else ASKING, ButtonPressed(action, value), BASE)
+        decision = decide(CONFIRMING if action == "forget" else ASKING, ev.ButtonPressed(action, value), BASE)
         assert "doesn't work any more" not in text_of(decision)
 
 
 def test_bot_side_reasons_have_their_own_words() -> None:
-    for reason in BotRejectReason:
-        decision = decide(COLLECTING, saved(SavedPhoto("x", False, reason), total=3), BASE)
+    for reason in ev.BotRejectReason:
+        decision = decide(COLLECTING, saved(ev.SavedPhoto("x", False, reason), total=3), BASE)
         assert "couldn't be used" not in text_of(decision), reason
 
 
@@ -975,7 +953,7 @@ def test_bot_side_reasons_have_their_own_words() -> None:
     ],
 )
 def test_start_explains_what_where_and_what_is_kept(phrase: str) -> None:
-    decision = decide(IDLE, Command("start"), replace(BASE, limits=Limits(min_photos=3, max_photos=10)))
+    decision = decide(IDLE, ev.Command("start"), replace(BASE, limits=Limits(min_photos=3, max_photos=10)))
     assert phrase in text_of(decision)
     assert "\n\n" in text_of(decision)
 
@@ -986,15 +964,15 @@ LIM = Limits()
 MIN, MAX = LIM.min_photos, LIM.max_photos
 
 
-def file_of(size: int) -> OfferedFile:
+def file_of(size: int) -> ev.OfferedFile:
     return jpeg("s", size=size)
 
 
-def prompt_of(length: int) -> Command:
+def prompt_of(length: int) -> ev.Command:
     return admin("addstyle", "noir", "p" * length)
 
 
-def lora_of(size: int) -> Command:
+def lora_of(size: int) -> ev.Command:
     return admin("addstyle", "noir", "dark", attachment=replace(LORA, size=size))
 
 
@@ -1008,52 +986,62 @@ def group_quota(used: int, limit: int) -> Facts:
 
 @rows(
     done_one_below_min_photos=Row(
-        COLLECTING, Command("done"), replace(BASE, photo_count=MIN - 1), _C, (), "send 1 more"
+        COLLECTING, ev.Command("done"), replace(BASE, photo_count=MIN - 1), _C, (), "send 1 more"
     ),
     done_at_min_photos=Row(
-        COLLECTING, Command("done"), replace(BASE, photo_count=MIN), _A, (), "who is in these photos"
+        COLLECTING, ev.Command("done"), replace(BASE, photo_count=MIN), _A, (), "who is in these photos"
     ),
     done_at_max_photos=Row(
-        COLLECTING, Command("done"), replace(BASE, photo_count=MAX), _A, (), "who is in these photos"
+        COLLECTING, ev.Command("done"), replace(BASE, photo_count=MAX), _A, (), "who is in these photos"
     ),
     photo_fills_the_last_place=Row(
-        COLLECTING, PhotosOffered((jpeg(),)), replace(BASE, photo_count=MAX - 1), _C, (SavePhotos((jpeg(),)),), None
+        COLLECTING,
+        ev.PhotosOffered((jpeg(),)),
+        replace(BASE, photo_count=MAX - 1),
+        _C,
+        (fx.SavePhotos((jpeg(),)),),
+        None,
     ),
-    photo_past_max_photos=Row(COLLECTING, PhotosOffered((jpeg(),)), replace(BASE, photo_count=MAX), _C, (), "full"),
+    photo_past_max_photos=Row(COLLECTING, ev.PhotosOffered((jpeg(),)), replace(BASE, photo_count=MAX), _C, (), "full"),
     saved_one_below_min_photos=Row(COLLECTING, saved(OK, total=MIN - 1), BASE, _C, (), "send 1 more"),
     saved_at_min_photos=Row(COLLECTING, saved(OK, total=MIN), BASE, _C, (), "/done to start", not_says="send 1 more"),
     photo_at_max_bytes=Row(
         COLLECTING,
-        PhotosOffered((file_of(LIM.max_photo_bytes),)),
+        ev.PhotosOffered((file_of(LIM.max_photo_bytes),)),
         BASE,
         _C,
-        (SavePhotos((file_of(LIM.max_photo_bytes),)),),
+        (fx.SavePhotos((file_of(LIM.max_photo_bytes),)),),
         None,
     ),
     photo_one_byte_over=Row(
-        COLLECTING, PhotosOffered((file_of(LIM.max_photo_bytes + 1),)), BASE, _C, (), "too large (the limit is 20 mb)"
+        COLLECTING,
+        ev.PhotosOffered((file_of(LIM.max_photo_bytes + 1),)),
+        BASE,
+        _C,
+        (),
+        "too large (the limit is 20 mb)",
     ),
-    count_one=Row(IDLE, Command("generate", ("studio", "1")), BASE, _I, (StartGeneration("studio", 1),), None),
+    count_one=Row(IDLE, ev.Command("generate", ("studio", "1")), BASE, _I, (fx.StartGeneration("studio", 1),), None),
     count_at_max=Row(
         IDLE,
-        Command("generate", ("studio", str(LIM.max_count))),
+        ev.Command("generate", ("studio", str(LIM.max_count))),
         BASE,
         _I,
-        (StartGeneration("studio", LIM.max_count),),
+        (fx.StartGeneration("studio", LIM.max_count),),
         None,
     ),
     count_one_over_max=Row(
-        IDLE, Command("generate", ("studio", str(LIM.max_count + 1))), BASE, _I, (), f"from 1 to {LIM.max_count}"
+        IDLE, ev.Command("generate", ("studio", str(LIM.max_count + 1))), BASE, _I, (), f"from 1 to {LIM.max_count}"
     ),
-    user_quota_one_left=Row(IDLE, Command("generate", ("studio",)), quota(2, 3), _I, _GEN, None),
-    user_quota_at_limit=Row(IDLE, Command("generate", ("studio",)), quota(3, 3), _I, (), "resets tomorrow"),
-    user_quota_zero=Row(IDLE, Command("generate", ("studio",)), quota(0, 0), _I, (), "resets tomorrow"),
-    group_quota_one_left=Row(IDLE, Command("generate", ("studio",)), group_quota(9, 10), _I, _GEN, None),
+    user_quota_one_left=Row(IDLE, ev.Command("generate", ("studio",)), quota(2, 3), _I, _GEN, None),
+    user_quota_at_limit=Row(IDLE, ev.Command("generate", ("studio",)), quota(3, 3), _I, (), "resets tomorrow"),
+    user_quota_zero=Row(IDLE, ev.Command("generate", ("studio",)), quota(0, 0), _I, (), "resets tomorrow"),
+    group_quota_one_left=Row(IDLE, ev.Command("generate", ("studio",)), group_quota(9, 10), _I, _GEN, None),
     group_quota_at_limit=Row(
-        IDLE, Command("generate", ("studio",)), group_quota(10, 10), _I, (), "this group has used its 10"
+        IDLE, ev.Command("generate", ("studio",)), group_quota(10, 10), _I, (), "this group has used its 10"
     ),
     style_name_at_32=Row(
-        IDLE, admin("addstyle", "n" * 32, "dark"), ADMIN_HERE, _I, (AddStyle("n" * 32, "dark"),), None
+        IDLE, admin("addstyle", "n" * 32, "dark"), ADMIN_HERE, _I, (fx.AddStyle("n" * 32, "dark"),), None
     ),
     style_name_at_33=Row(IDLE, admin("addstyle", "n" * 33, "dark"), ADMIN_HERE, _I, (), "1-32 characters"),
     prompt_at_max=Row(
@@ -1061,17 +1049,19 @@ def group_quota(used: int, limit: int) -> Facts:
         prompt_of(LIM.max_style_prompt_chars),
         ADMIN_HERE,
         _I,
-        (AddStyle("noir", "p" * LIM.max_style_prompt_chars),),
+        (fx.AddStyle("noir", "p" * LIM.max_style_prompt_chars),),
         None,
     ),
     prompt_one_over=Row(IDLE, prompt_of(LIM.max_style_prompt_chars + 1), ADMIN_HERE, _I, (), "too long"),
-    lora_at_max_bytes=Row(IDLE, lora_of(LIM.max_lora_bytes), ADMIN_HERE, _I, (AddStyle,), None),
+    lora_at_max_bytes=Row(IDLE, lora_of(LIM.max_lora_bytes), ADMIN_HERE, _I, (fx.AddStyle,), None),
     lora_one_byte_over=Row(
         IDLE, lora_of(LIM.max_lora_bytes + 1), ADMIN_HERE, _I, (), "too large (the limit is 256 mb)"
     ),
-    quota_set_to_zero=Row(IDLE, admin("quota", "user", "0"), ADMIN_HERE, _I, (SetQuota("user", 0),), "0 portrait runs"),
+    quota_set_to_zero=Row(
+        IDLE, admin("quota", "user", "0"), ADMIN_HERE, _I, (fx.SetQuota("user", 0),), "0 portrait runs"
+    ),
     quota_at_its_ceiling=Row(
-        IDLE, admin("quota", "user", "10000"), ADMIN_HERE, _I, (SetQuota("user", 10_000),), "10000 portrait"
+        IDLE, admin("quota", "user", "10000"), ADMIN_HERE, _I, (fx.SetQuota("user", 10_000),), "10000 portrait"
     ),
     quota_over_its_ceiling=Row(IDLE, admin("quota", "user", "10001"), ADMIN_HERE, _I, (), "usage: /admin quota"),
 )
@@ -1083,8 +1073,8 @@ def test_limits_at_their_boundary(row: Row) -> None:
 def test_done_follows_the_configured_minimum(min_photos: int) -> None:
     """FACECHAIN_MIN_PHOTOS is read, not the default: /done at exactly the minimum asks who it is."""
     facts = replace(BASE, limits=Limits(min_photos=min_photos), photo_count=min_photos)
-    assert decide(COLLECTING, Command("done"), facts).state.mode is Mode.ASKING_SUBJECT
-    below = decide(COLLECTING, Command("done"), replace(facts, photo_count=min_photos - 1))
+    assert decide(COLLECTING, ev.Command("done"), facts).state.mode is Mode.ASKING_SUBJECT
+    below = decide(COLLECTING, ev.Command("done"), replace(facts, photo_count=min_photos - 1))
     assert below.state.mode is Mode.COLLECTING and "send 1 more" in text_of(below)
 
 
@@ -1097,7 +1087,7 @@ PICTURED_ALL = (*PICTURED, StyleInfo("vintage", "Old film", builtin=True, previe
 
 
 def test_styles_show_the_pictures_they_have_after_the_list() -> None:
-    decision = decide(IDLE, Command("styles"), replace(BASE, styles=PICTURED, all_styles=PICTURED_ALL))
+    decision = decide(IDLE, ev.Command("styles"), replace(BASE, styles=PICTURED, all_styles=PICTURED_ALL))
     listing, pictures = decision.replies
     assert isinstance(listing, Text) and "suit and tie" in listing.text.casefold()
     assert pictures == Photos(("styles/previews/studio.jpg",), "What studio looks like.")
@@ -1114,10 +1104,10 @@ def test_admins_see_the_pictures_of_every_style_here() -> None:
 
 
 def test_styles_without_pictures_are_a_list_only() -> None:
-    assert [type(r) for r in decide(IDLE, Command("styles"), BASE).replies] == [Text]
+    assert [type(r) for r in decide(IDLE, ev.Command("styles"), BASE).replies] == [Text]
 
 
 def test_at_most_ten_pictures_go_with_a_list() -> None:
     many = tuple(StyleInfo(f"s{i}", preview=f"styles/previews/s{i}.jpg") for i in range(12))
-    pictures = decide(IDLE, Command("styles"), replace(BASE, styles=many, all_styles=many)).replies[-1]
+    pictures = decide(IDLE, ev.Command("styles"), replace(BASE, styles=many, all_styles=many)).replies[-1]
     assert isinstance(pictures, Photos) and pictures.keys == tuple(f"styles/previews/s{i}.jpg" for i in range(10))
