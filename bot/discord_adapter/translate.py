@@ -8,6 +8,8 @@ delivers there, so no interaction has to wait for Discord to create it.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import discord
 
 from bot.core.events import Command, OfferedFile
@@ -35,14 +37,12 @@ def origin_of_interaction(interaction: discord.Interaction[discord.Client]) -> O
     """The origin of an interaction: a server channel (with the member's Manage Server permission) or a DM."""
     user = interaction.user
     channel_id = str(interaction.channel_id or "")
+    in_private = _dm_origin(user, channel_id)
     if interaction.guild_id is None:
-        return _dm_origin(user, channel_id)
-    return Origin(
-        platform=Platform.DISCORD,
-        user_id=str(user.id),
-        chat_id=channel_id,
+        return in_private
+    return replace(
+        in_private,
         private=False,
-        display_name=user.display_name,
         community_id=str(interaction.guild_id),
         # The permission Discord computed for this member in this channel, sent with the interaction:
         # the command's default_permissions only hides the menu entry, and server owners can change that.
