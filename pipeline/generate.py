@@ -81,6 +81,16 @@ class Candidate:
     seed: int
 
 
+@dataclass(frozen=True)
+class Sampling:
+    """What every batch of one job is denoised with: the encoded prompts, the steps and the guidance."""
+
+    prompt_embeds: torch.Tensor
+    negative_embeds: torch.Tensor
+    steps: int
+    guidance: float
+
+
 def adapter_names(pipe: StableDiffusionPipeline) -> list[str]:
     """Names of the LoRA adapters present on the pipeline's UNet and text encoder."""
     names: set[str] = set()
@@ -181,12 +191,12 @@ class PortraitGenerator:
             if background_compile and self.unet.compiled is not None:
                 compiled_unet, self.unet = self.unet, GraphedUNet(self.pipe.unet)
                 self.unet.enabled = compiled_unet.enabled  # graphs or not, as configured
-            prompt_embeds, negative_embeds = self._prompt_embeds(WARM_UP_STYLE, TRIGGER_TOKEN)
+            sampling = self._sampling(WARM_UP_STYLE, TRIGGER_TOKEN, steps, self.settings.guidance_scale)
             count = min(self.settings.candidates, self.settings.generate_batch_size)
-            guidance = self.settings.guidance_scale
-            self._run_batches(prompt_embeds, negative_embeds, list(range(count)), steps, guidance, count, None, None)
+            self._run_batches(sampling, list(range(count)), count, None, None)
         if compiled_unet is not None:
-            hidden = torch.cat([negative_embeds, prompt_embeds]).to(self.pipe.device, self.pipe.unet.dtype)
+            hidden = torch.cat([sampling.negative_embeds, sampling.prompt_embeds])
+            hidden = hidden.to(self.pipe.device, self.pipe.unet.dtype)
             self._pending_compile = (compiled_unet, count, hidden)
             if not defer_compile:
                 self.start_background_compile()
@@ -353,11 +363,8 @@ class PortraitGenerator:
                 direct = self.merge == "direct" and self._fuse_direct(face_lora_path, style, style_lora_path)
                 if not direct:
                     snapshot = self._apply_peft(face_lora_path, style, style_lora_path)
-                prompt_embeds, negative_embeds = self._prompt_embeds(style, trigger)
-                images = self._run_batches(
-                    prompt_embeds, negative_embeds, seeds, steps, guidance, batch_size, on_progress, should_stop,
-                    graphed=direct,
-                )  # fmt: skip
+                sampling = self._sampling(style, trigger, steps, guidance)
+                images = self._run_batches(sampling, seeds, batch_size, on_progress, should_stop, graphed=direct)
                 log.info(
                     "generated %d candidates in %.1fs (style %s, %d steps)",
                     len(images), time.perf_counter() - started, style.name, steps,
@@ -375,15 +382,17 @@ class PortraitGenerator:
                 raise DeviceOutOfMemory(f"out of memory while generating (batch {batch_size})")
             raise AssertionError("unreachable")
 
-    def _prompt_embeds(self, style: StyleSpec, trigger: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """The style's portrait prompt and negative prompt (pipeline/prompts.py), encoded."""
-        return build_prompt_embeds(
+    def _sampling(self, style: StyleSpec, trigger: str, steps: int, guidance: float) -> Sampling:
+        """The style's portrait prompt and negative prompt (pipeline/prompts.py), encoded, with the job's
+        steps and guidance."""
+        prompt_embeds, negative_embeds = build_prompt_embeds(
             self.pipe.tokenizer,
             self.pipe.text_encoder,
             portrait_prompt(style, trigger),
             portrait_negative_prompt(style, trigger),
             self.settings.prompt_encoding,
         )
+        return Sampling(prompt_embeds, negative_embeds, steps, guidance)
 
     def _apply_peft(
         self, face_lora_path: Path, style: StyleSpec, style_lora_path: Path | None
@@ -407,18 +416,15 @@ class PortraitGenerator:
 
     def _run_batches(
         self,
-        prompt_embeds: torch.Tensor,
-        negative_embeds: torch.Tensor,
+        sampling: Sampling,
         seeds: list[int],
-        steps: int,
-        guidance: float,
         batch_size: int,
         on_progress: GenerateProgressFn | None,
         should_stop: StopFn | None,
         graphed: bool = True,
     ) -> list[Image.Image]:
         batches = [seeds[i : i + batch_size] for i in range(0, len(seeds), batch_size)]
-        total_steps = steps * len(batches)
+        total_steps = sampling.steps * len(batches)
         done = 0
 
         def step_done() -> None:
@@ -433,20 +439,13 @@ class PortraitGenerator:
         for batch in batches:
             if should_stop is not None and should_stop():
                 raise GenerationCancelled(f"generation cancelled after {done} of {total_steps} steps")
-            latents = self._denoise(prompt_embeds, negative_embeds, batch, steps, guidance, step_done, graphed)
+            latents = self._denoise(sampling, batch, step_done, graphed)
             images.extend(self._decode(latents))
         return images
 
     @torch.no_grad()
     def _denoise(
-        self,
-        prompt_embeds: torch.Tensor,
-        negative_embeds: torch.Tensor,
-        seeds: list[int],
-        steps: int,
-        guidance: float,
-        step_done: Callable[[], None],
-        graphed: bool,
+        self, sampling: Sampling, seeds: list[int], step_done: Callable[[], None], graphed: bool
     ) -> torch.Tensor:
         """diffusers' SD loop: seeded noise, DPM-Solver steps, classifier-free guidance; the latents."""
         from diffusers.utils.torch_utils import randn_tensor
@@ -460,12 +459,13 @@ class PortraitGenerator:
         # CPU generators: a seed gives the same starting noise on any GPU (or none).
         generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
         latents = randn_tensor(shape, generator=generators, device=device, dtype=dtype)
-        scheduler.set_timesteps(steps, device=device)
+        scheduler.set_timesteps(sampling.steps, device=device)
         latents = latents * scheduler.init_noise_sigma
+        guidance = sampling.guidance
         cfg = guidance > 1.0
-        hidden = prompt_embeds.to(device, dtype).expand(n, -1, -1)
+        hidden = sampling.prompt_embeds.to(device, dtype).expand(n, -1, -1)
         if cfg:
-            hidden = torch.cat([negative_embeds.to(device, dtype).expand(n, -1, -1), hidden])
+            hidden = torch.cat([sampling.negative_embeds.to(device, dtype).expand(n, -1, -1), hidden])
         forward = self.unet if graphed else self.unet.eager
         for t in scheduler.timesteps:
             model_input = torch.cat([latents] * 2) if cfg else latents

@@ -15,6 +15,7 @@ from pipeline.devices import DeviceOutOfMemory
 from pipeline.generate import (
     GenerationCancelled,
     PortraitGenerator,
+    Sampling,
     adapter_names,
     has_lora_layers,
 )
@@ -205,7 +206,7 @@ def test_the_denoising_loop_gives_the_diffusers_pipelines_own_images(generator: 
 
     pipe = generator.pipe
     prompt, negative = build_prompt_embeds(pipe.tokenizer, pipe.text_encoder, "a portrait", "blurry")
-    ours = generator._run_batches(prompt, negative, [5, 6], 3, 7.0, 2, None, None, graphed=False)
+    ours = generator._run_batches(Sampling(prompt, negative, 3, 7.0), [5, 6], 2, None, None, graphed=False)
     theirs = pipe(
         prompt_embeds=prompt.expand(2, -1, -1),
         negative_prompt_embeds=negative.expand(2, -1, -1),
