@@ -35,43 +35,35 @@ def test_generate_refuses_a_count_out_of_range(tmp_path: Path, redis_url: str, c
     assert not (tmp_path / "out").exists(), "nothing was started"
 
 
+#: What a setting that does not parse adds to the line naming it.
+INVALID = "invalid configuration"
+
+
 @pytest.mark.parametrize(
-    ("setting", "value", "expected"),
+    ("command", "setting", "value", "expected"),
     [
-        ("queues", "trian", "FACECHAIN_QUEUES"),
-        ("device", "gpu7", "FACECHAIN_DEVICE"),
-        ("redis_url", "http://127.0.0.1:6379/0", "FACECHAIN_REDIS_URL"),
-        ("max_train_steps", "lots", "FACECHAIN_MAX_TRAIN_STEPS"),
+        ("worker", "queues", "trian", ("FACECHAIN_QUEUES", INVALID)),
+        ("worker", "device", "gpu7", ("FACECHAIN_DEVICE", INVALID)),
+        ("worker", "redis_url", "http://127.0.0.1:6379/0", ("FACECHAIN_REDIS_URL", INVALID)),
+        ("worker", "max_train_steps", "lots", ("FACECHAIN_MAX_TRAIN_STEPS", INVALID)),
+        ("bot", "telegram_webhook_listen", "8443", ("FACECHAIN_TELEGRAM_WEBHOOK_LISTEN", INVALID)),
+        ("bot", "discord_gateway_url", "ftp://gateway.example", ("FACECHAIN_DISCORD_GATEWAY_URL", INVALID)),
+        ("bot", "min_photos", "0", ("FACECHAIN_MIN_PHOTOS", INVALID)),
+        ("bot", "styles_dir", "/no/such/styles", ("FACECHAIN_STYLES_DIR /no/such/styles is not a directory",)),
     ],
 )
-def test_a_bad_worker_setting_is_named_in_one_line(
-    tmp_path: Path, redis_url: str, setting: str, value: str, expected: str
+def test_a_bad_setting_is_named_in_one_line_without_the_token(
+    tmp_path: Path, redis_url: str, command: str, setting: str, value: str, expected: tuple[str, ...]
 ) -> None:
-    env = cli_environment(tmp_path, redis_url, **{setting: value})
-    assert_one_line_exit_2(run_cli(["worker"], env, tmp_path), expected, "invalid configuration")
+    token = "123456789:AAE-secret-value-0123456789abcdefghij"
+    env = cli_environment(tmp_path, redis_url, telegram_token=token, **{setting: value})
+    line = assert_one_line_exit_2(run_cli([command], env, tmp_path), *expected)
+    assert "AAE-secret-value-0123456789" not in line
 
 
 def test_a_bad_queues_flag_is_named_in_one_line(tmp_path: Path, redis_url: str) -> None:
     result = run_cli(["worker", "--queues", "train,paint"], cli_environment(tmp_path, redis_url), tmp_path)
     assert_one_line_exit_2(result, "--queues train,paint", "train,generate")
-
-
-@pytest.mark.parametrize(
-    ("setting", "value", "expected"),
-    [
-        ("telegram_webhook_listen", "8443", "FACECHAIN_TELEGRAM_WEBHOOK_LISTEN"),
-        ("discord_gateway_url", "ftp://gateway.example", "FACECHAIN_DISCORD_GATEWAY_URL"),
-        ("min_photos", "0", "FACECHAIN_MIN_PHOTOS"),
-        ("styles_dir", "/no/such/styles", "FACECHAIN_STYLES_DIR /no/such/styles is not a directory"),
-    ],
-)
-def test_a_bad_bot_setting_is_named_in_one_line(
-    tmp_path: Path, redis_url: str, setting: str, value: str, expected: str
-) -> None:
-    token = "123456789:AAE-secret-value-0123456789abcdefghij"
-    env = cli_environment(tmp_path, redis_url, telegram_token=token, **{setting: value})
-    line = assert_one_line_exit_2(run_cli(["bot"], env, tmp_path), expected)
-    assert "AAE-secret-value-0123456789" not in line
 
 
 def test_the_worker_with_a_missing_model_says_how_to_fetch_it(tmp_path: Path, redis_url: str) -> None:
