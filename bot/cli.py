@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import inspect
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -73,6 +74,12 @@ def _require_redis(url: str) -> None:
 
 
 def _cmd_bot(args: argparse.Namespace) -> int:
+    """Run the chat bot (Telegram and/or Discord, whichever tokens are set).
+
+    Run the bot process: the chat adapters whose tokens are set (FACECHAIN_TELEGRAM_TOKEN,
+    FACECHAIN_DISCORD_TOKEN), the database and the result consumer. Needs Redis (FACECHAIN_REDIS_URL) and at
+    least one GPU worker somewhere.
+    """
     from bot.config import BotSettings
 
     settings = load_settings(BotSettings)
@@ -85,6 +92,11 @@ def _cmd_bot(args: argparse.Namespace) -> int:
 
 
 def _cmd_worker(args: argparse.Namespace) -> int:
+    """Run a GPU worker that trains face models and generates portraits.
+
+    Run a GPU worker: loads the models once, then takes jobs from Redis. Run one per GPU; any machine that
+    reaches Redis and the blob store can host one.
+    """
     from pipeline.config import WorkerSettings
 
     settings = load_settings(WorkerSettings)
@@ -107,6 +119,13 @@ def _cmd_worker(args: argparse.Namespace) -> int:
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
+    """Run everything on this machine without Docker: the bot, a worker and (if needed) a private Redis.
+
+    Start the bot and a worker as child processes, and a private redis-server (from PATH, data and append-only
+    file under FACECHAIN_DATA_DIR/redis) unless FACECHAIN_REDIS_URL is set. Ctrl-C or SIGTERM stops them all
+    (SIGKILL after the grace period). If a child exits, `up` says which, stops the others and exits with its
+    code (run it under a service manager to have it restarted).
+    """
     from bot.app import configured_adapters
     from bot.config import BotSettings
     from bot.up import UpPlan, find_redis_server, run_up
@@ -150,12 +169,23 @@ def _preflight_worker(settings: WorkerSettings) -> None:
 
 
 def _cmd_doctor(args: argparse.Namespace) -> int:
+    """Check the configuration, Redis, database, GPU and models, and say how to fix what is missing.
+
+    Check every setting and dependency this machine needs; prints one line per check and exits non-zero if
+    something required is missing.
+    """
     from bot.doctor import run_doctor
 
     return asyncio.run(run_doctor(gpu=not args.no_gpu))
 
 
 def _cmd_discord_sync(args: argparse.Namespace) -> int:
+    """Upload the Discord slash commands and print the bot's invite link.
+
+    Upload the slash commands to Discord. The bot also uploads them at start, but only when they changed since
+    the last upload (Discord allows 200 command creates a day); run this after an upgrade or to repair
+    commands changed elsewhere. Prints the link that invites the bot with the permissions it needs.
+    """
     from bot.config import BotSettings
 
     settings = load_settings(BotSettings)
@@ -176,6 +206,16 @@ def _worker_settings() -> WorkerSettings:
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
+    """Download model weights, make a tiny test model, or show what is present.
+
+    fetch: download the base model, the style LoRAs and every file of every FaceChain stage the settings
+    select into FACECHAIN_MODELS_DIR, with resume (needs internet; run it once, on any machine, then copy the
+    folder). make-tiny [DIR]: write tiny random-weight models into DIR (default FACECHAIN_MODELS_DIR) where
+    fetch puts the real ones: a tiny SD pipeline (DIR/tiny-sd), a tiny LoRA for every style and a tiny model
+    for every stage, so that everything runs without weights or a GPU (its images are noise); it prints the
+    settings to use. list: the base model, and every stage's model and alternative: in use, present or
+    missing.
+    """
 
     if args.action == "make-tiny":
         return _make_tiny(args)
@@ -288,6 +328,7 @@ def _make_tiny(args: argparse.Namespace) -> int:
 
 
 def _cmd_styles(args: argparse.Namespace) -> int:
+    """List the styles (built-in and FACECHAIN_STYLES_DIR)."""
     from pipeline.config import WorkerSettings
     from pipeline.styles import load_catalogue
 
@@ -326,6 +367,12 @@ class _Bars:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    """Script mode: train a face model from a folder of photos (no Redis, no chat).
+
+    Preprocess the photos in PHOTO_DIR (FACECHAIN_MIN_PHOTOS to 10 of one person, one face each), train a face
+    LoRA and keep it under NAME for `facechain-bot generate NAME`. Training and generation run at the base
+    model's own size (512 px for SD 1.5, 64 px for `models make-tiny`'s model).
+    """
     from bot.config import BotSettings
     from pipeline.jobs import Subject
     from pipeline.script import train_from_folder
@@ -351,6 +398,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
+    """Script mode: generate portraits of a trained face model into a folder.
+
+    Generate candidates in a style, keep those with one good face, rank them by likeness and write the best
+    COUNT to OUT as JPEG files (with their seeds, to reproduce them).
+    """
     from pipeline.jobs import ErrorCode
     from pipeline.script import generate_for
     from pipeline.styles import load_styles, style_to_spec
@@ -404,14 +456,15 @@ def _int_in(low: int, high: int | None = None) -> Callable[[str], int]:
 
 
 def _add_command(
-    sub: argparse._SubParsersAction[_Parser],
-    name: str,
-    run: Callable[[argparse.Namespace], int],
-    help: str,
-    description: str | None = None,
+    sub: argparse._SubParsersAction[_Parser], run: Callable[[argparse.Namespace], int]
 ) -> argparse.ArgumentParser:
-    """A sub-command of ``facechain-bot``: its parser, for its arguments, bound to ``run``."""
-    parser = sub.add_parser(name, help=help, description=description)
+    """The sub-command ``run`` implements (``_cmd_discord_sync`` is ``discord-sync``): its parser, for
+    its arguments. The docstring's first line is the command's one-line help, the rest its description."""
+    name = run.__name__.removeprefix("_cmd_").replace("_", "-")
+    doc = inspect.getdoc(run)
+    assert doc, f"{run.__name__} needs a docstring: it is the command's help"
+    summary, _, details = doc.partition("\n\n")
+    parser = sub.add_parser(name, help=summary[0].lower() + summary[1:].rstrip("."), description=details or None)
     parser.set_defaults(func=run)
     return parser
 
@@ -422,80 +475,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
 
-    _add_command(
-        sub,
-        "bot",
-        _cmd_bot,
-        help="run the chat bot (Telegram and/or Discord, whichever tokens are set)",
-        description="Run the bot process: the chat adapters whose tokens are set "
-        "(FACECHAIN_TELEGRAM_TOKEN, FACECHAIN_DISCORD_TOKEN), the database and the result consumer. "
-        "Needs Redis (FACECHAIN_REDIS_URL) and at least one GPU worker somewhere.",
-    )
+    _add_command(sub, _cmd_bot)
 
-    p = _add_command(
-        sub,
-        "worker",
-        _cmd_worker,
-        help="run a GPU worker that trains face models and generates portraits",
-        description="Run a GPU worker: loads the models once, then takes jobs from Redis. "
-        "Run one per GPU; any machine that reaches Redis and the blob store can host one.",
-    )
+    p = _add_command(sub, _cmd_worker)
     p.add_argument(
         "--queues",
         help="comma-separated queues to serve: train, generate (default: FACECHAIN_QUEUES, both)",
     )
     p.add_argument("--burst", action="store_true", help="exit once the queues are empty (for tests and batch runs)")
 
-    p = _add_command(
-        sub,
-        "up",
-        _cmd_up,
-        help="run everything on this machine without Docker: the bot, a worker and (if needed) a private Redis",
-        description="Start the bot and a worker as child processes, and a private redis-server (from PATH, data "
-        "and append-only file under FACECHAIN_DATA_DIR/redis) unless FACECHAIN_REDIS_URL is set. Ctrl-C or "
-        "SIGTERM stops them all (SIGKILL after the grace period). If a child exits, `up` says which, stops the "
-        "others and exits with its code (run it under a service manager to have it restarted).",
-    )
+    p = _add_command(sub, _cmd_up)
     p.add_argument(
         "--grace", type=float, default=DEFAULT_GRACE_S,
         help=f"seconds a child has to stop after SIGTERM before it is killed (default {DEFAULT_GRACE_S:g})",
     )  # fmt: skip
 
-    p = _add_command(
-        sub,
-        "doctor",
-        _cmd_doctor,
-        help="check the configuration, Redis, database, GPU and models, and say how to fix what is missing",
-        description="Check every setting and dependency this machine needs; prints one line per check "
-        "and exits non-zero if something required is missing.",
-    )
+    p = _add_command(sub, _cmd_doctor)
     p.add_argument("--no-gpu", action="store_true", help="skip the GPU and model checks (a bot-only machine)")
 
-    p = _add_command(
-        sub,
-        "discord-sync",
-        _cmd_discord_sync,
-        help="upload the Discord slash commands and print the bot's invite link",
-        description="Upload the slash commands to Discord. The bot also uploads them at start, but only when they "
-        "changed since the last upload (Discord allows 200 command creates a day); run this after an upgrade or to "
-        "repair commands changed elsewhere. Prints the link that invites the bot with the permissions it needs.",
-    )
+    p = _add_command(sub, _cmd_discord_sync)
     p.add_argument("--guild", type=_int_in(1), help="upload into this server only (shows at once; for trying changes)")
     p.add_argument("--if-changed", action="store_true", help="skip the upload when nothing changed since the last one")
 
-    p = _add_command(
-        sub,
-        "models",
-        _cmd_models,
-        help="download model weights, make a tiny test model, or show what is present",
-        description="fetch: download the base model, the style LoRAs and every file of every FaceChain stage the "
-        "settings select into FACECHAIN_MODELS_DIR, with resume (needs internet; run it once, on any machine, then "
-        "copy the folder). make-tiny [DIR]: write tiny random-weight models into DIR (default FACECHAIN_MODELS_DIR) "
-        "where fetch puts the real ones: a tiny SD pipeline (DIR/tiny-sd), a tiny LoRA for every style and a tiny "
-        "model for every stage, so that everything runs without weights or a GPU (its images are noise); it prints "
-        "the settings to use. list: the base model, and every stage's model and alternative: in use, present or "
-        "missing.",
-    )
+    p = _add_command(sub, _cmd_models)
     p.add_argument("action", choices=["fetch", "make-tiny", "list"])
     p.add_argument(
         "names", nargs="*",
@@ -505,17 +507,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all", action="store_true", help="fetch: also every alternative stage model (DamoFD, RTS)")
     p.add_argument("--dir", help="make-tiny: the same as DIR")
 
-    _add_command(sub, "styles", _cmd_styles, help="list the styles (built-in and FACECHAIN_STYLES_DIR)")
+    _add_command(sub, _cmd_styles)
 
-    p = _add_command(
-        sub,
-        "train",
-        _cmd_train,
-        help="script mode: train a face model from a folder of photos (no Redis, no chat)",
-        description="Preprocess the photos in PHOTO_DIR (FACECHAIN_MIN_PHOTOS to 10 of one person, one face each), "
-        "train a face LoRA and keep it under NAME for `facechain-bot generate NAME`. Training and generation run at "
-        "the base model's own size (512 px for SD 1.5, 64 px for `models make-tiny`'s model).",
-    )
+    p = _add_command(sub, _cmd_train)
     p.add_argument("photo_dir")
     p.add_argument("--name", required=True, help="a name for this person's model (letters, digits, _ or -)")
     p.add_argument("--subject", choices=["man", "woman", "boy", "girl", "person"], help="who is in the photos")
@@ -525,14 +519,7 @@ def build_parser() -> argparse.ArgumentParser:
         "FACECHAIN_STEPS_PER_PHOTO samples a photo, at most FACECHAIN_MAX_TRAIN_STEPS: 100 steps of 8 for 5 photos)",
     )  # fmt: skip
 
-    p = _add_command(
-        sub,
-        "generate",
-        _cmd_generate,
-        help="script mode: generate portraits of a trained face model into a folder",
-        description="Generate candidates in a style, keep those with one good face, rank them by likeness and "
-        "write the best COUNT to OUT as JPEG files (with their seeds, to reproduce them).",
-    )
+    p = _add_command(sub, _cmd_generate)
     p.add_argument("name")
     p.add_argument("--style", default="business_suit", help="a style name (see `facechain-bot styles`)")
     p.add_argument(

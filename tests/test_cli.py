@@ -22,8 +22,18 @@ def test_help_names_every_command(capsys: pytest.CaptureFixture[str]) -> None:
         main(["--help"])
     assert exited.value.code == 0
     out = capsys.readouterr().out
-    for command in ("bot", "worker", "doctor", "models", "styles", "train", "generate"):
+    for command in ("bot", "worker", "up", "doctor", "models", "styles", "train", "generate"):
         assert f"    {command} " in out
+    assert "discord-sync\n                upload the Discord slash commands" in out
+    assert "    styles      list the styles (built-in and FACECHAIN_STYLES_DIR)\n" in out
+
+
+def test_a_commands_help_shows_its_description(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["up", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "Start the bot and a worker as child processes" in out
+    assert "--grace GRACE seconds a child has to stop" in out
 
 
 def test_doctor_passes_on_a_bot_machine_with_redis(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
