@@ -618,23 +618,16 @@ def _frozen_copy(unet: torch.nn.Module) -> torch.nn.Module:
     return clone
 
 
-def train_lora(
-    pipe: StableDiffusionPipeline,
-    images: Sequence[Image.Image],
-    caption: str,
-    args: TrainArgs,
-    out_path: Path,
-    on_progress: ProgressFn | None = None,
-    should_stop: StopFn | None = None,
-) -> TrainResult:
-    """Train one face LoRA on ``pipe.unet`` (see :meth:`LoraTrainer.train`) and leave nothing behind.
+def train_lora(pipe: StableDiffusionPipeline, *job: Any, **options: Any) -> TrainResult:
+    """Train one face LoRA on ``pipe.unet`` and leave nothing behind; ``job`` and ``options`` are
+    :meth:`LoraTrainer.train`'s arguments.
 
     Whatever happens, the UNet is left without adapters, frozen and in eval mode, ready for
     generation. A worker keeps a :class:`LoraTrainer` instead, so that the next job reuses the step.
     """
     trainer = LoraTrainer(pipe)
     try:
-        return trainer.train(images, caption, args, out_path, on_progress, should_stop)
+        return trainer.train(*job, **options)
     finally:
         trainer.close()
 
