@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import functools
 import sqlite3
+import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import fields
+from datetime import datetime
+from enum import Enum
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiosqlite
 
-from storage._time import to_db
+from storage._time import from_db, to_db
 from storage.db import Database
 from storage.errors import StorageError
 
@@ -49,18 +52,39 @@ def placeholders(values: Iterable[object]) -> str:
     return ", ".join("?" for _ in values)
 
 
+def _stored_as_is(value: Any) -> Any:
+    return value
+
+
+def _decoder(annotation: Any) -> Callable[[Any], Any]:
+    """How a column becomes a field of this type: timestamps are ISO text, enums their value, flags 0/1."""
+    optional = type(None) in typing.get_args(annotation)
+    kinds = [kind for kind in typing.get_args(annotation) or (annotation,) if kind is not type(None)]
+    kind = kinds[0] if len(kinds) == 1 else None
+    decode: Callable[[Any], Any]
+    if kind is datetime:
+        decode = from_db
+    elif isinstance(kind, type) and issubclass(kind, (Enum, bool)):
+        decode = kind
+    else:
+        return _stored_as_is
+    return (lambda value: None if value is None else decode(value)) if optional else decode
+
+
 @functools.cache
-def _field_names(cls: type[DataclassInstance]) -> tuple[str, ...]:
-    return tuple(field.name for field in fields(cls))
+def _columns(cls: type[DataclassInstance]) -> tuple[tuple[str, Callable[[Any], Any]], ...]:
+    hints = typing.get_type_hints(cls)
+    return tuple((field.name, _decoder(hints[field.name])) for field in fields(cls))
 
 
 def record(cls: type[D], row: sqlite3.Row, **decoded: Any) -> D:
-    """A record of ``cls`` from a row: each field is the column of the same name, as stored.
+    """A record of ``cls`` from a row: each field is the column of the same name, read back by its
+    type (timestamps, enums and flags as :mod:`storage._time` and the schema store them).
 
-    ``decoded`` gives the fields that are stored in another form (timestamps, enums, flags, a nested
-    record); columns that ``cls`` has no field for are ignored (joined or computed ones).
+    ``decoded`` gives the fields that are not a column of their own (a nested record, a set built
+    from other rows); columns that ``cls`` has no field for are ignored (joined or computed ones).
     """
-    stored = {name: row[name] for name in _field_names(cls) if name not in decoded}
+    stored = {name: decode(row[name]) for name, decode in _columns(cls) if name not in decoded}
     return cls(**stored, **decoded)
 
 

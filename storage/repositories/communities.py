@@ -9,7 +9,6 @@ from typing import Literal
 
 import aiosqlite
 
-from storage._time import from_db
 from storage.errors import NotFound
 from storage.models import Community, CustomStyle, Platform, ResultsTo
 from storage.repositories._base import Repository, execute, fetch_one, record
@@ -20,7 +19,7 @@ _QUOTA_COLUMN: dict[str, str] = {"user": "user_daily_quota", "group": "community
 
 def style_record(row: sqlite3.Row) -> CustomStyle:
     """A community style from its row (``custom_styles.*``)."""
-    return record(CustomStyle, row, created_at=from_db(row["created_at"]))
+    return record(CustomStyle, row)
 
 
 def _weight(name: str, value: float) -> float:
@@ -35,11 +34,8 @@ def community_record(row: sqlite3.Row, toggles: Iterable[tuple[str, int]]) -> Co
     return record(
         Community,
         row,
-        platform=Platform(row["platform"]),
         enabled_styles=frozenset(style for style, enabled in toggles if enabled),
         disabled_styles=frozenset(style for style, enabled in toggles if not enabled),
-        results_to=ResultsTo(row["results_to"]),
-        nsfw_allowed=bool(row["nsfw_allowed"]),
     )
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sqlite3
 
-from storage._time import from_db, opt_from_db
 from storage.errors import Conflict, NotFound
 from storage.models import FaceModel, ModelStatus
 from storage.repositories._base import Repository, placeholders, record
@@ -13,13 +12,7 @@ _OPEN = (ModelStatus.PENDING, ModelStatus.TRAINING)
 
 
 def _model(row: sqlite3.Row) -> FaceModel:
-    return record(
-        FaceModel,
-        row,
-        status=ModelStatus(row["status"]),
-        created_at=from_db(row["created_at"]),
-        finished_at=opt_from_db(row["finished_at"]),
-    )
+    return record(FaceModel, row)
 
 
 class FaceModelsRepository(Repository):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sqlite3
 
-from storage._time import from_db
 from storage.models import Identity, Platform, User
 from storage.repositories._base import Repository, execute, fetch_one, record
 
@@ -16,11 +15,11 @@ _BY_ACCOUNT = (
 
 
 def _user(row: sqlite3.Row) -> User:
-    return record(User, row, created_at=from_db(row["created_at"]))
+    return record(User, row)
 
 
 def _identity(row: sqlite3.Row) -> Identity:
-    return record(Identity, row, platform=Platform(row["platform"]))
+    return record(Identity, row)
 
 
 def _check_account(platform: Platform | str, platform_user_id: str) -> tuple[Platform, str]:

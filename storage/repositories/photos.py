@@ -6,7 +6,6 @@ import re
 import sqlite3
 from collections.abc import Iterable
 
-from storage._time import from_db
 from storage.errors import Conflict, NotFound, PhotoSetClosed
 from storage.models import Photo, PhotoSet, PhotoSetStatus
 from storage.repositories._base import Repository, execute, fetch_all, fetch_one, placeholders, record, violation
@@ -16,11 +15,11 @@ _COLLECTING_SET = "SELECT * FROM photo_sets WHERE user_id = ? AND status = ?"
 
 
 def _set(row: sqlite3.Row) -> PhotoSet:
-    return record(PhotoSet, row, status=PhotoSetStatus(row["status"]), created_at=from_db(row["created_at"]))
+    return record(PhotoSet, row)
 
 
 def _photo(row: sqlite3.Row) -> Photo:
-    return record(Photo, row, created_at=from_db(row["created_at"]))
+    return record(Photo, row)
 
 
 class PhotosRepository(Repository):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sqlite3
 
-from storage._time import from_db
 from storage.errors import Conflict, NotFound
 from storage.models import Portrait
 from storage.repositories._base import Repository, fetch_one, record
@@ -13,7 +12,7 @@ _INT64 = range(-(2**63), 2**63)
 
 
 def _portrait(row: sqlite3.Row) -> Portrait:
-    return record(Portrait, row, created_at=from_db(row["created_at"]))
+    return record(Portrait, row)
 
 
 class PortraitsRepository(Repository):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import sqlite3
 
-from storage._time import from_db, opt_from_db
 from storage.errors import Conflict, NotFound
 from storage.models import Delivery, Platform, Run, RunKind, RunStatus
 from storage.repositories._base import Repository, placeholders, record, violation
@@ -17,17 +16,7 @@ _IN_ACTIVE = f"status IN ({placeholders(_ACTIVE)})"
 
 def run_record(row: sqlite3.Row) -> Run:
     """A run from its row (``runs.*``; other columns of a joined row are ignored)."""
-    return record(
-        Run,
-        row,
-        kind=RunKind(row["kind"]),
-        status=RunStatus(row["status"]),
-        delivery=record(Delivery, row, platform=Platform(row["platform"])),
-        created_at=from_db(row["created_at"]),
-        started_at=opt_from_db(row["started_at"]),
-        finished_at=opt_from_db(row["finished_at"]),
-        delivered_at=opt_from_db(row["delivered_at"]),
-    )
+    return record(Run, row, delivery=record(Delivery, row))
 
 
 class RunsRepository(Repository):

@@ -36,6 +36,7 @@ async def test_admin_settings_are_kept(repos: Repositories) -> None:
     assert loaded.disabled_styles == {"Noir", "cyberpunk"}
     assert (loaded.user_daily_quota, loaded.community_daily_quota) == (3, 50)
     assert (loaded.results_to, loaded.nsfw_allowed) == (ResultsTo.DIRECT, True)
+    assert type(loaded.results_to) is ResultsTo and loaded.nsfw_allowed is True
 
     await repos.communities.set_quota(group.id, "user", None)
     await repos.communities.set_quota(group.id, "group", 0)

@@ -21,6 +21,8 @@ async def test_create_and_read_back(repos: Repositories, clock: FakeClock) -> No
     assert (run.status, run.attempt, run.progress, run.stage) == (RunStatus.QUEUED, 1, 0.0, None)
     assert (run.kind, run.model_id, run.style, run.count) == (RunKind.GENERATE, model.id, "noir", 4)
     assert run.delivery == delivery
+    # Read back as the types they are, not the text they are stored as (a user's /status shows them).
+    assert (type(run.kind), type(run.status), type(run.delivery.platform)) == (RunKind, RunStatus, Platform)
     assert (run.created_at, run.started_at, run.finished_at) == (clock.now, None, None)
     assert await repos.runs.get("gen_00000001") == run
     assert await repos.runs.get("missing_1") is None
