@@ -570,16 +570,8 @@ class ConversationService:
             return None
         for custom in snapshot.custom_styles:
             if custom.name.casefold() == wanted:
-                return StyleEntry(
-                    jobs.StyleSpec(
-                        name=custom.name,
-                        prompt=custom.prompt,
-                        negative_prompt=custom.negative_prompt,
-                        lora_key=custom.lora_key,
-                        style_weight=custom.style_weight,
-                        face_weight=custom.face_weight,
-                    )
-                )
+                # The stored style's fields are the job's, by name (lora_key: the admin's upload).
+                return StyleEntry(jobs.StyleSpec.model_validate(custom, from_attributes=True))
         return None
 
     def _delivery(self, origin: Origin, community: Community | None, *, private_result: bool) -> Delivery:

@@ -176,13 +176,4 @@ def load_styles_from(styles_dir: Path | None, models_dir: Path | None) -> dict[s
 
 def style_to_spec(style: Style) -> StyleSpec:
     """The job-contract form of a style, as the bot sends it to a worker."""
-    return StyleSpec(
-        name=style.name,
-        prompt=style.prompt,
-        negative_prompt=style.negative_prompt,
-        lora=style.lora,
-        style_weight=style.style_weight,
-        face_weight=style.face_weight,
-        trigger_words=style.trigger_words,
-        medium=style.medium,
-    )
+    return StyleSpec.model_validate(style, from_attributes=True)

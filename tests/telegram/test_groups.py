@@ -3,6 +3,7 @@ getChatMember (anonymous admins included), quotas, and no training photos in a g
 
 from __future__ import annotations
 
+from storage.blobs import LocalBlobStore
 from tests.telegram.conftest import Harness
 from tests.telegram.fake_bot_api import ANONYMOUS_ADMIN_ID, FakeBotApi
 from tests.telegram.media import face_photos, tiny_lora
@@ -83,6 +84,11 @@ async def test_an_admin_adds_a_style_with_a_lora_file(bot: Harness, api: FakeBot
     making = await group_alice.expect("Making 2 portraits in noir")
     await group_alice.expect_edit(making, "Done.", within=20)
     await group_alice.wait_buttons(["More of this style", "Another style"])
+    # The worker got the admin's style: the prompt as written and the uploaded file, not a style file's LoRA.
+    noir = bot.gpu.requests[-1].style
+    assert (noir.name, noir.prompt, noir.lora) == ("noir", "black and white photo, dramatic light", None)
+    assert noir.lora_key is not None and noir.lora_key.startswith("communities/")
+    assert LocalBlobStore(bot.settings.blob_dir).get_bytes(noir.lora_key) == tiny_lora()
 
 
 async def test_commands_for_another_bot_are_ignored(bot: Harness, api: FakeBotApi, alice: TgUser) -> None:
