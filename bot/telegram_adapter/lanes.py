@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 
 from telegram import Update
 
+from pipeline.aio import cancel_all
+
 log = logging.getLogger("facechain.telegram")
 
 #: Seconds without a new part after which an album is complete (Telegram sends its parts in a burst).
@@ -65,6 +67,8 @@ class ChatLanes:
         self._album_wait = album_wait
         self._busy = asyncio.Semaphore(max_busy)
         self._lanes: dict[int | None, _Lane] = {}
+        #: Set once the grace is over: a lane takes no further update, even if its cancel was swallowed.
+        self._stopping = False
 
     def submit(self, update: Update) -> None:
         """Queue an update on its chat's lane (never blocks)."""
@@ -87,16 +91,14 @@ class ChatLanes:
         if not tasks:
             return
         _, pending = await asyncio.wait(tasks, timeout=grace)
-        for task in pending:
-            task.cancel()
-        for task in pending:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        self._stopping = True
+        # A handler inside redis-py can swallow a cancel: cancel_all cancels again until it ends.
+        await cancel_all(list(pending))
 
     async def _run(self, key: int | None, lane: _Lane) -> None:
         loop = asyncio.get_running_loop()
         try:
-            while True:
+            while not self._stopping:
                 if lane.items:
                     await self._take(lane, lane.items.popleft(), loop.time())
                 elif lane.album:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any, cast
 
 import pytest
-from telegram import Bot, CallbackQuery, Message
+from telegram import Bot, CallbackQuery, Message, Update
 from telegram.error import BadRequest, RetryAfter, TimedOut
 
 from bot.core.events import ButtonPressed, Command, OfferedFile, PhotosOffered, TextMessage
@@ -15,6 +16,7 @@ from bot.service import DownloadError
 from bot.telegram_adapter import translate
 from bot.telegram_adapter.app import parse_listen
 from bot.telegram_adapter.downloads import CLOUD_DOWNLOAD_LIMIT, make_downloader
+from bot.telegram_adapter.lanes import ChatLanes
 from bot.telegram_adapter.retry import with_retries
 from bot.telegram_adapter.sender import keyboard, split_text
 from tests.telegram.fake_bot_api import FakeBotApi
@@ -189,3 +191,29 @@ async def test_a_final_edit_for_a_run_whose_message_is_unknown_is_sent_as_a_mess
         await sender.send(4242, [EditProgress(run_id="t-unknown-02", text="Training 50%", final=False)])
         await sender.aclose()
     assert [m.shown for m in alice.replies] == ["Training done."], "the final state arrives, intermediate ones don't"
+
+
+# ----------------------------------------------------------------------------------------- lanes
+async def test_stopping_lanes_past_their_grace_leaves_the_chats_later_updates_unhandled() -> None:
+    """A handler stuck in a Redis call may swallow the first cancel; shutdown must still stop its lane."""
+    handled: list[int] = []
+
+    async def handle(update: Any) -> None:
+        handled.append(update.update_id)
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            if len(handled) == 1:
+                return  # swallowed, as redis-py does mid-connect
+            raise
+
+    async def handle_album(updates: list[Any]) -> None:
+        raise AssertionError("no album was sent")
+
+    lanes = ChatLanes(handle, handle_album)
+    for update_id in (1, 2, 3):
+        lanes.submit(Update.de_json({"update_id": update_id, "message": _message().to_dict()}, None))
+    await asyncio.sleep(0.05)
+    await asyncio.wait_for(lanes.aclose(grace=0.1), timeout=5)
+    assert handled == [1], "the chat's later updates were handled during shutdown"
+    assert lanes.busy_chats == 0
