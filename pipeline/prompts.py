@@ -83,12 +83,6 @@ def portrait_negative_prompt(style: StyleSpec, trigger: str) -> str:
     return ", ".join(part for part in parts if part)
 
 
-def caption(trigger: str) -> str:
-    """The training caption for a trigger phrase: ``"<fcsks>, a handsome man"``."""
-    phrase = trigger_phrase(trigger)
-    return f"{TRIGGER_TOKEN}, {phrase}" if phrase else TRIGGER_TOKEN
-
-
 _OPEN_WEIGHT = 1.1
 _TOKEN = re.compile(
     r"\\[\\()\[\]]"  # escaped bracket or backslash

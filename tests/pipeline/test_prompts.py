@@ -9,7 +9,6 @@ from pipeline import recipe
 from pipeline.jobs import TRIGGER_TOKEN, StyleSpec
 from pipeline.prompts import (
     build_prompt_embeds,
-    caption,
     count_windows,
     encode_weighted,
     parse_weighted,
@@ -127,7 +126,6 @@ def test_a_style_without_a_lora_fills_facechains_cloth_template() -> None:
     # The phrase alone (no token) gives the same prompt, and the token appears once.
     assert portrait_prompt(SUIT, "a handsome man") == portrait_prompt(SUIT, MAN)
     assert portrait_prompt(SUIT, MAN).count(TRIGGER_TOKEN) == 1
-    assert caption("a beautiful woman") == f"{TRIGGER_TOKEN}, a beautiful woman"
 
 
 def test_a_style_with_a_lora_fills_facechains_style_template() -> None:
