@@ -156,17 +156,6 @@ MODELS: tuple[StageModel, ...] = read_catalogue()
 BY_NAME: dict[str, StageModel] = {m.name: m for m in MODELS}
 
 
-def models_for_stage(stage: str) -> list[StageModel]:
-    """The models that can serve ``stage``, the default first."""
-    return sorted((m for m in MODELS if m.stage == stage), key=lambda m: m.role != "default")
-
-
-def switched_model(stage: str) -> StageModel:
-    """The one ModelScope model behind a switched stage (orientation, skin_retouch, ...)."""
-    (model,) = [m for m in MODELS if m.stage == stage and m.setting == stage]
-    return model
-
-
 # ------------------------------------------------------------------------------------ on this machine
 def fetch_manifest(folder: Path) -> dict[str, dict[str, object]]:
     """``path → {revision, size}`` of the files ``models fetch`` completed in a repo folder."""

@@ -3,7 +3,7 @@ reads from storage for one event. Both are plain values, so the flow stays a pur
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
@@ -41,9 +41,6 @@ class UserState:
             return cls(mode=Mode(data.get("mode", "idle")), resume=Mode(data.get("resume", "idle")))
         except ValueError:
             return cls()
-
-    def with_mode(self, mode: Mode) -> UserState:
-        return replace(self, mode=mode)
 
 
 class ModelState(StrEnum):

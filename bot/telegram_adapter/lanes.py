@@ -81,10 +81,6 @@ class ChatLanes:
         if lane.task is None:
             lane.task = asyncio.create_task(self._run(key, lane), name=f"telegram-chat-{key}")
 
-    @property
-    def busy_chats(self) -> int:
-        return len(self._lanes)
-
     async def aclose(self, grace: float = 10.0) -> None:
         """Let the lanes finish what they hold (albums included) for up to ``grace`` s, then stop them."""
         tasks = [lane.task for lane in self._lanes.values() if lane.task is not None]
