@@ -88,6 +88,9 @@ class ChatLanes:
             return
         _, pending = await asyncio.wait(tasks, timeout=grace)
         self._stopping = True
+        unhandled = sum(len(lane.items) + len(lane.album) for lane in self._lanes.values())
+        if unhandled:
+            log.warning("stopping: %d queued update(s) in %d chat(s) left unhandled", unhandled, len(pending))
         # A handler inside redis-py can swallow a cancel: cancel_all cancels again until it ends.
         await cancel_all(list(pending))
 

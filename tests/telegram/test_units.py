@@ -194,7 +194,9 @@ async def test_a_final_edit_for_a_run_whose_message_is_unknown_is_sent_as_a_mess
 
 
 # ----------------------------------------------------------------------------------------- lanes
-async def test_stopping_lanes_past_their_grace_leaves_the_chats_later_updates_unhandled() -> None:
+async def test_stopping_lanes_past_their_grace_leaves_the_chats_later_updates_unhandled(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """A handler stuck in a Redis call may swallow the first cancel; shutdown must still stop its lane."""
     handled: list[int] = []
 
@@ -216,3 +218,4 @@ async def test_stopping_lanes_past_their_grace_leaves_the_chats_later_updates_un
     await asyncio.sleep(0.05)
     await asyncio.wait_for(lanes.aclose(grace=0.1), timeout=5)
     assert handled == [1], "the chat's later updates were handled during shutdown"
+    assert "2 queued update(s) in 1 chat(s) left unhandled" in caplog.text
