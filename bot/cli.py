@@ -343,6 +343,9 @@ def _cmd_styles(args: argparse.Namespace) -> int:
     return 0
 
 
+_BAR_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {elapsed}{postfix}"
+
+
 class _Bars:
     """tqdm progress bars, one per stage, for script mode."""
 
@@ -356,7 +359,8 @@ class _Bars:
     def __call__(self, stage: object, fraction: float, message: str) -> None:
         if stage != self._stage:
             self.close()
-            self._bar = self._tqdm(total=100, desc=str(stage), unit="%", leave=True)
+            # Percent done and time spent: a rate of "percent per second" tells an operator nothing.
+            self._bar = self._tqdm(total=100, desc=str(stage), bar_format=_BAR_FORMAT, leave=True)
             self._stage = stage
         self._bar.n = round(fraction * 100)
         self._bar.set_postfix_str(message, refresh=True)

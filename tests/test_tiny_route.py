@@ -50,7 +50,8 @@ def test_default_train_and_generate_run_at_the_tiny_models_own_size(
     written = sorted((route / "out").glob("*.jpg"))
     assert len(written) == 2
     assert {Image.open(path).size for path in written} == {(64, 64)}, "the tiny model's own 64 px"
-    assert "generating" in capsys.readouterr().err
+    bars = capsys.readouterr().err
+    assert "generating: 100%" in bars and "%/s" not in bars, "progress in percent done, not percent per second"
 
 
 @pytest.mark.slow
