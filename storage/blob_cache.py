@@ -18,13 +18,12 @@ import contextlib
 import hashlib
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import BinaryIO
 
-from storage.files import make_private_dirs
+from storage.files import make_private_dirs, write_atomically
 
 _TEMP_DIR = ".tmp"
 
@@ -64,18 +63,7 @@ class BlobCache:
         Older versions of the same key are removed, then the cache is trimmed to its bound.
         """
         target = self.entry(key, version)
-        fd, tmp_name = tempfile.mkstemp(prefix="fill-", suffix=".part", dir=self._root / _TEMP_DIR)
-        try:
-            with os.fdopen(fd, "wb") as tmp:
-                write(tmp)
-                tmp.flush()
-                os.fsync(tmp.fileno())
-            make_private_dirs(target.parent)
-            os.replace(tmp_name, target)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp_name)
-            raise
+        write_atomically(target, write, temp_dir=self._root / _TEMP_DIR, temp_prefix="fill-")
         self._drop_other_versions(target)
         self.trim(keep=target)
         return target

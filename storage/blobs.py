@@ -22,14 +22,13 @@ import hashlib
 import os
 import re
 import shutil
-import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from storage.files import FILE_MODE, make_private_dirs, restrict
+from storage.files import FILE_MODE, make_private_dirs, restrict, write_atomically
 from storage.images import DEFAULT_MAX_PIXELS, clean_photo
 from storage.images import NotAnImage as NotAnImage  # raised by put_photo; callers catch it from here
 
@@ -213,19 +212,7 @@ class LocalBlobStore(BlobStore):
     def _write_atomic(self, key: str, write: Callable[[BinaryIO], object]) -> None:
         target = self._resolve(validate_key(key))
         make_private_dirs(target.parent)
-        fd, tmp_name = tempfile.mkstemp(prefix=_TEMP_PREFIX, suffix=".part", dir=target.parent)
-        try:
-            with os.fdopen(fd, "wb") as tmp:
-                write(tmp)
-                tmp.flush()
-                os.fchmod(tmp.fileno(), self._file_mode)
-                os.fsync(tmp.fileno())
-            os.replace(tmp_name, target)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp_name)
-            raise
-        _fsync_dir(target.parent)
+        write_atomically(target, write, temp_dir=target.parent, temp_prefix=_TEMP_PREFIX, mode=self._file_mode)
 
     def put_bytes(self, key: str, data: bytes) -> None:
         """Store ``data`` under ``key``, replacing any blob there, atomically."""
@@ -314,20 +301,6 @@ class LocalBlobStore(BlobStore):
             except OSError:
                 return
             folder = folder.parent
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make a rename durable (the directory entry itself must reach the disk)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some filesystems refuse fsync on a directory; the rename itself is still atomic
-    finally:
-        os.close(fd)
 
 
 def _with_suffix(key: str, suffix: str) -> str:

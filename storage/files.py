@@ -10,10 +10,14 @@ Standard library only: the blob store, the database and the GPU worker all use i
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import stat
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 log = logging.getLogger("facechain.files")
 
@@ -40,6 +44,44 @@ def make_private_dirs(path: Path) -> None:
         os.chmod(folder, DIR_MODE)
     if not path.is_dir():
         raise NotADirectoryError(f"{path} is not a folder")
+
+
+def write_atomically(
+    target: Path, write: Callable[[BinaryIO], object], *, temp_dir: Path, temp_prefix: str, mode: int = FILE_MODE
+) -> None:
+    """Fill ``target`` with what ``write`` writes: readers see the old file or the whole new one, never a part.
+
+    The bytes go to a temporary file in ``temp_dir`` (on the same filesystem), reach the disk, and the
+    file is renamed into place; if anything fails, the temporary file is removed and ``target`` is as
+    it was. The rename is made durable too (the folder's entry is synced).
+    """
+    fd, tmp_name = tempfile.mkstemp(prefix=temp_prefix, suffix=".part", dir=temp_dir)
+    try:
+        with os.fdopen(fd, "wb") as tmp:
+            write(tmp)
+            tmp.flush()
+            os.fchmod(tmp.fileno(), mode)
+            os.fsync(tmp.fileno())
+        make_private_dirs(target.parent)
+        os.replace(tmp_name, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_name)
+        raise
+    _fsync_dir(target.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems refuse fsync on a folder; the rename itself is still atomic
+    finally:
+        os.close(fd)
 
 
 def create_private_file(path: Path) -> None:
