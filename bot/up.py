@@ -52,7 +52,8 @@ def _say(line: str) -> None:
     print(f"facechain-bot up: {line}", file=sys.stderr, flush=True)
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
@@ -136,7 +137,7 @@ def start_private_redis(folder: Path, server: str, say: Say, attempts: int = 3) 
     password = secrets.token_urlsafe(24)
     log_path = folder / "redis.log"
     for attempt in range(attempts):
-        port = _free_port()
+        port = free_port()
         config = folder / "redis.conf"
         # The password is in a 0600 file, never on a command line (``ps`` shows those to every user).
         config.touch(mode=0o600)

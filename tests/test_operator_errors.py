@@ -6,7 +6,6 @@ would meet it.
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import time
@@ -15,14 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from bot.up import free_port
 from tests.cli_process import ROOT, assert_one_line_exit_2, cli_environment, run_cli
-
-
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 @pytest.mark.parametrize("count", ["0", "1000", "many"])
@@ -102,7 +95,7 @@ def test_script_mode_reports_a_missing_model_in_one_line(tmp_path: Path, redis_u
 
 def test_a_telegram_network_failure_names_the_url_but_not_the_token(tmp_path: Path, redis_url: str) -> None:
     token = "123456789:AAE-never-printed-token-0123456789abc"
-    api = f"http://127.0.0.1:{_closed_port()}"
+    api = f"http://127.0.0.1:{free_port()}"
     env = cli_environment(tmp_path, redis_url, telegram_token=token, telegram_api_url=api)
     process = subprocess.Popen(
         [sys.executable, "-m", "bot.cli", "bot"], env=env, cwd=tmp_path, stderr=subprocess.PIPE, text=True

@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import os
 import re
-import socket
 import subprocess
 import sys
 import urllib.request
@@ -36,12 +35,6 @@ TINY_WORKER_ENV = {
     "FACECHAIN_TRAIN_TIMEOUT_S": "300",
     "FACECHAIN_GENERATE_TIMEOUT_S": "300",
 }
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

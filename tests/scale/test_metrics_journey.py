@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from bot.up import free_port
 from tests.pipeline.tiny import tiny_model_dir
 from tests.s3_server import SECRET_KEY, S3Bucket, s3_bucket, s3_endpoint
-from tests.scale.procs import TINY_WORKER_ENV, Process, free_port, job_lines, run_ids, start
+from tests.scale.procs import TINY_WORKER_ENV, Process, job_lines, run_ids, start
 from tests.telegram.conftest import TOKEN
 from tests.telegram.fake_bot_api import FakeBotApi
 from tests.telegram.users import TgUser

@@ -17,11 +17,12 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from bot.cli import main
+from bot.up import free_port
 from pipeline.metrics import MetricsServer, Registered, queue_depth_gauge
 from pipeline.runlog import LOG_FORMAT, RunIdFilter, in_this_context, run_context
 from storage.blob_config import BlobStoreSettings, open_blob_store
 from tests.s3_server import SECRET_KEY, S3Bucket, s3_bucket, s3_endpoint
-from tests.scale.procs import REPO, free_port
+from tests.scale.procs import REPO
 
 __all__ = ["s3_bucket", "s3_endpoint"]
 

@@ -11,11 +11,12 @@ import pytest
 
 from bot.config import BotSettings
 from bot.queue import ArqJobQueue, build_outcome_worker, create_redis
+from bot.up import free_port
 from pipeline import jobs
 from storage.blob_config import open_blob_store
 from tests.pipeline.tiny import random_lora_file, tiny_model_dir, tiny_pipe
 from tests.s3_server import S3Bucket, s3_bucket, s3_endpoint
-from tests.scale.procs import TINY_WORKER_ENV, Process, free_port, job_lines, run_ids, start
+from tests.scale.procs import TINY_WORKER_ENV, Process, job_lines, run_ids, start
 
 pytestmark = pytest.mark.slow
 __all__ = ["s3_bucket", "s3_endpoint", "tiny_model_dir", "tiny_pipe"]

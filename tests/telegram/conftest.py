@@ -13,12 +13,12 @@ import pytest
 
 from bot.app import run_bot
 from bot.config import BotSettings
+from bot.up import free_port
 from pipeline.aio import cancel_all
 from pipeline.config import WorkerSettings
 from pipeline.worker import StageRunner, run_worker
 from storage.blobs import LocalBlobStore
 from tests.bot_loop import bot_loop_factories
-from tests.processes import free_port
 from tests.telegram.fake_bot_api import FakeBotApi
 from tests.telegram.gpu import ScriptedGpu
 from tests.telegram.users import TgUser

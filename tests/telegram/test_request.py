@@ -23,7 +23,7 @@ from bot.config import BotSettings
 from bot.logging_setup import register_secret
 from bot.telegram_adapter.app import build_application
 from bot.telegram_adapter.request import AiohttpRequest, redact
-from tests.processes import free_port
+from bot.up import free_port
 from tests.telegram.conftest import TOKEN
 from tests.telegram.fake_bot_api import FakeBotApi
 
