@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import BinaryIO
 
-from storage.files import make_private_dirs, write_atomically
+from storage.files import make_private_dirs, remove_empty_folders, write_atomically
 
 _TEMP_DIR = ".tmp"
 
@@ -86,7 +86,7 @@ class BlobCache:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
                 freed += size
-            _remove_empty(path.parent, self._root)
+            remove_empty_folders(path.parent, self._root)
         return freed
 
     def _entries(self) -> Iterable[tuple[Path, int, float]]:
@@ -111,12 +111,3 @@ def _subdirs(folder: Path) -> list[Path]:
         return [p for p in folder.iterdir() if p.is_dir() and not p.is_symlink()]
     except FileNotFoundError:
         return []
-
-
-def _remove_empty(folder: Path, root: Path) -> None:
-    while folder != root and folder.is_relative_to(root):
-        try:
-            folder.rmdir()
-        except OSError:
-            return
-        folder = folder.parent

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from storage.files import FILE_MODE, make_private_dirs, restrict, write_atomically
+from storage.files import FILE_MODE, make_private_dirs, remove_empty_folders, restrict, write_atomically
 from storage.images import DEFAULT_MAX_PIXELS, clean_photo
 from storage.images import NotAnImage as NotAnImage  # raised by put_photo; callers catch it from here
 
@@ -260,7 +260,7 @@ class LocalBlobStore(BlobStore):
             path.unlink()
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             return False
-        self._prune(path.parent)
+        remove_empty_folders(path.parent, self._root)
         return True
 
     def delete_prefix(self, prefix: str) -> int:
@@ -269,7 +269,7 @@ class LocalBlobStore(BlobStore):
         base = self._resolve(prefix)
         if base.is_symlink():
             base.unlink()
-            self._prune(base.parent)
+            remove_empty_folders(base.parent, self._root)
             return 0
         if not base.is_dir():
             return 0
@@ -290,17 +290,8 @@ class LocalBlobStore(BlobStore):
                         os.rmdir(sub)
         with contextlib.suppress(OSError):
             base.rmdir()
-        self._prune(base.parent)
+        remove_empty_folders(base.parent, self._root)
         return deleted
-
-    def _prune(self, folder: Path) -> None:
-        """Remove now-empty folders from ``folder`` up to (not including) the root."""
-        while folder != self._root and folder.is_relative_to(self._root):
-            try:
-                folder.rmdir()
-            except OSError:
-                return
-            folder = folder.parent
 
 
 def _with_suffix(key: str, suffix: str) -> str:

@@ -84,6 +84,16 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def remove_empty_folders(folder: Path, root: Path) -> None:
+    """Remove ``folder`` and then each parent while it is empty, up to (not including) ``root``."""
+    while folder != root and folder.is_relative_to(root):
+        try:
+            folder.rmdir()
+        except OSError:
+            return  # not empty (or gone, or not ours): the folders above are in use too
+        folder = folder.parent
+
+
 def create_private_file(path: Path) -> None:
     """Create an empty 0600 file at ``path`` unless one exists; an existing one is tightened."""
     try:

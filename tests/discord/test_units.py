@@ -4,7 +4,6 @@ typed DM commands, stored progress-message ids, message splitting, the command f
 from __future__ import annotations
 
 import io
-import random
 from pathlib import Path
 
 import pytest
@@ -18,24 +17,17 @@ from bot.discord_adapter.sender import MAX_TEXT, MessageRef, split_text
 from bot.discord_adapter.sync import command_payload, fingerprint, invite_url
 from bot.discord_adapter.translate import command_from_text, direct_chat_id, dm_user_id
 from tests.discord.fake_discord import TOKEN
-
-
-def _noise_png(size: int) -> bytes:
-    rng = random.Random(size)
-    image = Image.frombytes("RGB", (size, size), bytes(rng.randrange(256) for _ in range(size * size * 3)))
-    buffer = io.BytesIO()
-    image.save(buffer, "PNG")
-    return buffer.getvalue()
+from tests.discord.harness import noisy_png
 
 
 def test_a_portrait_under_the_limit_is_sent_as_it_is() -> None:
-    data = _noise_png(64)
+    data = noisy_png(64, 64)
     upload = fit_upload(data, "portrait_0.png", len(data))
     assert (upload.filename, upload.data) == ("portrait_0.png", data)
 
 
 def test_a_png_over_the_limit_becomes_a_jpeg_that_fits() -> None:
-    data = _noise_png(300)
+    data = noisy_png(300, 300)
     upload = fit_upload(data, "portrait_0.png", 60_000)
     assert upload.filename == "portrait_0.jpg"
     assert len(upload.data) <= 60_000 and upload.data[:3] == b"\xff\xd8\xff"
@@ -45,7 +37,7 @@ def test_a_png_over_the_limit_becomes_a_jpeg_that_fits() -> None:
 
 def test_what_cannot_fit_is_refused() -> None:
     with pytest.raises(CannotFit):
-        fit_upload(_noise_png(300), "portrait_0.png", 500)
+        fit_upload(noisy_png(300, 300), "portrait_0.png", 500)
     with pytest.raises(CannotFit):
         fit_upload(b"not an image at all" * 100, "portrait_0.png", 100)
 

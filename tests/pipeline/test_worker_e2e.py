@@ -27,10 +27,7 @@ async def test_train_then_generate_on_the_real_stages(tiny_model_dir: Path, tmp_
         tiny_model_dir, tmp_path, redis_url=redis_url, rank_faces=False, nsfw_check=True, candidates=3
     )
     blobs = LocalBlobStore(settings.blob_dir)
-    keys = []
-    for i, image in enumerate(photos.same_person_set(photos.astronaut())):
-        keys.append(f"users/1/photos/1/{i}.png")
-        blobs.put_bytes(keys[-1], photos.encode(image))
+    keys = photos.store_same_person(blobs)
     keys.append("users/1/photos/1/coffee.png")
     blobs.put_bytes(keys[-1], photos.encode(photos.coffee()))
 
