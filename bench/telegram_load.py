@@ -64,7 +64,7 @@ import threading
 import time
 import types
 from collections import Counter, defaultdict
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.process import BaseProcess
 from pathlib import Path
@@ -285,14 +285,6 @@ def _child_logging(path: Path) -> None:
     logging.getLogger("facechain.telegram").setLevel(logging.DEBUG)
 
 
-async def _until_terminated(work: Coroutine[Any, Any, Any]) -> None:
-    """Run ``work`` until it ends or SIGTERM arrives (then cancel it and let it clean up)."""
-    task = asyncio.ensure_future(work)
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
-
-
 async def _sample_loop_lag(samples: list[tuple[float, float]]) -> None:
     """(monotonic time, lag) pairs: how late a short sleep wakes up. CLOCK_MONOTONIC is system-wide."""
     while True:
@@ -465,6 +457,7 @@ def bot_process(config: ChildConfig) -> None:
     _child_logging(out / "bot.log")
     from bot.app import loop_factory, run_bot
     from bot.config import BotSettings
+    from bot.graceful import until_terminated
 
     settings = BotSettings(
         _env_file=None,
@@ -485,7 +478,7 @@ def bot_process(config: ChildConfig) -> None:
         (out / "bot_event_loop.txt").write_text(type(asyncio.get_running_loop()).__module__)
         sampler = asyncio.create_task(_sample_loop_lag(lags))
         try:
-            await _until_terminated(run_bot(settings))
+            await until_terminated(run_bot(settings))
         finally:
             sampler.cancel()
 
@@ -509,6 +502,7 @@ def worker_process(config: ChildConfig) -> None:
     """Entry of the GPU worker process: ``config.workers`` run_worker loops with an instant runner."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _child_logging(Path(config.out_dir) / "worker.log")
+    from bot.graceful import until_terminated
     from pipeline.config import WorkerSettings
     from pipeline.worker import run_worker
     from storage.blobs import LocalBlobStore
@@ -525,7 +519,7 @@ def worker_process(config: ChildConfig) -> None:
     async def serve() -> None:
         await asyncio.gather(*(run_worker(settings, ctx={"runner": runner}) for _ in range(config.workers)))
 
-    asyncio.run(_until_terminated(serve()))
+    asyncio.run(until_terminated(serve()))
 
 
 def _stop(process: BaseProcess, grace: float) -> None:

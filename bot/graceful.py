@@ -22,11 +22,13 @@ async def until_terminated(work: Coroutine[Any, Any, T]) -> T | None:
     loop = asyncio.get_running_loop()
     task = asyncio.ensure_future(work)
     terminated = False
+    stopping: list[asyncio.Task[None]] = []
 
     def terminate() -> None:
         nonlocal terminated
         terminated = True
-        task.cancel()
+        # Cancelled until it ends, not once: redis-py can swallow a cancel, and the process would not stop.
+        stopping.append(loop.create_task(cancel_all([task])))
 
     handled = False
     with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
