@@ -466,7 +466,8 @@ def _add_command(
     its arguments. The docstring's first line is the command's one-line help, the rest its description."""
     name = run.__name__.removeprefix("_cmd_").replace("_", "-")
     doc = inspect.getdoc(run)
-    assert doc, f"{run.__name__} needs a docstring: it is the command's help"
+    if not doc:
+        raise TypeError(f"{run.__name__} needs a docstring: it is the command's help")
     summary, _, details = doc.partition("\n\n")
     parser = sub.add_parser(name, help=summary[0].lower() + summary[1:].rstrip("."), description=details or None)
     parser.set_defaults(func=run)

@@ -21,12 +21,10 @@ async def until_terminated(work: Coroutine[Any, Any, T]) -> T | None:
     """
     loop = asyncio.get_running_loop()
     task = asyncio.ensure_future(work)
-    terminated = False
+    #: The task cancelling ``work`` after a SIGTERM (kept here so that it is not garbage-collected).
     stopping: list[asyncio.Task[None]] = []
 
     def terminate() -> None:
-        nonlocal terminated
-        terminated = True
         # Cancelled until it ends, not once: redis-py can swallow a cancel, and the process would not stop.
         stopping.append(loop.create_task(cancel_all([task])))
 
@@ -37,7 +35,7 @@ async def until_terminated(work: Coroutine[Any, Any, T]) -> T | None:
     try:
         return await task
     except asyncio.CancelledError:
-        if terminated:
+        if stopping:
             return None
         raise
     finally:

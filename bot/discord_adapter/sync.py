@@ -10,14 +10,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
 import discord
 from discord import app_commands
 
-from storage.files import FILE_MODE, make_private_dirs
+from storage.files import make_private_dirs, write_atomically
 
 log = logging.getLogger("facechain.discord")
 
@@ -59,10 +58,8 @@ def _load(path: Path) -> dict[str, str]:
 
 def _save(path: Path, state: dict[str, str]) -> None:
     make_private_dirs(path.parent)
-    partial = path.with_suffix(".tmp")
-    partial.write_text(json.dumps(state, indent=2, sort_keys=True), encoding="utf-8")
-    os.chmod(partial, FILE_MODE)
-    os.replace(partial, path)
+    text = json.dumps(state, indent=2, sort_keys=True).encode()
+    write_atomically(path, lambda f: f.write(text), temp_dir=path.parent, temp_prefix=f".{path.name}-")
 
 
 async def sync_commands(
