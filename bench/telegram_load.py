@@ -264,6 +264,9 @@ class InstantGpu:
             portraits.append(jobs.Portrait(key=key, seed=1000 + index, score=0.9 - index / 20))
         return jobs.GenerateOutcome(run_id=request.run_id, style=request.style.name, portraits=portraits)
 
+    def close(self, wait_s: float) -> list[str]:
+        return []  # nothing runs beside its jobs
+
 
 def _tiny_jpeg() -> bytes:
     """A 64×64 JPEG: the instant worker's template and portraits."""

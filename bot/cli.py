@@ -110,11 +110,13 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     # The worker never uses the chat tokens, but they may be in its environment (one .env for all).
     _configure_logging("INFO", (*load_settings(ChatSecrets).secrets(), settings.s3_secret_access_key))
     from bot.graceful import until_terminated
+    from pipeline.background import leave_if_busy
     from pipeline.worker import run_worker
 
     with _explained(settings.redis_url):
         _preflight_worker(settings)
         asyncio.run(until_terminated(run_worker(settings, burst=args.burst)))
+    leave_if_busy(0)
     return 0
 
 

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import torch
 from PIL import Image
 
+from pipeline.background import BackgroundWork
 from pipeline.config import WorkerSettings
 from pipeline.cuda_graphs import GraphedUNet
 from pipeline.devices import DeviceOutOfMemory, free_memory, is_out_of_memory
@@ -135,6 +136,7 @@ class PortraitGenerator:
         cuda_graphs: bool | None = None,
         style_cache_size: int = 4,
         compile_backend: str | Callable[..., Any] = "inductor",
+        background: BackgroundWork | None = None,
     ) -> None:
         from pipeline.models import model_side
 
@@ -158,14 +160,18 @@ class PortraitGenerator:
         #: Set once the compiled UNet is in use, or compiling it failed (at once when there is none).
         self.compiled_ready = threading.Event()
         self._pending_compile: tuple[GraphedUNet, int, torch.Tensor] | None = None
-        self._compile_thread: threading.Thread | None = None
+        self._compile_started = False
+        #: Where the background compile runs (the worker's, so that it can stop it).
+        self.background = background or BackgroundWork()
         if compiled is None:
             self.compiled_ready.set()
         use_graphs = self.settings.cuda_graphs if cuda_graphs is None else cuda_graphs
         self.unet.enabled = self.unet.enabled and use_graphs and self.merge == "direct"
 
     @classmethod
-    def load(cls, settings: WorkerSettings, *, fuse: bool = False) -> PortraitGenerator:
+    def load(
+        cls, settings: WorkerSettings, *, fuse: bool = False, background: BackgroundWork | None = None
+    ) -> PortraitGenerator:
         """Load the base pipeline once (device and dtype from the settings) and wrap it."""
         from pipeline.devices import configure_backends, pick_device, pick_dtype
         from pipeline.models import load_base_pipeline
@@ -175,7 +181,7 @@ class PortraitGenerator:
         pipe = load_base_pipeline(settings, device, pick_dtype(settings, device, "infer"))
         if settings.channels_last and device.type == "cuda":
             pipe.unet.to(memory_format=torch.channels_last)
-        return cls(pipe, settings, fuse=fuse)
+        return cls(pipe, settings, fuse=fuse, background=background)
 
     def warm_up(self, steps: int = 2, background_compile: bool = False, defer_compile: bool = False) -> float:
         """Run a short job without LoRAs at the default batch (captures the UNet's graph); seconds taken.
@@ -203,16 +209,16 @@ class PortraitGenerator:
         return time.perf_counter() - started
 
     def start_background_compile(self) -> None:
-        """Start the compile that :meth:`warm_up` prepared; with none prepared, ``compiled_ready`` is set."""
+        """Start the compile that :meth:`warm_up` prepared; with none prepared, or once the background
+        work is stopping, ``compiled_ready`` is set."""
         if self._pending_compile is None:
-            if self._compile_thread is None:
+            if not self._compile_started:
                 self.compiled_ready.set()  # nothing will be compiled in the background
             return
         args, self._pending_compile = self._pending_compile, None
-        self._compile_thread = threading.Thread(
-            target=self._prepare_compiled, args=args, name="unet-compile", daemon=True
-        )
-        self._compile_thread.start()
+        self._compile_started = self.background.start("unet-compile", self._prepare_compiled, *args)
+        if not self._compile_started:
+            self.compiled_ready.set()
 
     def _prepare_compiled(self, unet: GraphedUNet, count: int, hidden: torch.Tensor) -> None:
         """Compile and capture ``unet`` for the default job's shape, then use it from the next job on."""

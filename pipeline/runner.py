@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image
 
 from pipeline import jobs
+from pipeline.background import BackgroundWork
 from pipeline.config import WorkerSettings
 from pipeline.control import StageCancelled, StageControl
 from pipeline.devices import DeviceOutOfMemory, free_memory, pick_device, pick_dtype, use_cpu_threads
@@ -56,6 +57,8 @@ class PipelineRunner:
         self.blobs = blobs
         #: Seconds each part of the start took (bench/gpu_bench.py's cold section reports them).
         self.startup_seconds: dict[str, float] = {}
+        #: The warm-up and the compiles, beside the jobs (:meth:`close` stops them).
+        self.background = BackgroundWork()
         clock = time.perf_counter()
 
         def lap(name: str) -> None:
@@ -77,7 +80,7 @@ class PipelineRunner:
         self.train_pipe = None
         self.trainer: LoraTrainer | None = None
         if "generate" in settings.queues:
-            self.generator = PortraitGenerator.load(settings, fuse=settings.fuse_loras)
+            self.generator = PortraitGenerator.load(settings, fuse=settings.fuse_loras, background=self.background)
             lap("generation_pipeline")
         if "train" in settings.queues:
             train_dtype = pick_dtype(settings, self.device, "train")
@@ -86,7 +89,7 @@ class PipelineRunner:
             else:
                 self.train_pipe = load_base_pipeline(settings, self.device, train_dtype)
             # The adapter, optimizer and captured step stay on the training UNet between jobs.
-            self.trainer = LoraTrainer(self.train_pipe, compile_mode=settings.train_compile)
+            self.trainer = LoraTrainer(self.train_pipe, compile_mode=settings.train_compile, background=self.background)
             lap("training_pipeline")
         resident = self.generator.pipe if self.generator is not None else self.train_pipe
         if resident is not None:
@@ -102,9 +105,7 @@ class PipelineRunner:
         log.info("worker ready: %s", self.startup_seconds)
         #: Set once the warm-ups below are done (their compiles may still run: ``compiled_ready``).
         self.warmed_up = threading.Event()
-        if self.device.type == "cuda":
-            threading.Thread(target=self._warm_up, name="warm-up", daemon=True).start()
-        else:
+        if self.device.type != "cuda" or not self.background.start("warm-up", self._warm_up):
             self.warmed_up.set()
 
     def _warm_up(self) -> None:
@@ -122,7 +123,7 @@ class PipelineRunner:
                 self.generator.warm_up(background_compile=True, defer_compile=True)
                 self.startup_seconds["generation_warm_up"] = round(time.perf_counter() - clock, 2)
                 clock = time.perf_counter()
-            if self.trainer is not None:
+            if self.trainer is not None and not self.background.stopping.is_set():
                 after = self.generator.compiled_ready if self.generator is not None else None
                 self.trainer.warm_up(TrainArgs.from_settings(self.settings), background_compile=True, after=after)
                 training_warmed = True
@@ -137,6 +138,15 @@ class PipelineRunner:
                 self.generator.start_background_compile()
             if self.trainer is not None and not training_warmed:
                 self.trainer.compiled_ready.set()  # no compile will come
+
+    def close(self, wait_s: float) -> list[str]:
+        """Stop the warm-up and the compiles (waiting up to ``wait_s``) and the picking threads.
+
+        The names of the background threads still running (:mod:`pipeline.background`).
+        """
+        left = self.background.stop(wait_s)
+        self.picker.close()
+        return left
 
     # ---------------------------------------------------------------------------------- train
     def train(self, request: jobs.TrainRequest, control: StageControl) -> jobs.TrainOutcome:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pipeline import jobs
+from pipeline.background import STOP_WAIT_S
 from pipeline.config import WorkerSettings
 from pipeline.control import StageControl
 from pipeline.errors import WorkerSetupError
@@ -109,7 +110,10 @@ def train_from_folder(
         run_id=f"cli-{name}-{stamp}"[:64], user_id=0, model_id=0, photo_keys=keys, subject=subject,
         min_photos=min_photos,
     )  # fmt: skip
-    outcome = runner.train(request, _control(report))
+    try:
+        outcome = runner.train(request, _control(report))
+    finally:
+        runner.close(STOP_WAIT_S)  # the warm-up, where one ran
     if outcome.needs_subject:
         raise ScriptError(NEEDS_SUBJECT)
     if outcome.ok and (outcome.lora_key is None or outcome.steps < 1):
@@ -153,7 +157,10 @@ def generate_for(
         lora_key=model.lora_key, template_key=model.template_key, trigger=model.trigger or "",
         style=style, count=count, candidates=max(candidates or settings.candidates, count), seed=seed,
     )  # fmt: skip
-    outcome = runner.generate(request, _control(report))
+    try:
+        outcome = runner.generate(request, _control(report))
+    finally:
+        runner.close(STOP_WAIT_S)  # the warm-up, where one ran
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for index, portrait in enumerate(outcome.portraits):

@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 from PIL import Image, ImageOps
 
+from pipeline.background import BackgroundWork
 from pipeline.config import WorkerSettings
 from pipeline.devices import DeviceOutOfMemory, free_memory, is_out_of_memory, synchronize
 from pipeline.jobs import ErrorCode
@@ -352,8 +353,11 @@ class LoraTrainer:
         pipe: StableDiffusionPipeline,
         compile_mode: CompileMode = "off",
         compile_backend: str | Callable[..., Any] = "inductor",
+        background: BackgroundWork | None = None,
     ) -> None:
         self.pipe = pipe
+        #: Where the background compile runs (the worker's, so that it can stop it).
+        self.background = background or BackgroundWork()
         self.compile_mode: CompileMode = compile_mode
         if pipe.unet.device.type != "cuda" and compile_backend == "inductor":
             # Inductor on a CPU: minutes of compile for seconds of gain.
@@ -490,10 +494,8 @@ class LoraTrainer:
             self._exercise(step)
         if self.compile_mode != "off":
             if background_compile:
-                thread = threading.Thread(
-                    target=self._prepare_compiled, args=(args, after), name="train-compile", daemon=True
-                )
-                thread.start()
+                if not self.background.start("train-compile", self._prepare_compiled, args, after):
+                    self.compiled_ready.set()  # stopping: no compile will come
             else:
                 self._prepare_compiled(args, after)
         return time.perf_counter() - started
@@ -570,8 +572,11 @@ class LoraTrainer:
         meanwhile. The copy, compiled and captured, then becomes the training UNet.
         """
         try:
-            if after is not None:
-                after.wait()
+            while after is not None and not after.wait(0.5):
+                if self.background.stopping.is_set():
+                    return
+            if self.background.stopping.is_set():
+                return
             started = time.perf_counter()
             with self._lock:
                 unet = _frozen_copy(self.pipe.unet)

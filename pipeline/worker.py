@@ -27,6 +27,7 @@ from pydantic import ValidationError
 from pipeline import jobs, worker_metrics
 from pipeline.aio import cancel_all
 from pipeline.arq_redis import REDIS_DOWN, Backoff, enqueue_outcome, redis_client, serve_through_outages
+from pipeline.background import STOP_WAIT_S
 from pipeline.config import WorkerSettings
 from pipeline.control import StageCancelled, StageControl
 from pipeline.runlog import run_context
@@ -49,6 +50,10 @@ class StageRunner(Protocol):
     def train(self, request: jobs.TrainRequest, control: StageControl) -> jobs.TrainOutcome: ...
 
     def generate(self, request: jobs.GenerateRequest, control: StageControl) -> jobs.GenerateOutcome: ...
+
+    def close(self, wait_s: float) -> list[str]:
+        """Stop the work it does beside the jobs, waiting up to ``wait_s``: the names of what still runs."""
+        ...
 
 
 # ------------------------------------------------------------------------------------------ jobs
@@ -466,7 +471,8 @@ async def run_worker(settings: WorkerSettings, *, burst: bool = False, ctx: dict
     Models load once (``on_startup``) before any queue is read; each queue's arq worker then opens its
     own Redis pool (speaking the contract's JSON) and puts it in its copy of ``ctx`` as ``redis``. A
     Redis that is down at start or goes away later is waited for, never a reason to exit.
-    ``/metrics`` is served throughout when FACECHAIN_WORKER_METRICS_PORT is set.
+    ``/metrics`` is served throughout when FACECHAIN_WORKER_METRICS_PORT is set. On the way out, the
+    stages it loaded stop their background work (``StageRunner.close``); a runner in ``ctx`` is left open.
     """
     async with worker_metrics.worker_metrics(settings.worker_metrics_port, settings.queues, str(settings.redis_url)):
         await _run_workers(settings, burst=burst, ctx=ctx)
@@ -475,6 +481,8 @@ async def run_worker(settings: WorkerSettings, *, burst: bool = False, ctx: dict
 async def _run_workers(settings: WorkerSettings, *, burst: bool, ctx: dict[str, Any] | None) -> None:
     context: dict[str, Any] = dict(ctx or {})
     context["settings"] = settings
+    # A runner handed in is its owner's to close (tests share one between workers); one built here is ours.
+    owns_runner = "runner" not in context
     await on_startup(context)
     worker_metrics.WORKER_READY.set(1)
     served = list(settings.queues)
@@ -486,3 +494,20 @@ async def _run_workers(settings: WorkerSettings, *, burst: bool, ctx: dict[str, 
         await asyncio.gather(*tasks)
     finally:
         await cancel_all(tasks)
+        if owns_runner:
+            await _stop_background(context)
+
+
+async def _stop_background(ctx: dict[str, Any]) -> None:
+    """After the last job: the runner's warm-up and compiles end, or are named as left running."""
+    runner: StageRunner | None = ctx.get("runner")
+    if runner is None:
+        return
+    closing = asyncio.ensure_future(asyncio.to_thread(runner.close, STOP_WAIT_S))
+    while not closing.done():
+        # A SIGTERM cancels again and again (bot.graceful); the wait is bounded by STOP_WAIT_S anyway.
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.shield(closing)
+    left = closing.result()
+    if left:
+        log.info("still running after %.0f s: %s (the process leaves without it)", STOP_WAIT_S, ", ".join(left))

@@ -1,10 +1,21 @@
-"""What the scripted GPU stages of the chat tests (Telegram, Discord, the queue) leave behind when a
-training succeeds: files where the real stages put theirs, and the outcome naming them."""
+"""What the scripted GPU stages of the chat tests (Telegram, Discord, the queue) share: what they
+leave behind when a training succeeds (files where the real stages put theirs, and the outcome
+naming them), and the end of their life in a stopping worker."""
 
 from __future__ import annotations
 
 from pipeline import jobs
 from storage.blobs import BlobStore
+
+
+class NothingInBackground:
+    """A scripted runner's ``close``: it runs nothing beside its jobs; ``closes`` counts the calls."""
+
+    closes = 0
+
+    def close(self, wait_s: float) -> list[str]:
+        self.closes += 1
+        return []
 
 
 def trained_outcome(

@@ -28,7 +28,7 @@ from pipeline.config import WorkerSettings
 from pipeline.worker import StageControl, run_worker
 from storage.blobs import BlobStore, LocalBlobStore
 from tests.discord.fake_discord import TOKEN, FakeDiscord, Interaction, Message, Upload, User
-from tests.scripted_stages import trained_outcome
+from tests.scripted_stages import NothingInBackground, trained_outcome
 
 
 def jpeg(seed: int, size: int = 96) -> bytes:
@@ -74,7 +74,7 @@ def bot_settings(fake: FakeDiscord, tmp_path: Path, redis_url: str, **overrides:
 
 
 @dataclass
-class ScriptedRunner:
+class ScriptedRunner(NothingInBackground):
     """Stands in for the GPU stages: reports progress and writes small outputs like the real ones do."""
 
     blobs: BlobStore

@@ -106,6 +106,8 @@ def test_train_and_generate_on_cuda_at_full_size(tmp_path_factory: pytest.TempPa
     for portrait in made.portraits:
         assert Image.open(blobs.path(portrait.key)).size == (512, 512)
     assert not runner.generator.pipe.get_list_adapters(), "adapters removed after the job"
+    # The warm-up (no compiles here) ends within the wait: the process may then exit normally.
+    assert runner.close(60) == []
 
     record = {
         "gpu": torch.cuda.get_device_name(0),

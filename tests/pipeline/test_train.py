@@ -381,6 +381,25 @@ def test_jobs_train_on_the_plain_step_while_the_compiled_one_is_made(
     _assert_clean(tiny_pipe)
 
 
+def test_a_training_compile_waiting_its_turn_gives_up_when_the_worker_stops(
+    tiny_pipe: object, tiny_env: WorkerSettings
+) -> None:
+    # Compiles run one at a time: this one waits for the UNet's, which is still running at SIGTERM.
+    unet_compile_done = threading.Event()
+    torch._dynamo.reset()
+    trainer = LoraTrainer(tiny_pipe, compile_mode="on", compile_backend="aot_eager")  # type: ignore[arg-type]
+    try:
+        trainer.warm_up(_args(tiny_env), background_compile=True, after=unet_compile_done)
+        assert trainer.background.stop(5) == [], "the waiting compile ended instead of waiting on"
+        assert trainer.compiled_ready.is_set()
+        assert trainer.step is not None and trainer.step.forward is None, "jobs stay on the plain step"
+    finally:
+        unet_compile_done.set()
+        trainer.close()
+        torch._dynamo.reset()
+    _assert_clean(tiny_pipe)
+
+
 def _same_weights_close(a: Path, b: Path, atol: float = 1e-5) -> bool:
     first, second = load_file(a), load_file(b)
     return first.keys() == second.keys() and all(torch.allclose(first[k], second[k], atol=atol) for k in first)

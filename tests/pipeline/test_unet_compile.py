@@ -116,6 +116,17 @@ def test_a_deferred_background_compile_starts_only_when_asked(
     assert _graphs() - before == 1 and compiled.unet.compiled is not None
 
 
+def test_a_stopping_worker_starts_no_compile_and_its_waiters_go_on(tiny_pipe: object, tiny_env: WorkerSettings) -> None:
+    # SIGTERM during the warm-up: the compile it prepared must not start (it would outlive the worker).
+    compiled = _compiled(tiny_pipe, tiny_env)
+    before = _graphs()
+    compiled.warm_up(steps=1, background_compile=True, defer_compile=True)
+    assert compiled.background.stop(5) == []
+    compiled.start_background_compile()
+    assert compiled.compiled_ready.is_set(), "whoever waits for the compile is not left waiting"
+    assert compiled.unet.compiled is None and _graphs() == before, "nothing was compiled"
+
+
 def test_with_no_compile_prepared_starting_one_just_reports_ready(tiny_pipe: object, tiny_env: WorkerSettings) -> None:
     # A warm-up that failed before preparing the compile must not leave waiters hanging.
     compiled = _compiled(tiny_pipe, tiny_env)

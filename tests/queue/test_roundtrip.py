@@ -11,6 +11,7 @@ import asyncio
 import io
 import random
 import threading
+import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,8 @@ from bot.queue import ArqJobQueue, build_outcome_worker, create_redis
 from bot.service import ConversationService, Origin, StyleEntry
 from bot.supervisor import Action, RunSupervisor, SupervisorSettings
 from pipeline import jobs
+from pipeline import worker as worker_module
+from pipeline.aio import cancel_all
 from pipeline.config import WorkerSettings
 from pipeline.control import StageControl
 from pipeline.worker import run_worker
@@ -34,7 +37,7 @@ from storage.blobs import BlobStore, LocalBlobStore
 from storage.db import open_database
 from storage.models import Delivery, ModelStatus, Platform, RunStatus
 from storage.repositories import Repositories
-from tests.scripted_stages import trained_outcome
+from tests.scripted_stages import NothingInBackground, trained_outcome
 
 STYLES = {
     "Business": StyleEntry(jobs.StyleSpec(name="Business", prompt="a person in a business suit")),
@@ -44,7 +47,7 @@ ALICE = Origin(platform=Platform.TELEGRAM, user_id="1001", chat_id="1001", priva
 
 
 @dataclass
-class ScriptedRunner:
+class ScriptedRunner(NothingInBackground):
     """Stands in for the GPU stages: writes small outputs to the blob store like the real ones do."""
 
     blobs: BlobStore
@@ -207,6 +210,47 @@ async def test_train_then_generate_round_trip(bench: Bench) -> None:
     assert [p.seed for p in stored] == [1000, 1001, 1002]
     gen = await bench.repos.runs.get(gen_id)
     assert gen is not None and gen.status is RunStatus.DONE
+
+
+async def test_a_worker_closes_the_stages_it_loaded_and_leaves_those_handed_in_open(
+    bench: Bench, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The real stages warm up and compile in threads that must end before the process does; a runner
+    # handed in belongs to its owner, who may give it to the next worker.
+    loaded = ScriptedRunner(bench.blobs)
+    monkeypatch.setattr(worker_module, "build_runner", lambda settings, blobs: loaded)
+    await bench.train_alice()
+    await asyncio.wait_for(run_worker(bench.settings, burst=True, ctx={"blobs": bench.blobs}), timeout=60)
+    assert loaded.calls and loaded.closes == 1
+
+    await bench.work()
+    assert bench.runner.closes == 0
+
+
+@dataclass
+class SlowToClose(ScriptedRunner):
+    """Its background work takes a moment to end (a warm-up finishing its graph capture)."""
+
+    closed: threading.Event = field(default_factory=threading.Event)
+
+    def close(self, wait_s: float) -> list[str]:
+        time.sleep(1.5)
+        self.closed.set()
+        return super().close(wait_s)
+
+
+async def test_a_worker_cancelled_again_and_again_still_waits_for_its_background_work(
+    bench: Bench, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # SIGTERM cancels the worker every half second until it ends (bot.graceful): the wait for the
+    # background work must not be cut short, or the process exits with a capture still running.
+    runner = SlowToClose(bench.blobs)
+    monkeypatch.setattr(worker_module, "build_runner", lambda settings, blobs: runner)
+    worker = asyncio.create_task(run_worker(bench.settings, ctx={"blobs": bench.blobs}))
+    await asyncio.sleep(0.5)
+    await cancel_all([worker])
+    assert worker.done()
+    assert runner.closed.is_set() and runner.closes == 1
 
 
 async def test_a_job_run_twice_does_the_work_once_and_the_result_is_recorded_once(bench: Bench) -> None:

@@ -17,12 +17,12 @@ from PIL import Image
 from pipeline import jobs
 from pipeline.control import StageCancelled, StageControl
 from storage.blobs import BlobStore
-from tests.scripted_stages import trained_outcome
+from tests.scripted_stages import NothingInBackground, trained_outcome
 from tests.telegram.media import NOT_A_FACE_SIZE
 
 
 @dataclass
-class ScriptedGpu:
+class ScriptedGpu(NothingInBackground):
     blobs: BlobStore
     #: Seconds per training step (three steps).
     step_s: float = 0.05
