@@ -239,6 +239,16 @@ class ArqJobQueue:
 
 
 # ------------------------------------------------------------------------------------ outcomes
+#: Tries to show one outcome before giving up: with :func:`delivery_retry_delay`, about half an hour
+#: of a chat platform being unreachable (or erring) is ridden out.
+DELIVERY_TRIES = 36
+
+
+def delivery_retry_delay(tries: int) -> int:
+    """Seconds before the next try to show an outcome, after ``tries`` failed ones (5, 10, ... then 60)."""
+    return min(5 * tries, 60)
+
+
 async def _deliver_outcome(ctx: dict[str, Any], payload: Any) -> str:
     """arq job on the bot's queue: hand a worker's outcome to the service."""
     try:
@@ -254,9 +264,12 @@ async def _deliver_outcome(ctx: dict[str, Any], payload: Any) -> str:
             # The result is recorded but the user has not seen it (the platform was down, say):
             # arq runs the job again later, and the service sends it then.
             tries = int(ctx.get("job_try", 1))
-            log.warning("delivering run %s failed (try %d): %s", outcome.run_id, tries, exc)
+            if tries >= DELIVERY_TRIES:
+                log.error("delivering run %s failed %d times; giving up: %s", outcome.run_id, tries, exc)
+                return "undelivered"
+            log.warning("delivering run %s failed (try %d of %d): %s", outcome.run_id, tries, DELIVERY_TRIES, exc)
             metrics.DELIVERY_RETRIES.labels(outcome.kind).inc()
-            raise Retry(defer=min(5 * tries, 60)) from exc
+            raise Retry(defer=delivery_retry_delay(tries)) from exc
         log.info("%s outcome handled: %s", outcome.kind, outcome.error.value if outcome.error else "ok")
     metrics.outcome_delivered(outcome)
     return "ok"
@@ -270,7 +283,7 @@ def build_outcome_worker(redis_url: str, on_outcome: OutcomeHandler, *, burst: b
     No result is kept once delivered: it would hold the run's ids and keys in Redis for nothing.
     """
     return Worker(
-        functions=[func(_deliver_outcome, name=jobs.DELIVER_JOB, max_tries=8)],
+        functions=[func(_deliver_outcome, name=jobs.DELIVER_JOB, max_tries=DELIVERY_TRIES)],
         queue_name=jobs.BOT_QUEUE,
         # A pool of our own (arq's settings have no command timeout); no connection retries inside
         # arq: serve_outcomes reconnects, for as long as it takes.

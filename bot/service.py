@@ -15,7 +15,7 @@ import logging
 import secrets
 import weakref
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from typing import Protocol
 
@@ -34,7 +34,7 @@ from bot.core.events import (
     StyleAdded,
     TextMessage,
 )
-from bot.core.flow import Decision, decide
+from bot.core.flow import Decision, decide, results_shown_instead
 from bot.core.limits import Limits
 from bot.core.replies import Reply
 from bot.core.state import Facts, ModelState, RunInfo, StyleInfo, UserState
@@ -102,11 +102,22 @@ class StyleEntry:
     preview_key: str | None = None
 
 
+class DeliveryRefused(Exception):
+    """The chat refuses the bot for good (the user blocked it, closed their DMs, or the chat is gone):
+    sending again later would not help."""
+
+
 class Notifier(Protocol):
     """Sends replies to a chat outside an adapter's own event handling (progress and results)."""
 
     async def deliver(self, delivery: Delivery, replies: Sequence[Reply]) -> Mapping[str, str]:
-        """Show the replies; return run_id → message id for every ProgressMessage sent."""
+        """Show the replies; return run_id → message id for every ProgressMessage sent.
+
+        Raises :class:`DeliveryRefused` when the chat refuses the bot, and any other exception when a
+        reply could not be sent for a reason that may pass (the platform unreachable, its server
+        erring, flood control longer than the sender waits): the outcome is then delivered again later.
+        A reply the platform rejects as such (a bad request) is logged and skipped.
+        """
         ...
 
 
@@ -222,10 +233,33 @@ class ConversationService:
             replies = await self._run(fresh.user_id, origin, JobFinished(outcome=outcome, style=fresh.style), None)
         try:
             # A failure to send raises: arq retries the outcome job and the user still gets the result.
-            await self._notify(fresh, replies)
+            try:
+                await self._notify(fresh, replies)
+            except DeliveryRefused as refused:
+                await self._after_refusal(fresh, replies, refused)
             await self._repos.runs.mark_delivered(fresh.id)
         finally:
             self._delivering.discard(fresh.id)
+
+    async def _after_refusal(self, run: Run, replies: Sequence[Reply], refused: DeliveryRefused) -> None:
+        """The result's chat refuses the bot. A result meant for the user's private chat is shown where
+        they asked for it instead, with a note saying why; elsewhere nobody can be told, so it is logged."""
+        asked_in = run.delivery.asked_in_chat_id
+        if asked_in is None:
+            log.warning("run %s: its chat refuses the bot (%s); the result is not shown", run.id, refused)
+            return
+        log.info(
+            "run %s: the private chat refuses the bot (%s); showing the result where it was asked", run.id, refused
+        )
+        identities = await self._repos.users.identities(run.user_id)
+        name = next((i.display_name for i in identities if i.platform is run.delivery.platform), "")
+        shown = results_shown_instead(replies, name)
+        where = replace(run.delivery, chat_id=asked_in, asked_in_chat_id=None)
+        notifier = self._notifiers[run.delivery.platform]
+        try:
+            await notifier.deliver(where, shown)
+        except DeliveryRefused as again:
+            log.warning("run %s: neither chat accepts the result (%s); it is not shown", run.id, again)
 
     # ------------------------------------------------------------------ for the run supervisor
     async def active_runs(self) -> list[Run]:
@@ -575,10 +609,13 @@ class ConversationService:
         return None
 
     def _delivery(self, origin: Origin, community: Community | None, *, private_result: bool) -> Delivery:
-        chat = origin.chat_id
+        community_id = community.id if community else None
         if private_result and not origin.private and origin.direct_chat_id:
-            chat = origin.direct_chat_id
-        return Delivery(platform=origin.platform, chat_id=chat, community_id=community.id if community else None)
+            return Delivery(
+                platform=origin.platform, chat_id=origin.direct_chat_id, community_id=community_id,
+                asked_in_chat_id=origin.chat_id,
+            )  # fmt: skip
+        return Delivery(platform=origin.platform, chat_id=origin.chat_id, community_id=community_id)
 
     async def _cancel_runs(self, user_id: int) -> tuple[tuple[str, ...], list[Event]]:
         """Cancel every active run: (the runs asked to stop, JobFinished for each).

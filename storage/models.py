@@ -117,6 +117,9 @@ class Delivery:
     progress_message_id: str | None = None
     #: The community the request came from (quotas, styles); None for a private chat.
     community_id: int | None = None
+    #: The chat the request was made in, when the result goes to another (a results-to-DMs community):
+    #: the progress message is there, and the result falls back to it if the private chat refuses it.
+    asked_in_chat_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -608,6 +608,14 @@ def _generate_finished(state: UserState, outcome: GenerateOutcome, style: str | 
     return Decision(state, (stopped, _text(facts, texts.generate_failed(outcome.error))))
 
 
+def results_shown_instead(replies: Iterable[Reply], name: str) -> tuple[Reply, ...]:
+    """A result meant for a member's private chat, which refused the bot, as shown in the chat where it
+    was asked for: a note saying why, then the result's messages (the progress message there was
+    already edited)."""
+    shown = tuple(reply for reply in replies if isinstance(reply, (Text, Photos)))
+    return (Text(texts.results_not_sent_privately(name)), *shown)
+
+
 def _on_style_added(state: UserState, event: StyleAdded, facts: Facts) -> Decision:
     if event.error is None:
         return _say(state, facts, texts.style_added(event.name), personal=True)

@@ -467,6 +467,15 @@ def portraits_caption(style: str, best: float | None, blocked: int) -> str:
     return caption
 
 
+def results_not_sent_privately(name: str) -> str:
+    """Before results posted in the group because the member's private chat refused them."""
+    who = f"{name}, I" if name else "I"
+    return (
+        f"{who} couldn't send your portraits to your private chat, so here they are. To get them there next"
+        " time, start a private chat with me (or allow direct messages from this server's members)."
+    )
+
+
 def more_label() -> str:
     return "More of this style"
 

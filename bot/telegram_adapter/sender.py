@@ -21,6 +21,7 @@ from telegram.error import BadRequest, Forbidden, TelegramError
 from bot.chat_progress import EDIT_INTERVAL_S, EditThrottle, ProgressMessages
 from bot.core.formatting import split_message
 from bot.core.replies import Button, EditProgress, Photos, ProgressMessage, Reply, Text
+from bot.service import DeliveryRefused
 from bot.telegram_adapter.retry import with_retries
 from storage.blobs import BlobNotFound, BlobStore
 from storage.models import Delivery
@@ -90,13 +91,16 @@ class TelegramSender:
         replies: Sequence[Reply],
         *,
         reply_to: int | None = None,
-        progress_message_id: int | None = None,
+        progress_message: tuple[int, int] | None = None,
+        must_deliver: bool = False,
     ) -> dict[str, str]:
         """Show ``replies`` in order; return run_id → message id of each progress message sent.
 
         ``reply_to`` threads the replies under the user's message (in groups: whose answer it is).
-        ``progress_message_id`` is the message to edit for runs this sender has not seen (a restart).
-        A reply that fails after retries is logged and skipped; a chat that blocked the bot ends the batch.
+        ``progress_message`` (chat, message) is the message to edit for runs this sender has not seen
+        (a restart). A reply the server rejects is logged and skipped. A chat that blocked the bot ends
+        the batch, and a reply that still fails after retries is skipped; with ``must_deliver`` (a
+        worker's result) they raise instead: :class:`DeliveryRefused`, or the error, to be tried later.
         """
         sent: dict[str, str] = {}
         for reply in replies:
@@ -111,12 +115,18 @@ class TelegramSender:
                         if message_id is not None:
                             sent[reply.run_id] = str(message_id)
                     case EditProgress():
-                        await self._edit_progress(chat_id, reply, progress_message_id)
+                        await self._edit_progress(chat_id, reply, progress_message)
             except Forbidden as exc:
                 log.info("chat %s does not accept messages from the bot (%s)", chat_id, exc.message)
+                if must_deliver:
+                    raise DeliveryRefused(f"chat {chat_id}: {exc.message}") from exc
                 break
+            except BadRequest as exc:
+                log.warning("a %s reply to chat %s was refused: %s", type(reply).__name__, chat_id, exc.message)
             except TelegramError as exc:
                 log.warning("a %s reply to chat %s failed: %s", type(reply).__name__, chat_id, exc.message)
+                if must_deliver:
+                    raise
         return sent
 
     async def aclose(self) -> None:
@@ -189,10 +199,10 @@ class TelegramSender:
 
         return (await self._progress.sending(reply.run_id, send)).message_id
 
-    async def _edit_progress(self, chat_id: int, reply: EditProgress, fallback: int | None) -> None:
+    async def _edit_progress(self, chat_id: int, reply: EditProgress, fallback: tuple[int, int] | None) -> None:
         target = await self._progress.find(reply.run_id, final=reply.final)
         if target is None and fallback is not None:
-            target = _ProgressTarget(chat_id, fallback)
+            target = _ProgressTarget(*fallback)
         if target is None:
             if reply.final:
                 # The run finished before its progress message was known (a burst of load): the
@@ -233,14 +243,16 @@ class TelegramNotifier:
         self._sender = sender
 
     async def deliver(self, delivery: Delivery, replies: Sequence[Reply]) -> Mapping[str, str]:
-        """Show the replies in the run's chat; return run_id → message id of progress messages sent."""
+        """Show the replies in the run's chat (its progress message is where it was asked for); return
+        run_id → message id of progress messages sent. Raises as :class:`bot.service.Notifier` says."""
         try:
             chat_id = int(delivery.chat_id)
-            progress = int(delivery.progress_message_id) if delivery.progress_message_id else None
+            asked_in = int(delivery.asked_in_chat_id or delivery.chat_id)
+            progress = (asked_in, int(delivery.progress_message_id)) if delivery.progress_message_id else None
         except ValueError:
             log.warning("a delivery to a malformed Telegram chat id %r was dropped", delivery.chat_id)
             return {}
-        return await self._sender.send(chat_id, replies, progress_message_id=progress)
+        return await self._sender.send(chat_id, replies, progress_message=progress, must_deliver=True)
 
 
 def _thread(reply_to: int | None) -> ReplyParameters | None:

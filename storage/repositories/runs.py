@@ -44,8 +44,8 @@ class RunsRepository(Repository):
             return await self._returning(
                 run_record,
                 "INSERT INTO runs (id, user_id, kind, status, model_id, style, count, platform, chat_id,"
-                " progress_message_id, community_id, created_at, request)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING *",
+                " progress_message_id, community_id, asked_in_chat_id, created_at, request)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING *",
                 (
                     run_id,
                     user_id,
@@ -58,6 +58,7 @@ class RunsRepository(Repository):
                     delivery.chat_id,
                     delivery.progress_message_id,
                     delivery.community_id,
+                    delivery.asked_in_chat_id,
                     self._now(),
                     request,
                 ),

@@ -99,3 +99,33 @@ async def test_commands_for_another_bot_are_ignored(bot: Harness, api: FakeBotAp
     helped = await group_alice.expect("What I can do:")
     assert all("Styles you can use" not in m.shown for m in group_alice.replies)
     assert helped.chat_id == GROUP
+
+
+async def test_results_for_members_go_to_their_private_chat_or_to_the_group_when_it_is_closed(
+    bot: Harness, api: FakeBotApi, alice: TgUser
+) -> None:
+    await bot.train(alice)
+    api.add_group(GROUP, "Portrait Club")
+    ann = TgUser(api, 2001, "Ann").in_chat(GROUP)
+    api.set_member(GROUP, ann.user_id, "administrator")
+    ann.say("/admin results direct")
+    await ann.expect("Portraits will be sent to members privately.")
+    group_alice = alice.in_chat(GROUP)
+
+    group_alice.say("/generate cyberpunk 2")
+    making = await group_alice.expect("Making 2 portraits in cyberpunk")
+    await group_alice.expect_edit(making, "Done.", within=20)
+    await alice.wait_buttons(["More of this style", "Another style"])
+    assert len([m for m in alice.replies if m.photo]) == 2, "in Alice's private chat"
+    assert not [m for m in group_alice.replies if m.photo]
+
+    # Alice stops the bot in private: the next portraits are posted in the group, saying why.
+    api.started.discard(alice.user_id)
+    group_alice.say("/generate watercolor 2")
+    making = await group_alice.expect("Making 2 portraits in watercolor")
+    await group_alice.expect_edit(making, "Done.", within=20)
+    note = await group_alice.expect("couldn't send your portraits to your private chat, so here they are")
+    assert note.shown.startswith(f"{alice.name}, I couldn't")
+    await group_alice.wait_buttons(["More of this style", "Another style"])
+    assert len([m for m in group_alice.replies if m.photo]) == 2
+    assert len([m for m in alice.replies if m.photo]) == 2, "nothing more reached the closed chat"

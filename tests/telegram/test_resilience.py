@@ -43,6 +43,21 @@ async def test_errors_while_delivering_results_are_retried(bot: Harness, api: Fa
     assert len([m for m in alice.replies if m.photo]) == 3, "sent once, after the retry"
 
 
+async def test_results_wait_out_an_outage_longer_than_the_senders_own_retries(
+    bot: Harness, api: FakeBotApi, alice: TgUser
+) -> None:
+    """The sender tries a call 4 times; when Telegram errs longer, the outcome is delivered again later."""
+    await bot.train(alice)
+    for _ in range(6):
+        api.fail_next("sendMediaGroup", 502)
+    alice.say("/generate oil_painting 3")
+    making = await alice.expect("Making 3 portraits")
+    await alice.expect_edit(making, "Done.", within=20)
+    await alice.wait_buttons(["More of this style", "Another style"], within=30)
+    assert len(api.calls_of("sendMediaGroup")) == 7, "4 tries, then the outcome again: 2 more failures, 1 success"
+    assert len([m for m in alice.replies if m.photo]) == 3, "the portraits arrive, once"
+
+
 async def test_webhook_mode_takes_updates_with_the_secret_only(
     webhook: str, bot: Harness, api: FakeBotApi, alice: TgUser
 ) -> None:
