@@ -10,6 +10,7 @@ it returns. Results and progress from the workers arrive through :meth:`on_outco
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import secrets
@@ -374,6 +375,7 @@ class ConversationService:
             community_quota=community.community_daily_quota if community else None,
             results_to=community.results_to.value if community else ResultsTo.CHANNEL.value,
             nsfw_allowed=community.nsfw_allowed if community else False,
+            age_restricted=origin.age_restricted,
         )
         return UserState.from_json(user.state), facts
 
@@ -419,8 +421,8 @@ class ConversationService:
                 if current is not None:
                     await self._delete_blobs(await repos.photos.discard_set(current.id))
                 await repos.photos.open_set(user_id)
-            case fx.SavePhotos(files=files):
-                return [await self._save_photos(user_id, files, download)]
+            case fx.SavePhotos(files=files, numbers=numbers):
+                return [await self._save_photos(user_id, files, numbers, download)]
             case fx.DiscardPhotos():
                 current = await repos.photos.current_set(user_id)
                 if current is not None:
@@ -475,30 +477,32 @@ class ConversationService:
         return snapshot.community
 
     async def _save_photos(
-        self, user_id: int, files: Sequence[OfferedFile], download: Downloader | None
+        self, user_id: int, files: Sequence[OfferedFile], numbers: Sequence[int], download: Downloader | None
     ) -> PhotosSaved:
         photo_set, count = await self._repos.photos.open_set_with_count(user_id)
         results: list[SavedPhoto] = []
-        for offered in files:
+        for index, offered in enumerate(files):
+            number = numbers[index] if index < len(numbers) else index + 1
+            refused = functools.partial(SavedPhoto, offered.ref, False, filename=offered.filename, number=number)
             if count >= self._limits.max_photos:
-                results.append(SavedPhoto(offered.ref, False, "set_full"))
+                results.append(refused("set_full"))
                 continue
             if download is None:
-                results.append(SavedPhoto(offered.ref, False, "download_failed"))
+                results.append(refused("download_failed"))
                 continue
             try:
                 data = await download(offered)
             except DownloadError as exc:
-                results.append(SavedPhoto(offered.ref, False, exc.reason))
+                results.append(refused(exc.reason))
                 continue
             if len(data) > self._limits.max_photo_bytes:
-                results.append(SavedPhoto(offered.ref, False, "too_large"))
+                results.append(refused("too_large"))
                 continue
             key = photo_key(user_id, f"{photo_set.id}/{_token()}")
             try:
                 stored = await asyncio.to_thread(self._blobs.put_photo, key, data)
             except NotAnImage:
-                results.append(SavedPhoto(offered.ref, False, jobs.RejectReason.NOT_AN_IMAGE.value))
+                results.append(refused(jobs.RejectReason.NOT_AN_IMAGE.value))
                 continue
             photo = await self._repos.photos.add_photo(
                 photo_set.id, user_id, stored.key, stored.sha256, stored.size, stored.width,
@@ -506,10 +510,10 @@ class ConversationService:
             )  # fmt: skip
             if photo is None:
                 await asyncio.to_thread(self._blobs.delete, stored.key)
-                results.append(SavedPhoto(offered.ref, False, jobs.RejectReason.DUPLICATE.value))
+                results.append(refused(jobs.RejectReason.DUPLICATE.value))
                 continue
             count += 1
-            results.append(SavedPhoto(offered.ref, True))
+            results.append(SavedPhoto(offered.ref, True, filename=offered.filename, number=number))
         return PhotosSaved(results=tuple(results), total=count)
 
     async def _reopen_set(self, user_id: int, drop: Sequence[str]) -> None:

@@ -21,6 +21,8 @@ class SavePhotos:
     """Download, check and store these files in the open set; answer with PhotosSaved."""
 
     files: tuple[OfferedFile, ...]
+    #: Each file's place in the user's message (1-based), so that a reply names the right one.
+    numbers: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -80,6 +80,8 @@ class SavedPhoto:
     reason: str | None = None
     #: The offered file's name, when it had one (names the file in the reply).
     filename: str | None = None
+    #: The file's place in the user's message (1-based; None: the order of the results).
+    number: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -208,7 +208,9 @@ def _find_style(styles: Iterable[StyleInfo], name: str) -> StyleInfo | None:
     wanted = _normalize(name)
     if not wanted:
         return None
-    return next((s for s in styles if _normalize(s.name) == wanted), None)
+    styles = tuple(styles)
+    exact = next((s for s in styles if s.name.casefold() == name.casefold()), None)
+    return exact or next((s for s in styles if _normalize(s.name) == wanted), None)
 
 
 def _ask_subject(state: UserState, facts: Facts) -> Decision:
@@ -315,6 +317,11 @@ def _status(state: UserState, event: Command, facts: Facts) -> Decision:
 
 
 def _cancel(state: UserState, event: Command, facts: Facts) -> Decision:
+    if not facts.private and state.mode in (Mode.COLLECTING, Mode.ASKING_SUBJECT):
+        # The photo set belongs to the private chat: here /cancel stops runs only.
+        if facts.active_runs:
+            return Decision(state, (), (CancelRuns(),))
+        return _say(state, facts, texts.photo_set_is_private(facts.photo_count), personal=True)
     match state.mode:
         case Mode.CONFIRMING_FORGET:
             return _say(UserState(mode=state.resume), facts, texts.forget_declined(), personal=True)
@@ -358,11 +365,13 @@ def _collect(state: UserState, event: PhotosOffered, facts: Facts, *, already: i
     """Check an album before download; store what passes in one SavePhotos, answer once."""
     limits = facts.limits
     accepted: list[OfferedFile] = []
+    numbers: list[int] = []
     refused: list[str] = []
     for index, offered in enumerate(event.files, start=1):
         reason = _precheck(offered, limits, already + len(accepted))
         if reason is None:
             accepted.append(offered)
+            numbers.append(index)
         else:
             label = texts.file_label(index, offered.filename)
             refused.append(texts.rejection_line(label, texts.reject_reason(reason, limits.max_photo_bytes)))
@@ -372,7 +381,7 @@ def _collect(state: UserState, event: PhotosOffered, facts: Facts, *, already: i
         return _say(state, facts, text)
     effects: tuple[Effect, ...] = (StartCollecting(),) if new_set else ()
     if accepted:
-        effects += (SavePhotos(tuple(accepted)),)
+        effects += (SavePhotos(tuple(accepted), tuple(numbers)),)
     replies: tuple[Reply, ...] = ()
     if refused:
         # PhotosSaved follows for the accepted files and gives the count; nothing else to say now.
@@ -402,7 +411,8 @@ def _on_photos_saved(state: UserState, event: PhotosSaved, facts: Facts) -> Deci
     stored = sum(1 for r in event.results if r.stored)
     lines = [
         texts.rejection_line(
-            texts.file_label(index, r.filename), texts.reject_reason(r.reason or "", limits.max_photo_bytes)
+            texts.file_label(r.number or index, r.filename),
+            texts.reject_reason(r.reason or "", limits.max_photo_bytes),
         )
         for index, r in enumerate(event.results, start=1)
         if not r.stored
@@ -688,6 +698,9 @@ def _admin_addstyle(state: UserState, event: Command, facts: Facts) -> Decision:
     existing = _find_style(facts.all_styles, name)
     if existing is not None and existing.builtin:
         return _admin_reply(state, facts, texts.style_add_failed(name, "exists_builtin"))
+    if existing is not None and existing.name != name:
+        # /generate and the admin commands find styles ignoring case, '_' and '-': both could not be told apart.
+        return _admin_reply(state, facts, texts.style_name_alike(name, existing.name))
     lora = event.attachment
     if lora is not None:
         if not (lora.filename or "").casefold().endswith(".safetensors"):
@@ -722,7 +735,8 @@ def _admin_quota(state: UserState, event: Command, facts: Facts) -> Decision:
         limit = int(value)
     else:
         return _admin_reply(state, facts, texts.admin_usage_for("quota"))
-    return _admin_reply(state, facts, texts.quota_set(scope, limit), SetQuota(scope, limit))
+    text = texts.quota_set(scope, limit, facts.limits.daily_generations)
+    return _admin_reply(state, facts, text, SetQuota(scope, limit))
 
 
 def _admin_results(state: UserState, event: Command, facts: Facts) -> Decision:
@@ -737,7 +751,8 @@ def _admin_nsfw(state: UserState, event: Command, facts: Facts) -> Decision:
     value = event.args[1].casefold() if len(event.args) == 2 else ""
     if value not in ("on", "off"):
         return _admin_reply(state, facts, texts.admin_usage_for("nsfw"))
-    return _admin_reply(state, facts, texts.nsfw_set(allowed=value == "on"), SetCommunityOption("nsfw", value))
+    text = texts.nsfw_set(allowed=value == "on", age_restricted_here=facts.age_restricted)
+    return _admin_reply(state, facts, text, SetCommunityOption("nsfw", value))
 
 
 # -------------------------------------------------------------------------------- dispatch tables

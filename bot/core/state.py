@@ -103,6 +103,8 @@ class Facts:
     community_quota: int | None = None
     results_to: str = "channel"
     nsfw_allowed: bool = False
+    #: The platform marks this channel age-restricted (a Discord NSFW channel); None: no such mark.
+    age_restricted: bool | None = None
 
     @property
     def style_names(self) -> tuple[str, ...]:

@@ -239,7 +239,17 @@ def no_open_set() -> str:
 def discarded(count: int, runs_still_active: bool) -> str:
     """/cancel while collecting."""
     more = " Your running jobs continue; /cancel again stops them." if runs_still_active else ""
+    if count == 0:
+        return f"Okay, I stopped collecting photos.{more}"
     return f"Okay, I threw away the {_plural(count, 'photo')} of this set.{more}"
+
+
+def photo_set_is_private(count: int) -> str:
+    """/cancel in a group while a photo set is open in the private chat, with no run to stop."""
+    return (
+        f"There's nothing to cancel here. Your photo set ({_plural(count, 'photo')}) is in our private chat:"
+        " send /cancel there to throw it away."
+    )
 
 
 def back_to_collecting(count: int, max_photos: int) -> str:
@@ -421,10 +431,14 @@ def model_failed() -> str:
 
 
 def quota_user(limit: int) -> str:
+    if limit == 0:
+        return "Portraits are switched off here: the daily limit is 0."
     return f"You've used your {_plural(limit, 'portrait run')} for today. It resets tomorrow (midnight UTC)."
 
 
 def quota_community(limit: int) -> str:
+    if limit == 0:
+        return "Portraits are switched off here: the group's daily limit is 0."
     return f"This group has used its {_plural(limit, 'portrait run')} for today. It resets tomorrow (midnight UTC)."
 
 
@@ -465,6 +479,15 @@ def portraits_caption(style: str, best: float | None, blocked: int) -> str:
     if blocked:
         caption += f" ({blocked} held back by the safety filter)"
     return caption
+
+
+def cannot_post_here(*, run_started: bool) -> str:
+    """Told privately when the bot may not post in the channel where it was asked (Discord's permissions)."""
+    text = (
+        "I can't post in this channel, so your progress and portraits can't appear here. Ask a server admin"
+        " to give me View Channel, Send Messages and Attach Files in this channel, or ask me in another one."
+    )
+    return f"{text} What you just started is still on; /cancel stops it." if run_started else text
 
 
 def results_not_sent_privately(name: str) -> str:
@@ -670,6 +693,14 @@ def style_add_failed(name: str, code: str) -> str:
     return f"I couldn't add {_echo(name)}: {reason}."
 
 
+def style_name_alike(name: str, existing: str) -> str:
+    """/admin addstyle with a name that differs from a community style's only by case, '_' or '-'."""
+    return (
+        f"I couldn't add {_echo(name)}: it would be mixed up with the style {existing} (names are matched"
+        f" ignoring case, _ and -). Pick another name, or /admin removestyle {existing} first to replace it."
+    )
+
+
 def builtin_not_removable(name: str) -> str:
     return f"{name} is built in and can't be removed. /admin disable {name} switches it off here."
 
@@ -678,11 +709,16 @@ def style_removed(name: str) -> str:
     return f"Style {name} removed."
 
 
-def quota_set(scope: str, limit: int | None) -> str:
+def quota_set(scope: str, limit: int | None, bot_default: int | None) -> str:
+    """An admin set a daily limit; ``bot_default`` is the operator's limit per member, which applies
+    when a community sets none of its own."""
     who = "each member" if scope == "user" else "the whole group"
+    if limit is None and scope == "user" and bot_default is not None:
+        return f"Each member has the bot's own daily limit again: {_plural(bot_default, 'portrait run')}."
     if limit is None:
         return f"No daily limit for {who} any more."
-    return f"Daily limit for {who}: {_plural(limit, 'portrait run')}."
+    off = " Portraits are switched off here." if limit == 0 else ""
+    return f"Daily limit for {who}: {_plural(limit, 'portrait run')}.{off}"
 
 
 def results_set(direct: bool) -> str:
@@ -691,7 +727,13 @@ def results_set(direct: bool) -> str:
     return "Portraits will be posted here."
 
 
-def nsfw_set(allowed: bool) -> str:
+def nsfw_set(allowed: bool, age_restricted_here: bool | None = None) -> str:
+    """``age_restricted_here``: whether the platform marks this channel age-restricted (None: no such mark)."""
+    if allowed and age_restricted_here is False:
+        return (
+            "NSFW results are allowed now, in this server's age-restricted channels only: this channel isn't"
+            " one, so they stay filtered here."
+        )
     if allowed:
         return "NSFW results are allowed here now."
     return "NSFW results are blocked here."

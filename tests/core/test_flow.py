@@ -258,7 +258,7 @@ TELEGRAM_PHOTO = ev.OfferedFile("tg", 90_000, None, None, compressed=True)
 
 @rows(
     first_photos_start_a_set=Row(
-        IDLE, ev.PhotosOffered((jpeg(),)), NO_MODEL, _C, (fx.StartCollecting(), fx.SavePhotos((jpeg(),))), None
+        IDLE, ev.PhotosOffered((jpeg(),)), NO_MODEL, _C, (fx.StartCollecting(), fx.SavePhotos((jpeg(),), (1,))), None
     ),
     photos_while_training=Row(IDLE, ev.PhotosOffered((jpeg(),)), TRAINING, _I, (), "training"),
     album_one_reply_for_refusals=Row(
@@ -266,7 +266,7 @@ TELEGRAM_PHOTO = ev.OfferedFile("tg", 90_000, None, None, compressed=True)
         ev.PhotosOffered((jpeg("a"), HEIC, HUGE, jpeg("b"))),
         BASE,
         _C,
-        (fx.SavePhotos((jpeg("a"), jpeg("b"))),),
+        (fx.SavePhotos((jpeg("a"), jpeg("b")), (1, 4)),),
         "photo 2 (img_0001.heic): heic isn't supported",
         replies=1,
     ),
@@ -288,7 +288,7 @@ TELEGRAM_PHOTO = ev.OfferedFile("tg", 90_000, None, None, compressed=True)
         ev.PhotosOffered((jpeg("a"), jpeg("b"), jpeg("c"))),
         replace(BASE, photo_count=9),
         _C,
-        (fx.SavePhotos((jpeg("a"),)),),
+        (fx.SavePhotos((jpeg("a"),), (1,)),),
         "photo 2 (me.jpg): the set is already full",
         replies=1,
     ),
@@ -296,7 +296,7 @@ TELEGRAM_PHOTO = ev.OfferedFile("tg", 90_000, None, None, compressed=True)
         COLLECTING, ev.PhotosOffered((jpeg(),)), replace(BASE, photo_count=10), _C, (), "/done", replies=1
     ),
     compressed_photo_without_type_is_taken=Row(
-        COLLECTING, ev.PhotosOffered((TELEGRAM_PHOTO,)), BASE, _C, (fx.SavePhotos((TELEGRAM_PHOTO,)),), None
+        COLLECTING, ev.PhotosOffered((TELEGRAM_PHOTO,)), BASE, _C, (fx.SavePhotos((TELEGRAM_PHOTO,), (1,)),), None
     ),
     photos_while_asking_go_back_to_collecting=Row(
         ASKING, ev.PhotosOffered((jpeg(),)), BASE, _C, (fx.SavePhotos,), None
@@ -334,6 +334,19 @@ OK = ev.SavedPhoto("f", stored=True)
         _C,
         (),
         "photo 2: the same as",
+    ),
+    # An album of HEIC (refused before download), a good photo and a broken one: the broken one is photo 3.
+    rejection_named_by_its_place_in_the_album=Row(
+        COLLECTING,
+        saved(
+            ev.SavedPhoto("b", True, filename="IMG_0002.jpg", number=2),
+            ev.SavedPhoto("c", False, "not_an_image", filename="IMG_0003.jpg", number=3),
+            total=1,
+        ),
+        BASE,
+        _C,
+        (),
+        "photo 3 (img_0003.jpg): not an image",
     ),
     rejection_named_by_file=Row(
         COLLECTING,
@@ -385,6 +398,27 @@ def test_photos_saved(row: Row) -> None:
     forget_button_expired=Row(IDLE, ev.ButtonPressed("forget", "yes"), BASE, _I, (), "expired"),
     forget_text_asks_for_a_button=Row(CONFIRMING, ev.TextMessage("yes"), BASE, _F, (), "tap a button"),
     cancel_runs=Row(IDLE, ev.Command("cancel"), TRAINING, _I, (fx.CancelRuns(),), None),
+    cancel_an_empty_set=Row(
+        COLLECTING,
+        ev.Command("cancel"),
+        replace(BASE, photo_count=0),
+        _I,
+        (fx.DiscardPhotos(),),
+        "stopped collecting photos",
+        not_says="0 photos",
+    ),
+    # The photo set belongs to the private chat: /cancel in a group stops runs and keeps the set.
+    cancel_in_a_group_keeps_the_private_set=Row(
+        COLLECTING, ev.Command("cancel"), GROUP, _C, (), "photo set (5 photos) is in our private chat"
+    ),
+    cancel_in_a_group_stops_runs_only=Row(
+        ASKING,
+        ev.Command("cancel"),
+        replace(GROUP, active_runs=(RunInfo(GEN, "generate", "queued"),)),
+        _A,
+        (fx.CancelRuns(),),
+        None,
+    ),
     cancel_collecting_keeps_runs=Row(
         COLLECTING,
         ev.Command("cancel"),
@@ -781,6 +815,10 @@ LORA = ev.OfferedFile("lora", 5_000_000, "application/octet-stream", "noir.safet
     addstyle_no_name=Row(IDLE, admin("addstyle"), ADMIN_HERE, _I, (), "usage: /admin addstyle"),
     addstyle_prompt_too_long=Row(IDLE, admin("addstyle", "x", "a" * 2001), ADMIN_HERE, _I, (), "too long"),
     addstyle_builtin_name=Row(IDLE, admin("addstyle", "studio", "x"), ADMIN_HERE, _I, (), "built-in"),
+    addstyle_same_name_replaces=Row(
+        IDLE, admin("addstyle", "noir", "x"), ADMIN_HERE, _I, (fx.AddStyle("noir", "x"),), None
+    ),
+    addstyle_alike_name=Row(IDLE, admin("addstyle", "NO-IR", "x"), ADMIN_HERE, _I, (), "mixed up with the style noir"),
     addstyle_not_safetensors=Row(
         IDLE,
         admin("addstyle", "noir", "dark", attachment=ev.OfferedFile("b", 10, None, "noir.ckpt")),
@@ -804,6 +842,25 @@ LORA = ev.OfferedFile("lora", 5_000_000, "application/octet-stream", "noir.safet
     quota_group_off=Row(
         IDLE, admin("quota", "group", "off"), ADMIN_HERE, _I, (fx.SetQuota("group", None),), "no daily"
     ),
+    # A member's limit "off" falls back to the operator's (Limits.daily_generations, 20 by default).
+    quota_user_off=Row(
+        IDLE,
+        admin("quota", "user", "off"),
+        ADMIN_HERE,
+        _I,
+        (fx.SetQuota("user", None),),
+        "bot's own daily limit again: 20",
+        not_says="no daily",
+    ),
+    quota_user_off_unlimited_bot=Row(
+        IDLE,
+        admin("quota", "user", "off"),
+        replace(ADMIN_HERE, limits=Limits(daily_generations=None)),
+        _I,
+        (fx.SetQuota("user", None),),
+        "no daily limit for each member",
+    ),
+    quota_zero=Row(IDLE, admin("quota", "user", "0"), ADMIN_HERE, _I, (fx.SetQuota("user", 0),), "switched off here"),
     quota_negative=Row(IDLE, admin("quota", "user", "-1"), ADMIN_HERE, _I, (), "usage: /admin quota"),
     quota_bad_scope=Row(IDLE, admin("quota", "world", "3"), ADMIN_HERE, _I, (), "usage: /admin quota"),
     results_direct=Row(
@@ -823,7 +880,15 @@ LORA = ev.OfferedFile("lora", 5_000_000, "application/octet-stream", "noir.safet
         "here",
     ),
     results_bad=Row(IDLE, admin("results", "moon"), ADMIN_HERE, _I, (), "usage: /admin results"),
-    nsfw_on=Row(IDLE, admin("nsfw", "on"), ADMIN_HERE, _I, (fx.SetCommunityOption("nsfw", "on"),), "allowed"),
+    nsfw_on=Row(IDLE, admin("nsfw", "on"), ADMIN_HERE, _I, (fx.SetCommunityOption("nsfw", "on"),), "allowed here now"),
+    nsfw_on_in_a_plain_channel=Row(
+        IDLE,
+        admin("nsfw", "on"),
+        replace(ADMIN_HERE, age_restricted=False),
+        _I,
+        (fx.SetCommunityOption("nsfw", "on"),),
+        "this channel isn't one, so they stay filtered here",
+    ),
     nsfw_off=Row(IDLE, admin("nsfw", "OFF"), ADMIN_HERE, _I, (fx.SetCommunityOption("nsfw", "off"),), "blocked"),
     nsfw_bad=Row(IDLE, admin("nsfw"), ADMIN_HERE, _I, (), "usage: /admin nsfw"),
     style_added=Row(IDLE, ev.StyleAdded("noir"), ADMIN_HERE, _I, (), "style noir added"),
@@ -999,7 +1064,7 @@ def group_quota(used: int, limit: int) -> Facts:
         ev.PhotosOffered((jpeg(),)),
         replace(BASE, photo_count=MAX - 1),
         _C,
-        (fx.SavePhotos((jpeg(),)),),
+        (fx.SavePhotos((jpeg(),), (1,)),),
         None,
     ),
     photo_past_max_photos=Row(COLLECTING, ev.PhotosOffered((jpeg(),)), replace(BASE, photo_count=MAX), _C, (), "full"),
@@ -1010,7 +1075,7 @@ def group_quota(used: int, limit: int) -> Facts:
         ev.PhotosOffered((file_of(LIM.max_photo_bytes),)),
         BASE,
         _C,
-        (fx.SavePhotos((file_of(LIM.max_photo_bytes),)),),
+        (fx.SavePhotos((file_of(LIM.max_photo_bytes),), (1,)),),
         None,
     ),
     photo_one_byte_over=Row(
@@ -1035,7 +1100,15 @@ def group_quota(used: int, limit: int) -> Facts:
     ),
     user_quota_one_left=Row(IDLE, ev.Command("generate", ("studio",)), quota(2, 3), _I, _GEN, None),
     user_quota_at_limit=Row(IDLE, ev.Command("generate", ("studio",)), quota(3, 3), _I, (), "resets tomorrow"),
-    user_quota_zero=Row(IDLE, ev.Command("generate", ("studio",)), quota(0, 0), _I, (), "resets tomorrow"),
+    user_quota_zero=Row(
+        IDLE,
+        ev.Command("generate", ("studio",)),
+        quota(0, 0),
+        _I,
+        (),
+        "portraits are switched off here",
+        not_says="resets",
+    ),
     group_quota_one_left=Row(IDLE, ev.Command("generate", ("studio",)), group_quota(9, 10), _I, _GEN, None),
     group_quota_at_limit=Row(
         IDLE, ev.Command("generate", ("studio",)), group_quota(10, 10), _I, (), "this group has used its 10"

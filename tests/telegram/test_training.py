@@ -108,3 +108,20 @@ async def test_forget_declined_keeps_everything(bot: Harness, api: FakeBotApi, a
 def _counts(bot: Harness, *tables: str) -> list[int]:
     with sqlite3.connect(bot.settings.database_path) as db:
         return [db.execute(f"SELECT count(*) FROM {table}").fetchone()[0] for table in tables]
+
+
+async def test_a_refused_file_of_an_album_is_named_by_its_place_and_file_name(
+    bot: Harness, api: FakeBotApi, alice: TgUser
+) -> None:
+    alice.say("/train")
+    await alice.expect("Send me")
+    good = face_photos(1)[0]
+    album = api.new_album_id()
+    api.push_document(alice.chat_id, alice.user_id, b"\x00" * 64, "IMG_0001.HEIC", "image/heic", media_group_id=album)
+    api.push_document(alice.chat_id, alice.user_id, good, "IMG_0002.jpg", "image/jpeg", media_group_id=album)
+    broken = b"\xff\xd8\xff\xe0 broken"
+    api.push_document(alice.chat_id, alice.user_id, broken, "IMG_0003.jpg", "image/jpeg", media_group_id=album)
+    await alice.expect("Photo 1 (IMG_0001.HEIC): HEIC")
+    saved = await alice.expect("Got 1 photo")
+    assert "Photo 3 (IMG_0003.jpg): not an image" in saved.shown
+    assert "Photo 2" not in saved.shown, "the good photo is not blamed"
