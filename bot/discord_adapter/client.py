@@ -1,8 +1,8 @@
 """The discord.py client of the bot: slash commands, buttons and DMs in, the core's replies out.
 
 Built like discord.py's advanced start-up example: dependencies are passed in, and asynchronous
-set-up (persistent buttons, the gateway address, the command sync) happens in :meth:`setup_hook`,
-after login and before the gateway connects.
+set-up (persistent buttons and upload modal, the gateway address, the command sync) happens in
+:meth:`setup_hook`, after login and before the gateway connects.
 
 Intents: ``guilds`` (servers and their channels) and ``dm_messages`` (photos sent in a DM). No
 privileged intent: a DM to the bot carries its content without ``message_content``, and the bot
@@ -27,7 +27,7 @@ from bot.config import BotSettings
 from bot.core.events import ButtonPressed, Event, OfferedFile, PhotosOffered, TextMessage
 from bot.core.replies import Reply
 from bot.core.state import StyleInfo
-from bot.discord_adapter.commands import register_commands
+from bot.discord_adapter.commands import UploadModal, register_commands
 from bot.discord_adapter.endpoints import DEFAULT_GATEWAY, point_client
 from bot.discord_adapter.notifier import DiscordNotifier
 from bot.discord_adapter.responder import ANSWER_WITHIN_S, InteractionResponder
@@ -98,13 +98,15 @@ class FacechainClient(discord.Client):
             allowed_contexts=app_commands.AppCommandContext(guild=True, dm_channel=True, private_channel=False),
             allowed_installs=app_commands.AppInstallationType(guild=True, user=False),
         )
-        register_commands(self.tree, self, self.limits)
+        self.upload_modal = UploadModal(self, self.limits)
+        register_commands(self.tree, self, self.limits, self.upload_modal)
         self.channels = ChannelSender(self, blobs, edit_interval=self.options.edit_interval_s)
         self.logged_in = asyncio.Event()
         self.notifier = DiscordNotifier(self, self.channels, self.logged_in)
 
     async def setup_hook(self) -> None:
         self.add_dynamic_items(CoreButton)
+        self.add_view(self.upload_modal)
         if self.service is None:
             # A client that only syncs commands never connects to the gateway.
             self.logged_in.set()

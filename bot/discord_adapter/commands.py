@@ -4,7 +4,9 @@ The command texts the core writes (``/train``, ``/done``, ``/generate <style>``)
 the core's ``/admin <subcommand> ...`` is ``/facechain-admin <subcommand>`` with typed options.
 
 /train opens a modal with a file-upload field in a DM (photos go to the bot only, never to a
-channel). In a server it is passed on as it is, and the core says where photos are collected.
+channel). In a server it is passed on as it is, and the core says where photos are collected. The
+modal has a fixed custom id and one instance, registered at start-up, handles every submission: one
+submitted after a restart, or long after it was opened, still arrives.
 """
 
 # No ``from __future__ import annotations``: discord.py reads the option types (a count range that
@@ -29,8 +31,9 @@ ADMIN_GROUP = catalogue.ADMIN.slash_name
 #: Discord's limits: autocomplete choices, characters of a choice's name and value.
 MAX_CHOICES = 25
 MAX_CHOICE_CHARS = 100
-#: A /train upload modal is forgotten after this many seconds unanswered.
-MODAL_TIMEOUT_S = 15 * 60.0
+#: custom_id of the /train upload modal and of its file field.
+UPLOAD_MODAL_ID = "fc-train"
+UPLOAD_FIELD_ID = "fc-train-photos"
 
 
 class InteractionRunner(Protocol):
@@ -52,14 +55,18 @@ class InteractionRunner(Protocol):
 
 
 class UploadModal(discord.ui.Modal):
-    """/train in a DM: up to ``max_photos`` selfies in one go (more can follow as DM attachments)."""
+    """/train in a DM: up to ``max_photos`` selfies in one go (more can follow as DM attachments).
+
+    Persistent: one instance per client, registered with ``Client.add_view`` at start-up and sent by
+    every /train, handles every member's submission from its custom id, whenever it comes.
+    """
 
     def __init__(self, runner: InteractionRunner, limits: Limits) -> None:
-        super().__init__(title="Train your face model", timeout=MODAL_TIMEOUT_S)
+        super().__init__(title="Train your face model", timeout=None, custom_id=UPLOAD_MODAL_ID)
         self._runner = runner
         self._limits = limits
         self.upload: discord.ui.FileUpload[Any] = discord.ui.FileUpload(
-            custom_id="fc-train-photos", required=False, min_values=0, max_values=min(limits.max_photos, 10)
+            custom_id=UPLOAD_FIELD_ID, required=False, min_values=0, max_values=min(limits.max_photos, 10)
         )
         self.add_item(
             discord.ui.Label(
@@ -70,8 +77,15 @@ class UploadModal(discord.ui.Modal):
             )
         )
 
+    def stop(self) -> None:
+        """Keeps listening: discord.py stops a modal after a submission, which would unregister this one."""
+
     async def on_submit(self, interaction: discord.Interaction[Any]) -> None:
-        files = list(self.upload.values)
+        # One instance serves every submission: discord.py has just filled the field from this one, so it is
+        # read before anything awaits, and only files this submission carries count (never an earlier one's).
+        resolved = dict(interaction.data or {}).get("resolved")
+        carried = resolved.get("attachments", {}) if isinstance(resolved, dict) else {}
+        files = [a for a in self.upload.values if str(a.id) in carried]
         events: list[Event] = [Command("train")]
         if files:
             events.append(PhotosOffered(tuple(offered_file(a) for a in files)))
@@ -125,8 +139,10 @@ def _choices(styles: tuple[StyleInfo, ...], current: str) -> list[app_commands.C
     return found[:MAX_CHOICES]
 
 
-def register_commands(tree: app_commands.CommandTree[Any], runner: InteractionRunner, limits: Limits) -> None:
-    """Add every command of the bot to ``tree``."""
+def register_commands(
+    tree: app_commands.CommandTree[Any], runner: InteractionRunner, limits: Limits, upload: UploadModal
+) -> None:
+    """Add every command of the bot to ``tree``; /train in a DM opens ``upload``."""
     max_count = limits.max_count
 
     async def enabled_styles(interaction: discord.Interaction[Any], current: str) -> list[app_commands.Choice[str]]:
@@ -135,10 +151,15 @@ def register_commands(tree: app_commands.CommandTree[Any], runner: InteractionRu
     async def known_styles(interaction: discord.Interaction[Any], current: str) -> list[app_commands.Choice[str]]:
         return _choices(await runner.styles_here(interaction, every=True), current)
 
+    async def added_styles(interaction: discord.Interaction[Any], current: str) -> list[app_commands.Choice[str]]:
+        # Built-in styles are always refused by remove.
+        added = tuple(s for s in await runner.styles_here(interaction, every=True) if not s.builtin)
+        return _choices(added, current)
+
     @app_commands.command(**_named("train"))
     async def train(interaction: discord.Interaction[Any]) -> None:
         if interaction.guild_id is None:
-            await interaction.response.send_modal(UploadModal(runner, limits))
+            await interaction.response.send_modal(upload)
         else:
             await runner.run_interaction(interaction, [_command("train")])
 
@@ -201,13 +222,19 @@ def register_commands(tree: app_commands.CommandTree[Any], runner: InteractionRu
     async def admin_add(
         interaction: discord.Interaction[Any], name: str, prompt: str, lora: discord.Attachment | None = None
     ) -> None:
+        name = name.strip()
+        if any(c.isspace() for c in name):
+            # The core takes the first word after "addstyle" as the name and the rest as the prompt. Quoted,
+            # as it would be typed on Telegram, a name of several words stays whole and the core refuses it
+            # as a style name (after its admin checks, in its own words), so nothing is stored.
+            name = f'"{name}"'
         # The raw text keeps the prompt's own spacing and punctuation.
         text = f"addstyle {name} {prompt.strip()}"
-        await run_admin(interaction, "addstyle", name, *prompt.split(), text=text, attachment=lora)
+        await run_admin(interaction, *text.split(), text=text, attachment=lora)
 
     @admin.command(**_named("removestyle", admin=True))
     @app_commands.describe(**_described("removestyle", admin=True))
-    @app_commands.autocomplete(name=known_styles)
+    @app_commands.autocomplete(name=added_styles)
     async def admin_remove(interaction: discord.Interaction[Any], name: str) -> None:
         await run_admin(interaction, "removestyle", name)
 

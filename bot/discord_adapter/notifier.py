@@ -16,6 +16,7 @@ import discord
 from bot.core.replies import Reply
 from bot.discord_adapter.sender import ChannelSender
 from bot.discord_adapter.translate import dm_user_id
+from bot.service import DeliveryRefused
 from storage.models import Delivery
 
 log = logging.getLogger("facechain.discord")
@@ -35,7 +36,8 @@ class DiscordNotifier:
         self._dm_channels: OrderedDict[int, int] = OrderedDict()
 
     async def deliver(self, delivery: Delivery, replies: Sequence[Reply]) -> Mapping[str, str]:
-        """Show the replies in the run's channel; return run_id → stored id of progress messages sent."""
+        """Show the replies in the run's channel; return run_id → stored id of progress messages sent.
+        Raises as :class:`bot.service.Notifier` says (a member's DMs that cannot be opened refuse)."""
         try:
             await asyncio.wait_for(self._logged_in.wait(), READY_WAIT_S)
         except TimeoutError:
@@ -44,7 +46,9 @@ class DiscordNotifier:
         channel_id = await self._channel(delivery.chat_id)
         if channel_id is None:
             return {}
-        return await self._sender.send(channel_id, replies, progress_message_id=delivery.progress_message_id)
+        return await self._sender.send(
+            channel_id, replies, progress_message_id=delivery.progress_message_id, must_deliver=True
+        )
 
     async def _channel(self, chat_id: str) -> int | None:
         if chat_id.isdigit():
@@ -58,9 +62,8 @@ class DiscordNotifier:
             return known
         try:
             channel = await self._client.create_dm(discord.Object(user_id))
-        except discord.HTTPException as exc:
-            log.info("cannot open a DM with user %s: %s %s", user_id, exc.status, exc.text)
-            return None
+        except (discord.Forbidden, discord.NotFound) as exc:
+            raise DeliveryRefused(f"no DM with user {user_id}: {exc.status} {exc.text}") from exc
         self._dm_channels[user_id] = channel.id
         while len(self._dm_channels) > _DM_MEMORY:
             self._dm_channels.popitem(last=False)

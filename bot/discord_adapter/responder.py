@@ -10,6 +10,8 @@ a normal message, and a "thinking…" message that nothing replaced is deleted.
 
 Progress messages, portraits and progress edits always go through the bot token
 (:class:`ChannelSender`): the interaction token dies after 15 minutes, long before a training run ends.
+Pictures that come with a private text (an admin's style list) are private follow-ups instead. Where
+the bot may not post (Discord answers 403), the member is told so privately, which stays the answer.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any
 
 import discord
 
+from bot.core import texts
 from bot.core.replies import Button, EditProgress, Photos, ProgressMessage, Reply, Text
 from bot.discord_adapter.sender import ChannelSender, split_text
 from bot.discord_adapter.views import button_view
@@ -48,6 +51,8 @@ class InteractionResponder:
         self._private_chat = interaction.guild_id is None
         #: A "thinking…" message stands as the response and no reply has replaced it yet.
         self._thinking = False
+        #: Discord refused the bot's posts in this channel: nothing more is sent there with the bot token.
+        self._refused = False
         self.progress_ids: dict[str, str] = {}
 
     async def run(self, work: Awaitable[list[Reply]]) -> list[Reply]:
@@ -72,6 +77,8 @@ class InteractionResponder:
     # ---------------------------------------------------------------------------------- replies
     async def _show(self, replies: Sequence[Reply]) -> None:
         channel_id = self._interaction.channel_id
+        run_started = any(isinstance(reply, ProgressMessage) for reply in replies)
+        private = False
         for reply in replies:
             if not isinstance(reply, Text) and not self._interaction.response.is_done():
                 # Acknowledge before the bot-token calls, however long they take.
@@ -79,14 +86,17 @@ class InteractionResponder:
             try:
                 match reply:
                     case Text():
+                        private = reply.private
                         await self._text(reply)
                     case ProgressMessage():
-                        if channel_id is not None:
+                        if channel_id is not None and not self._refused:
                             ref = await self._channels.progress(channel_id, reply)
                             if ref is not None:
                                 self.progress_ids[reply.run_id] = str(ref)
                     case Photos():
-                        if channel_id is not None:
+                        if private and not self._private_chat:
+                            await self._private_photos(reply)
+                        elif channel_id is not None and not self._refused:
                             await self._channels.photos(channel_id, reply)
                     case EditProgress():
                         await self._channels.edit_progress(reply)
@@ -96,6 +106,7 @@ class InteractionResponder:
                     channel_id,
                     exc.text,
                 )
+                await self._refused_here(reply, run_started=run_started)
             except discord.HTTPException as exc:
                 kind = type(reply).__name__
                 log.warning(
@@ -124,7 +135,7 @@ class InteractionResponder:
             else:
                 await interaction.edit_original_response(content=text, view=view)
             return
-        if self._thinking and interaction.channel_id is not None:
+        if self._thinking and interaction.channel_id is not None and not self._refused:
             # The "thinking…" message is ephemeral, and the first follow-up would inherit that.
             await self._channels.text(interaction.channel_id, text, buttons)
             return
@@ -132,6 +143,38 @@ class InteractionResponder:
             await interaction.followup.send(text, ephemeral=private)
         else:
             await interaction.followup.send(text, view=view, ephemeral=private)
+
+    async def _private_photos(self, reply: Photos) -> None:
+        """Pictures as ephemeral follow-ups, at most 10 files each: only the member who asked sees them."""
+        channel_id = self._interaction.channel_id
+        if channel_id is None:
+            return
+        batches = await self._channels.photo_batches(channel_id, reply.keys)
+        caption = split_text(reply.caption)[0] if reply.caption else ""
+        for index, files in enumerate(batches):
+            content = caption if index == 0 else ""
+            view = button_view(reply.buttons) if index == len(batches) - 1 else None
+            if view is None:
+                await self._interaction.followup.send(content, files=files, ephemeral=True)
+            else:
+                await self._interaction.followup.send(content, files=files, view=view, ephemeral=True)
+            # A first follow-up replaces the "thinking…" message.
+            self._thinking = False
+
+    async def _refused_here(self, reply: Reply, *, run_started: bool) -> None:
+        """Discord refused the bot's post in this server channel: tell the member privately (once), and
+        show a refused text through the interaction instead, which needs no permission in the channel."""
+        first = not self._refused
+        self._refused = True
+        if self._private_chat:
+            return
+        try:
+            if first:
+                await self._piece(texts.cannot_post_here(run_started=run_started), (), private=True)
+            if isinstance(reply, Text):
+                await self._text(reply)
+        except discord.HTTPException as exc:
+            log.warning("answering interaction %s privately failed: %s %s", self._interaction.id, exc.status, exc.text)
 
     # ------------------------------------------------------------------------------ acknowledging
     async def _defer(self) -> None:

@@ -24,10 +24,12 @@ import aiohttp
 import discord
 
 from bot.chat_progress import EDIT_INTERVAL_S, EditThrottle, ProgressMessages
+from bot.core import catalogue
 from bot.core.formatting import split_message
 from bot.core.replies import Button, EditProgress, Photos, ProgressMessage, Reply, Text
 from bot.discord_adapter.media import CannotFit, Upload, fit_upload
 from bot.discord_adapter.views import button_view
+from bot.service import DeliveryRefused
 from storage.blobs import BlobNotFound, BlobStore
 
 log = logging.getLogger("facechain.discord")
@@ -62,13 +64,25 @@ class MessageRef:
         return None
 
 
+#: The core's admin subcommands by their Discord names (``addstyle`` is ``add`` there), from the catalogue.
+_ADMIN_SUBCOMMANDS = {c.name: c.slash_name for c in catalogue.ADMIN_COMMANDS}
 #: The core names the admin command /admin; on Discord it is the /facechain-admin group.
-_ADMIN_COMMAND = re.compile(r"(?<![\w/-])/admin\b")
+_ADMIN_COMMAND = re.compile(
+    rf"(?<![\w/-])/{re.escape(catalogue.ADMIN.name)}\b"
+    rf"(?: (?P<sub>{'|'.join(map(re.escape, _ADMIN_SUBCOMMANDS))})\b)?"
+)
+
+
+def _admin_on_discord(match: re.Match[str]) -> str:
+    sub = match["sub"]
+    command = f"/{catalogue.ADMIN.slash_name}"
+    return f"{command} {_ADMIN_SUBCOMMANDS[sub]}" if sub else command
 
 
 def discord_idiom(text: str) -> str:
-    """The core's text with its command names as Discord users type them."""
-    return _ADMIN_COMMAND.sub("/facechain-admin", text)
+    """The core's text with its command names as Discord users type them: ``/admin addstyle`` is
+    ``/facechain-admin add``."""
+    return _ADMIN_COMMAND.sub(_admin_on_discord, text)
 
 
 def split_text(text: str, limit: int = MAX_TEXT) -> list[str]:
@@ -101,13 +115,20 @@ class ChannelSender:
         return self._limits.get(channel_id, discord.utils.DEFAULT_FILE_SIZE_LIMIT_BYTES)
 
     async def send(
-        self, channel_id: int, replies: Sequence[Reply], *, progress_message_id: str | None = None
+        self,
+        channel_id: int,
+        replies: Sequence[Reply],
+        *,
+        progress_message_id: str | None = None,
+        must_deliver: bool = False,
     ) -> dict[str, str]:
         """Show ``replies`` in order in a channel; return run_id → stored id of each progress message sent.
 
         ``progress_message_id`` is the stored id of the run's progress message (from the database, for
-        runs this process has not seen, as after a restart). A channel the bot may not post in ends
-        the batch; another failure is logged and the next reply still goes out.
+        runs this process has not seen, as after a restart). A reply Discord rejects is logged and
+        skipped. A channel the bot may not post in (or that is gone) ends the batch, and a reply that
+        fails on the way (network, Discord's server) is skipped; with ``must_deliver`` (a worker's
+        result) they raise instead: :class:`DeliveryRefused`, or the error, to be tried later.
         """
         sent: dict[str, str] = {}
         progress = MessageRef.parse(progress_message_id, channel_id)
@@ -125,19 +146,29 @@ class ChannelSender:
                             sent[reply.run_id] = str(ref)
                     case EditProgress():
                         await self.edit_progress(reply, progress)
-            except discord.Forbidden as exc:
-                log.info("channel %s does not accept messages from the bot (%s)", channel_id, exc.text)
+            except (discord.Forbidden, discord.NotFound) as exc:
+                log.info("channel %s does not take messages from the bot (%s %s)", channel_id, exc.status, exc.text)
+                if must_deliver:
+                    raise DeliveryRefused(f"channel {channel_id}: {exc.status} {exc.text}") from exc
                 break
-            except discord.NotFound as exc:
-                log.info("channel %s is gone (%s)", channel_id, exc.text)
-                break
-            except discord.HTTPException as exc:
+            except discord.DiscordServerError as exc:
                 log.warning(
                     "a %s reply to channel %s failed: %s %s", type(reply).__name__, channel_id, exc.status, exc.text
                 )
+                if must_deliver:
+                    raise
+            except discord.HTTPException as exc:
+                log.warning(
+                    "a %s reply to channel %s was refused: %s %s",
+                    type(reply).__name__,
+                    channel_id,
+                    exc.status,
+                    exc.text,
+                )
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-                # The service has recorded the run already: raising would not bring this reply back.
                 log.warning("a %s reply to channel %s failed: %r", type(reply).__name__, channel_id, exc)
+                if must_deliver:
+                    raise
         return sent
 
     async def text(self, channel_id: int, text: str, buttons: Sequence[Button] = ()) -> discord.Message:
@@ -163,16 +194,21 @@ class ChannelSender:
 
         return await self._progress.sending(reply.run_id, send)
 
+    async def photo_batches(self, channel_id: int, keys: Sequence[str]) -> list[list[discord.File]]:
+        """The pictures as files, each under the channel's upload limit, in messages of at most 10
+        (none when no picture could be read or fitted)."""
+        uploads = await asyncio.to_thread(self._uploads, keys, self.upload_limit(channel_id))
+        return [
+            [discord.File(io.BytesIO(u.data), filename=u.filename) for u in uploads[i : i + MAX_FILES]]
+            for i in range(0, len(uploads), MAX_FILES)
+        ]
+
     async def photos(self, channel_id: int, reply: Photos, *, reference: MessageRef | None = None) -> None:
         """Post portraits as files, at most 10 a message, each under the channel's upload limit."""
-        uploads = await asyncio.to_thread(self._uploads, reply.keys, self.upload_limit(channel_id))
-        if not uploads:
-            return
+        batches = await self.photo_batches(channel_id, reply.keys)
         channel = self._client.get_partial_messageable(channel_id)
         caption = split_text(reply.caption)[0] if reply.caption else None
-        batches = [uploads[i : i + MAX_FILES] for i in range(0, len(uploads), MAX_FILES)]
-        for index, batch in enumerate(batches):
-            files = [discord.File(io.BytesIO(u.data), filename=u.filename) for u in batch]
+        for index, files in enumerate(batches):
             last = index == len(batches) - 1
             view = button_view(reply.buttons) if last else None
             kwargs: dict[str, object] = {}
@@ -186,7 +222,8 @@ class ChannelSender:
 
     async def edit_progress(self, reply: EditProgress, fallback: MessageRef | None = None) -> None:
         """Edit a run's progress message (throttled), found in memory or at ``fallback``."""
-        target = await self._progress.find(reply.run_id, final=reply.final) or fallback
+        stored = MessageRef.parse(reply.stored_at[1]) if reply.stored_at else None
+        target = await self._progress.find(reply.run_id, final=reply.final) or stored or fallback
         if target is None:
             log.debug("no progress message known for run %s; edit skipped", reply.run_id)
             return

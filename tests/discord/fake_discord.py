@@ -276,6 +276,10 @@ class FakeDiscord:
         self.unauthorized: list[str] = []
         self.rate_limits: list[tuple[str, str, float]] = []
         self.echoes: list[tuple[str, str, int]] = []
+        #: Users who do not take direct messages from the server's members (the bot's DMs are refused).
+        self.closed_dms: set[int] = set()
+        #: Server channels where the bot may not post (no Send Messages there): its posts get 403 50013.
+        self.closed_channels: set[int] = set()
         self.rate_limited: list[tuple[str, float]] = []
         self._ws: web.WebSocketResponse | None = None
         self._seq = 0
@@ -514,7 +518,7 @@ class FakeDiscord:
             "data": data,
             "channel_id": str(channel),
             "locale": "en-US",
-            "app_permissions": str(MEMBER_PERMISSIONS),
+            "app_permissions": str(MEMBER_PERMISSIONS & ~(PERM_SEND if channel in self.closed_channels else 0)),
             "attachment_size_limit": self.upload_limit,
             "entitlements": [],
             "authorizing_integration_owners": {"0": str(self.guild_id)} if not in_dm else {"0": "0"},
@@ -608,8 +612,9 @@ class FakeDiscord:
             raise AssertionError("a DM button is pressed by the DM's user")
         return await self._interact(user, 3, data, channel, message)
 
-    async def submit_modal(self, interaction: Interaction, files: list[Upload]) -> Interaction:
-        """The user fills the modal the bot opened for ``interaction`` with ``files`` and submits it."""
+    async def submit_modal(self, interaction: Interaction, files: list[Upload], *, field: bool = True) -> Interaction:
+        """The user fills the modal the bot opened for ``interaction`` with ``files`` and submits it
+        (``field=False``: a submission that leaves its file field out, as no client of Discord's sends)."""
         modal = interaction.modal
         assert modal is not None, "the bot answered without a modal"
         upload_ids = [
@@ -631,7 +636,9 @@ class FakeDiscord:
                         "values": [str(f.id) for f in files],
                     },
                 }
-            ],
+            ]
+            if field
+            else [],
             "resolved": {"attachments": {str(f.id): f.payload(self.base_url) for f in files}},
         }
         channel = None if interaction.guild_id is None else interaction.channel_id
@@ -912,6 +919,10 @@ class FakeDiscord:
         body, files = await self._body(request)
         if not self._known_channel(int(channel_id)):
             return error(404, 10003, "Unknown Channel")
+        if any(self.dm_channels.get(user_id) == int(channel_id) for user_id in self.closed_dms):
+            return error(403, 50007, "Cannot send messages to this user")
+        if int(channel_id) in self.closed_channels:
+            return error(403, 50013, "Missing Permissions")
         for sent in files:
             if len(sent.data) > self.upload_limit:
                 return error(413, 40005, "Request entity too large")

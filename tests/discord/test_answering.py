@@ -80,3 +80,20 @@ async def test_a_public_answer_after_a_defer_goes_to_the_channel(
     assert listing.via == "bot" and not listing.ephemeral, "the style list is for everyone in the channel"
     assert asked.callback_type == 5 and (asked.answered_in or 9) < ANSWER_DEADLINE_S
     await fake.wait_for(lambda: asked.original is not None and asked.original.deleted, 5.0, "thinking removed")
+
+
+async def test_a_member_asking_where_the_bot_may_not_post_is_told_privately(scripted: Stack) -> None:
+    fake = scripted.fake
+    lea = fake.user("lea")
+    await scripted.train_in_dm(lea, [fake.upload(f"p{i}.jpg", jpeg(i), "image/jpeg") for i in range(3)])
+    fake.closed_channels.add(fake.general)  # the server took Send Messages from the bot here
+
+    asked = await fake.slash(lea, "generate", fake.general, style="watercolor", count=1)
+    await fake.wait_for(lambda: asked.texts(), 10.0, "an answer")
+    [notice] = asked.messages()
+    assert notice.content == texts.cannot_post_here(run_started=True)
+    assert "Send Messages" in notice.content and "/cancel" in notice.content
+    assert notice.ephemeral and notice.visible_to(lea)
+    assert (asked.answered_in or 9) < ANSWER_DEADLINE_S
+    await fake.wait_for(lambda: any(c.startswith("generate:") for c in scripted.runner.calls), 10.0, "the run")
+    assert asked.messages() == [notice], "the answer stays"

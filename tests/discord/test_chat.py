@@ -112,6 +112,34 @@ async def test_a_member_without_manage_server_is_refused(scripted: Stack) -> Non
     _answered_in_time(fake)
 
 
+async def test_a_style_name_of_several_words_is_refused_and_nothing_is_stored(scripted: Stack) -> None:
+    fake = scripted.fake
+    admin = fake.user("olga", admin=True)
+    add = await fake.slash(
+        admin, "facechain-admin", fake.general, sub="add", name="Film Noir", prompt="black and white photo"
+    )
+    refusal = await _reply(fake, add)
+    assert refusal.content == discord_idiom(texts.style_bad_name()), "the name's rules, as for any bad name"
+    assert refusal.ephemeral
+    listing = await _reply(fake, await fake.slash(admin, "facechain-admin", fake.general, sub="styles"))
+    assert "added here" not in listing.content, "no style was stored"
+    _answered_in_time(fake)
+
+
+async def test_remove_offers_only_the_styles_added_here(scripted: Stack) -> None:
+    fake = scripted.fake
+    admin = fake.user("olga", admin=True)
+    none_yet = await fake.autocomplete(admin, "facechain-admin", "name", fake.general, sub="remove", name="")
+    assert none_yet == [], "built-in styles can't be removed: none is offered"
+    add = await fake.slash(admin, "facechain-admin", fake.general, sub="add", name="film_noir", prompt="noir photo")
+    assert (await _reply(fake, add)).content == texts.style_added("film_noir")
+
+    offered = await fake.autocomplete(admin, "facechain-admin", "name", fake.general, sub="remove", name="")
+    assert [c["value"] for c in offered] == ["film_noir"]
+    switchable = await fake.autocomplete(admin, "facechain-admin", "style", fake.general, sub="disable", style="")
+    assert {"watercolor", "film_noir"} <= {c["value"] for c in switchable}, "built-in ones can be switched off"
+
+
 async def test_a_button_pressed_after_a_restart_still_works(scripted: Stack) -> None:
     fake = scripted.fake
     fake.upload_limit = 120_000
@@ -141,6 +169,45 @@ async def test_a_button_pressed_after_a_restart_still_works(scripted: Stack) -> 
     _answered_in_time(fake)
 
 
+async def test_photos_chosen_in_the_upload_window_arrive_after_a_restart(scripted: Stack) -> None:
+    """The window stays open on the member's screen as long as they like; the bot that opened it may be
+    gone (a restart, or well past 15 minutes) when they submit it."""
+    fake = scripted.fake
+    uma, ivo = fake.user("uma"), fake.user("ivo")
+    windows = [await fake.slash(uma, "train"), await fake.slash(ivo, "train")]
+    await fake.wait_for(lambda: all(w.modal for w in windows), 5.0, "the upload windows")
+
+    await scripted.stop_bot()
+    await scripted.start_bot()
+
+    for seed, window in enumerate(windows):
+        photos = [fake.upload(f"p{i}.jpg", jpeg(seed * 10 + i), "image/jpeg") for i in range(3)]
+        submitted = await fake.submit_modal(window, photos)
+        await fake.wait_for(lambda s=submitted: any("Got 3 photos" in t for t in s.texts()), 10.0, "photos saved")
+    for user in (uma, ivo):
+        status = await _reply(fake, await fake.slash(user, "status"))
+        assert "Photo set: 3 of 10" in status.content, "each member's own three photos"
+    _answered_in_time(fake)
+
+
+async def test_an_upload_window_never_hands_on_photos_of_another_member(scripted: Stack) -> None:
+    """One upload window serves every member: a submission without its file field offers nothing, not
+    the files the previous member sent."""
+    fake = scripted.fake
+    ivo, uma = fake.user("ivo"), fake.user("uma")
+    windows = [await fake.slash(ivo, "train"), await fake.slash(uma, "train")]
+    await fake.wait_for(lambda: all(w.modal for w in windows), 5.0, "the upload windows")
+    photos = [fake.upload(f"p{i}.jpg", jpeg(i), "image/jpeg") for i in range(3)]
+    sent = await fake.submit_modal(windows[0], photos)
+    await fake.wait_for(lambda: any("Got 3 photos" in t for t in sent.texts()), 10.0, "ivo's photos saved")
+
+    empty = await fake.submit_modal(windows[1], [], field=False)
+    answer = await _reply(fake, empty)
+    assert answer.content == texts.train_tips(3, 10) and len(empty.texts()) == 1
+    status = await _reply(fake, await fake.slash(uma, "status"))
+    assert "Photo set: 0 of 10" in status.content
+
+
 async def test_results_go_to_dms_when_the_server_says_so(scripted: Stack) -> None:
     fake = scripted.fake
     admin = fake.user("ada", admin=True)
@@ -155,6 +222,39 @@ async def test_results_go_to_dms_when_the_server_says_so(scripted: Stack) -> Non
     assert not [m for m in fake.channel_messages(fake.general) if m.files], "nothing posted in the server"
     progress = await fake.wait_message(lea, fake.general, texts.generate_done_edit())
     assert progress.via == "bot", "progress is edited in the channel where it was asked"
+
+
+async def test_results_for_a_member_with_closed_dms_are_posted_where_they_asked(scripted: Stack) -> None:
+    fake = scripted.fake
+    admin = fake.user("ada", admin=True)
+    lea = await _trained_user(scripted, "lea")
+    await _reply(fake, await fake.slash(admin, "facechain-admin", fake.general, sub="results", where="direct"))
+    fake.closed_dms.add(lea.id)
+
+    await fake.slash(lea, "generate", fake.general, style="watercolor")
+    note = await fake.wait_message(lea, fake.general, "couldn't send your portraits to your private chat")
+    assert note.content.startswith("Lea, I couldn't"), "named by the display name the server shows"
+    posted = await fake.wait_for(
+        lambda: next((m for m in fake.channel_messages(fake.general) if m.files), None), 10.0, "portraits"
+    )
+    assert "watercolor" in posted.content and not posted.ephemeral
+    assert not [m for m in fake.channel_messages(fake.dm_channel(lea)) if m.files]
+
+
+async def test_portraits_refused_by_a_discord_server_error_are_posted_when_it_answers_again(scripted: Stack) -> None:
+    fake = scripted.fake
+    lea = await _trained_user(scripted, "lea")
+    await scripted.stop_worker()
+    await fake.slash(lea, "generate", fake.general, style="watercolor")
+    await fake.wait_message(lea, fake.general, "Making")
+    # The next post to the channel is the portraits: Discord answers it 503 (discord.py does not retry that).
+    fake.echo_next("POST", f"/channels/{fake.general}/messages", 503)
+    await scripted.start_worker()
+    posted = await fake.wait_for(
+        lambda: [m for m in fake.channel_messages(fake.general) if m.files], 20.0, "portraits after the retry"
+    )
+    assert len(posted) == 1 and "watercolor" in posted[0].content, "posted once, by the outcome's next try"
+    assert not fake.echoes, "the 503 was answered"
 
 
 async def test_nsfw_is_honoured_only_in_age_restricted_channels(scripted: Stack) -> None:
@@ -248,15 +348,23 @@ async def test_an_admin_browsing_styles_sees_their_pictures(fake: FakeDiscord, t
     stack = scripted_stack(fake, bot_settings(fake, tmp_path, redis_url, styles_dir=tmp_path / "styles"))
     await stack.start_bot()
     try:
-        admin = fake.user("olga", admin=True)
-        listing = await _reply(fake, await fake.slash(admin, "facechain-admin", fake.general, sub="styles"))
+        admin, member = fake.user("olga", admin=True), fake.user("mo")
+        asked = await fake.slash(admin, "facechain-admin", fake.general, sub="styles")
+        listing = await _reply(fake, asked)
         assert "noir_film: on" in listing.content and listing.ephemeral
-        posted = await fake.wait_for(
-            lambda: next((m for m in fake.channel_messages(fake.general) if m.files), None), 10.0, "the pictures"
-        )
+        posted = await fake.wait_for(lambda: next((m for m in asked.messages() if m.files), None), 10.0, "pictures")
         assert posted.content == texts.style_previews(["noir_film"])
         assert [f.filename for f in posted.files] == ["noir_film.jpg"], "the file is named after its style"
         assert b"SecretCam" not in posted.files[0].data
+        assert posted.ephemeral and not posted.visible_to(member), "an admin's answer stays private, pictures too"
+        assert not [m for m in fake.seen_by(member, fake.general) if m.files]
+
+        # A member's /styles answers the channel: its pictures are for everyone there.
+        await fake.slash(member, "styles", fake.general)
+        public = await fake.wait_for(
+            lambda: next((m for m in fake.seen_by(member, fake.general) if m.files), None), 10.0, "the pictures"
+        )
+        assert public.content == texts.style_previews(["noir_film"]) and not public.ephemeral
     finally:
         await stack.close()
 

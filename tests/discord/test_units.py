@@ -3,17 +3,22 @@ typed DM commands, stored progress-message ids, message splitting, the command f
 
 from __future__ import annotations
 
+import ast
+import inspect
 import io
+import re
 from pathlib import Path
 
 import pytest
+from discord import app_commands
 from PIL import Image
 
 from bot.config import BotSettings
+from bot.core import catalogue, texts
 from bot.core.events import Command
 from bot.discord_adapter import FacechainClient
 from bot.discord_adapter.media import CannotFit, fit_upload
-from bot.discord_adapter.sender import MAX_TEXT, MessageRef, split_text
+from bot.discord_adapter.sender import MAX_TEXT, MessageRef, discord_idiom, split_text
 from bot.discord_adapter.sync import command_payload, fingerprint, invite_url
 from bot.discord_adapter.translate import command_from_text, direct_chat_id, dm_user_id
 from tests.discord.fake_discord import TOKEN
@@ -97,7 +102,30 @@ def test_the_invite_link_asks_for_the_bot_and_its_commands() -> None:
 
 
 def test_the_core_admin_command_is_shown_as_the_discord_command_group() -> None:
-    from bot.discord_adapter.sender import split_text
-
     [text] = split_text("Usage: /admin enable <style>; see /admin styles. Not /administer, not a/admin.")
     assert text == "Usage: /facechain-admin enable <style>; see /facechain-admin styles. Not /administer, not a/admin."
+    [text] = split_text("Add one with /admin addstyle <name>, or /admin removestyle it. /admin is here.")
+    assert text == "Add one with /facechain-admin add <name>, or /facechain-admin remove it. /facechain-admin is here."
+
+
+def test_every_admin_command_the_texts_name_is_one_discord_has(tmp_path: Path) -> None:
+    """What a Discord admin reads in any text (its literals, and the usage lines the catalogue makes)
+    names subcommands of the real /facechain-admin group."""
+    settings = BotSettings(_env_file=None, data_dir=tmp_path, discord_token=TOKEN)  # type: ignore[call-arg]
+    [group] = [c for c in FacechainClient(settings, None).tree.get_commands() if c.name == catalogue.ADMIN.slash_name]
+    assert isinstance(group, app_commands.Group)
+    on_discord = {c.name for c in group.commands}
+    any_name = on_discord | {c.name for c in catalogue.ADMIN_COMMANDS}
+
+    literals = [n.value for n in ast.walk(ast.parse(inspect.getsource(texts))) if isinstance(n, ast.Constant)]
+    made = [texts.admin_usage(), texts.help_text(admin_here=True)]
+    made += [texts.admin_usage_for(c.name) for c in catalogue.ADMIN_COMMANDS]
+    named = [
+        (sub, text)
+        for text in [*literals, *made]
+        if isinstance(text, str)
+        for sub in re.findall(rf"/{catalogue.ADMIN.slash_name} ([\w-]+)", discord_idiom(text))
+        if sub in any_name
+    ]
+    assert [(sub, text) for sub, text in named if sub not in on_discord] == []
+    assert {sub for sub, _ in named} == on_discord, "the usage lines name every subcommand"
