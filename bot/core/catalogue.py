@@ -19,6 +19,8 @@ class Argument:
     required: bool = True
     #: The values it takes when they are few and fixed (shown as ``a|b``; Discord offers them as choices).
     choices: tuple[str, ...] = ()
+    #: A file sent with the command (a caption on Telegram, an attachment option on Discord), not text.
+    attached: bool = False
 
     @property
     def usage(self) -> str:
@@ -46,6 +48,11 @@ class CommandSpec:
     @property
     def slash_name(self) -> str:
         return self.discord_name or self.name
+
+    @property
+    def takes_file(self) -> bool:
+        """Whether a file sent with the command is one of its arguments (else it is offered as a photo)."""
+        return any(argument.attached for argument in self.arguments)
 
 
 COMMANDS: tuple[CommandSpec, ...] = (
@@ -80,7 +87,7 @@ ADMIN_COMMANDS: tuple[CommandSpec, ...] = (
         (
             Argument("name", "a-z, 0-9, _ or -"),
             Argument("prompt", "What the portraits look like"),
-            Argument("lora", "A style LoRA (.safetensors), attached", required=False),
+            Argument("lora", "A style LoRA (.safetensors), attached", required=False, attached=True),
         ),
         discord_name="add",
     ),

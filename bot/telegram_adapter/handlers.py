@@ -46,29 +46,28 @@ class UpdateRouter:
         if not messages:
             return
         first = min(messages, key=lambda m: m.message_id)
-        who = translate.sender_key(first)
-        if who is None:
-            return
-        origin = translate.origin(*who, first.chat, direct_chat_id=_direct_chat(first))
-        await self._run(origin, translate.album_event(messages), first)
+        await self._events(first, translate.file_events(messages, self._bot.username))
 
     # ------------------------------------------------------------------------------------ kinds
     async def _message(self, message: Message) -> None:
         if message.is_automatic_forward:
             return
+        await self._events(message, translate.message_events(message, self._bot.username))
+
+    async def _events(self, message: Message, events: Sequence[Event]) -> None:
+        """Hand the events of ``message`` (or of the album it opens) to the core, one after another."""
         who = translate.sender_key(message)
-        event = translate.message_event(message, self._bot.username)
-        if who is None or event is None:
+        if who is None or not events:
             return
         is_admin = False
-        if isinstance(event, Command) and not translate.is_private(message.chat):
+        if any(isinstance(e, Command) for e in events) and not translate.is_private(message.chat):
             is_admin = await self._is_admin(message)
         origin = translate.origin(*who, message.chat, is_admin=is_admin, direct_chat_id=_direct_chat(message))
-        await self._run(origin, event, message)
+        for event in events:
+            await self._run(origin, event, message)
 
     async def _button(self, query: CallbackQuery) -> None:
-        alert: str | None = None
-        answered = False
+        tried = False
         try:
             event = translate.button_event(query)
             message = query.message
@@ -79,13 +78,16 @@ class UpdateRouter:
                 str(user.id), translate.display_name(user), message.chat, direct_chat_id=str(user.id)
             )
             replies = await self._handle(origin, event)
-            if not origin.private:
-                alert, replies = _take_alert(replies)
-            answered = await self._answer(query, alert)
+            alert, rest = (None, replies) if origin.private else _take_alert(replies)
+            tried = True
+            if await self._answer(query, alert):
+                replies = rest
+            # Otherwise Telegram refused the answer (a press handled late is "too old"): the alert stays
+            # among the replies and is posted under the pressed message, where the presser sees it.
             reply_to = None if origin.private else message.message_id
             await self._show(message.chat.id, replies, reply_to)
         finally:
-            if not answered:
+            if not tried:
                 await self._answer(query, None)
 
     # ---------------------------------------------------------------------------------- helpers
@@ -122,11 +124,13 @@ class UpdateRouter:
         return member.status in _ADMIN_STATUSES
 
     async def _answer(self, query: CallbackQuery, alert: str | None) -> bool:
+        """Answer the press (with ``alert`` as a pop-up); False when Telegram refused the answer."""
         try:
             await with_retries(lambda: query.answer(text=alert, show_alert=alert is not None), "answerCallbackQuery")
         except TelegramError as exc:
-            # A query older than about 15 minutes can't be answered; nothing is lost but the spinner.
+            # Telegram accepts an answer for about 15 minutes after the press, and only once.
             log.debug("answerCallbackQuery failed: %s", type(exc).__name__)
+            return False
         return True
 
 

@@ -2,23 +2,28 @@
 
 Photos arrive as ``message.photo`` (compressed, several sizes: the largest is used) or as a
 document (byte-exact; a document's thumbnail is never used in its place). Videos and animations
-are passed on as files too, so the core can tell the user why it can't use them.
+are passed on as files too, so the core can tell the user why it can't use them. A file whose
+caption is a command is both: the file on offer and the command (:func:`file_events`).
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from dataclasses import replace
 
 from telegram import CallbackQuery, Chat, Message, User
 from telegram.constants import ChatType
 
+from bot.core import catalogue
 from bot.core.events import ButtonPressed, Command, Event, OfferedFile, PhotosOffered, TextMessage
 from bot.core.replies import Button
 from bot.service import Origin
 from storage.models import Platform
 
 _COMMAND = re.compile(r"^/(?P<name>[A-Za-z0-9_]{1,32})(?:@(?P<bot>[A-Za-z0-9_]{1,64}))?(?=\s|$)")
+#: Commands that open something: captioning a file, they run before it (the photo joins the new set).
+_BEFORE_FILES = frozenset({"start", "train"})
 
 
 def is_private(chat: Chat) -> bool:
@@ -93,28 +98,50 @@ def offered_file(message: Message) -> OfferedFile | None:
     return None
 
 
-def message_event(message: Message, bot_username: str | None) -> Event | None:
-    """The core event of one message (an album's parts are combined by :func:`album_event`)."""
-    attached = offered_file(message)
-    if message.caption and message.document is not None:
-        # An admin's style LoRA comes as a document whose caption is the /admin command.
-        command = parse_command(message.caption, bot_username)
-        if command is not None:
-            return Command(command.name, command.args, command.text, attachment=attached)
-    if attached is not None:
-        return PhotosOffered(files=(attached,))
+def message_events(message: Message, bot_username: str | None) -> list[Event]:
+    """The core events of one message, in the order to handle them; empty when none is for the bot."""
+    if offered_file(message) is not None:
+        return file_events([message], bot_username)
     if message.text is None:
-        return None
+        return []
     if message.text.startswith("/"):
-        return parse_command(message.text, bot_username)
-    return TextMessage(message.text)
+        command = parse_command(message.text, bot_username)
+        return [] if command is None else [command]
+    return [TextMessage(message.text)]
 
 
-def album_event(messages: Iterable[Message]) -> PhotosOffered:
-    """One event for all parts of an album, in the order the user arranged them."""
-    ordered = sorted(messages, key=lambda m: m.message_id)
-    files = tuple(f for f in (offered_file(m) for m in ordered) if f is not None)
-    return PhotosOffered(files=files)
+def file_events(messages: Iterable[Message], bot_username: str | None) -> list[Event]:
+    """The events of messages that carry files (one message, or all parts of an album).
+
+    The files are offered together, in the order the user arranged them. A caption that is a command
+    runs the command too: before the files when it opens a set they join (``/train``), after them
+    otherwise (``/done`` then counts them). Only a command that takes a file (see :func:`takes_file`)
+    gets its message's file as its attachment instead.
+    """
+    before: list[Event] = []
+    after: list[Event] = []
+    files: list[OfferedFile] = []
+    for message in sorted(messages, key=lambda m: m.message_id):
+        attached = offered_file(message)
+        if attached is None:
+            continue
+        command = parse_command(message.caption, bot_username) if message.caption else None
+        if command is not None and takes_file(command):
+            after.append(replace(command, attachment=attached))
+            continue
+        files.append(attached)
+        if command is not None:
+            (before if command.name in _BEFORE_FILES else after).append(command)
+    offered: list[Event] = [PhotosOffered(files=tuple(files))] if files else []
+    return [*before, *offered, *after]
+
+
+def takes_file(command: Command) -> bool:
+    """Whether ``command`` uses a file sent with it (the catalogue says which: ``/admin addstyle``)."""
+    if command.name != catalogue.ADMIN.name or not command.args:
+        return False
+    spec = catalogue.admin_command(command.args[0].casefold())
+    return spec is not None and spec.takes_file
 
 
 def button_event(query: CallbackQuery) -> ButtonPressed | None:

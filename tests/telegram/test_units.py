@@ -1,4 +1,5 @@
-"""The adapter's small parts on their own: translation, keyboards, throttling, retries, downloads."""
+"""The adapter's small parts on their own: translation, keyboards, throttling, retries, downloads, and
+button presses Telegram no longer lets the bot answer."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from bot.telegram_adapter.downloads import CLOUD_DOWNLOAD_LIMIT, make_downloader
 from bot.telegram_adapter.lanes import ChatLanes
 from bot.telegram_adapter.retry import with_retries
 from bot.telegram_adapter.sender import keyboard, split_text
+from tests.telegram.conftest import Harness
 from tests.telegram.fake_bot_api import FakeBotApi
 from tests.telegram.users import TgUser
 
@@ -26,6 +28,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::telegram.warnings.PTBDeprecatio
 
 PRIVATE = {"id": 42, "type": "private", "first_name": "Alice"}
 GROUP = {"id": -100_7, "type": "supergroup", "title": "Club"}
+GROUP_ID = -100_500
 ALICE = {"id": 42, "is_bot": False, "first_name": "Alice", "last_name": "Liddell"}
 
 
@@ -60,8 +63,8 @@ def test_a_photo_is_offered_at_its_largest_size() -> None:
         {"file_id": "big", "file_unique_id": "b", "width": 1280, "height": 960, "file_size": 90_000},
         {"file_id": "mid", "file_unique_id": "m", "width": 320, "height": 240, "file_size": 9_000},
     ]
-    event = translate.message_event(_message(photo=sizes), "bot")
-    assert event == PhotosOffered((OfferedFile("big", 90_000, "image/jpeg", compressed=True),))
+    events = translate.message_events(_message(photo=sizes), "bot")
+    assert events == [PhotosOffered((OfferedFile("big", 90_000, "image/jpeg", compressed=True),))]
 
 
 def test_a_document_is_offered_byte_exact_not_its_thumbnail() -> None:
@@ -69,20 +72,32 @@ def test_a_document_is_offered_byte_exact_not_its_thumbnail() -> None:
         "file_id": "doc", "file_unique_id": "d", "file_name": "me.png", "mime_type": "image/png", "file_size": 5000,
         "thumbnail": {"file_id": "thumb", "file_unique_id": "t", "width": 90, "height": 90},
     }  # fmt: skip
-    event = translate.message_event(_message(document=doc), "bot")
-    assert event == PhotosOffered((OfferedFile("doc", 5000, "image/png", "me.png", compressed=False),))
+    events = translate.message_events(_message(document=doc), "bot")
+    assert events == [PhotosOffered((OfferedFile("doc", 5000, "image/png", "me.png", compressed=False),))]
 
 
 def test_a_document_captioned_with_a_command_is_its_attachment() -> None:
     doc = {"file_id": "lora", "file_unique_id": "l", "file_name": "noir.safetensors", "file_size": 10}
-    event = translate.message_event(_message(GROUP, document=doc, caption="/admin addstyle noir moody"), "bot")
+    events = translate.message_events(_message(GROUP, document=doc, caption="/admin addstyle noir moody"), "bot")
+    assert len(events) == 1, "the LoRA is the command's, not a photo on offer"
+    event = events[0]
     assert isinstance(event, Command) and event.name == "admin" and event.args[:2] == ("addstyle", "noir")
     assert event.attachment == OfferedFile("lora", 10, None, "noir.safetensors")
 
 
+def test_a_photo_captioned_with_another_command_is_offered_and_the_command_runs() -> None:
+    doc = {"file_id": "me", "file_unique_id": "m", "file_name": "me.jpg", "mime_type": "image/jpeg", "file_size": 10}
+    offered = PhotosOffered((OfferedFile("me", 10, "image/jpeg", "me.jpg"),))
+    assert translate.message_events(_message(document=doc, caption="/train"), "bot") == [Command("train"), offered]
+    assert translate.message_events(_message(document=doc, caption="/done"), "bot") == [offered, Command("done")]
+    assert translate.message_events(_message(document=doc, caption="/done@other_bot"), "bot") == [offered]
+    assert translate.message_events(_message(document=doc, caption="me at the beach"), "bot") == [offered]
+
+
 def test_text_and_nothing() -> None:
-    assert translate.message_event(_message(text="hi there"), "bot") == TextMessage("hi there")
-    assert translate.message_event(_message(), "bot") is None
+    assert translate.message_events(_message(text="hi there"), "bot") == [TextMessage("hi there")]
+    assert translate.message_events(_message(text="/status"), "bot") == [Command("status")]
+    assert translate.message_events(_message(), "bot") == []
 
 
 def test_an_album_is_one_event_in_the_users_order() -> None:
@@ -90,7 +105,22 @@ def test_an_album_is_one_event_in_the_users_order() -> None:
         _message(message_id=n, media_group_id="g", document={"file_id": f"f{n}", "file_unique_id": f"u{n}"})
         for n in (12, 10, 11)
     ]
-    assert [f.ref for f in translate.album_event(parts).files] == ["f10", "f11", "f12"]
+    events = translate.file_events(parts, "bot")
+    assert len(events) == 1 and isinstance(events[0], PhotosOffered)
+    assert [f.ref for f in events[0].files] == ["f10", "f11", "f12"]
+
+
+def test_an_albums_captions_run_around_its_photos() -> None:
+    captions = {10: "/train", 11: None, 12: "/done"}
+    parts = [
+        _message(
+            message_id=n, media_group_id="g", caption=caption, document={"file_id": f"f{n}", "file_unique_id": f"u{n}"}
+        )
+        for n, caption in captions.items()
+    ]
+    events = translate.file_events(reversed(parts), "bot")
+    assert [type(e).__name__ for e in events] == ["Command", "PhotosOffered", "Command"]
+    assert events[0] == Command("train") and events[2] == Command("done")
 
 
 def test_origins_in_private_in_a_group_and_for_an_anonymous_admin() -> None:
@@ -191,6 +221,27 @@ async def test_a_final_edit_for_a_run_whose_message_is_unknown_is_sent_as_a_mess
         await sender.send(4242, [EditProgress(run_id="t-unknown-02", text="Training 50%", final=False)])
         await sender.aclose()
     assert [m.shown for m in alice.replies] == ["Training done."], "the final state arrives, intermediate ones don't"
+
+
+# ---------------------------------------------------------------------------------- button presses
+async def test_a_pop_up_telegram_refuses_is_posted_under_the_pressed_message(
+    bot: Harness, api: FakeBotApi, alice: TgUser
+) -> None:
+    """A press handled late (after a restart, behind a backlog) can no longer be answered: Telegram says
+    400 "query is too old". The pop-up meant for the presser must not vanish with the answer."""
+    await bot.train(alice)
+    api.add_group(GROUP_ID, "Club")
+    group_alice = alice.in_chat(GROUP_ID)
+    bob = TgUser(api, 2002, "Bob").in_chat(GROUP_ID)
+    group_alice.say("/generate")
+    picker = await group_alice.expect("Pick a style")
+
+    tries = len(api.calls_of("answerCallbackQuery"))
+    api.fail_next("answerCallbackQuery", 400)
+    bob.press("cyberpunk", picker)
+    posted = await bob.expect("You need a face model first")
+    assert posted.reply_to == picker.message_id, "threaded under the message whose button was pressed"
+    assert len(api.calls_of("answerCallbackQuery")) == tries + 1, "a refused answer is not tried again"
 
 
 # ----------------------------------------------------------------------------------------- lanes
