@@ -16,7 +16,7 @@ import logging
 import secrets
 import weakref
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from typing import Protocol
 
@@ -31,13 +31,14 @@ from bot.core.events import (
     RunQueued,
     RunRestarted,
     RunsCancelled,
+    RunsForgotten,
     SavedPhoto,
     StyleAdded,
     TextMessage,
 )
 from bot.core.flow import Decision, decide, results_shown_instead
 from bot.core.limits import Limits
-from bot.core.replies import Reply
+from bot.core.replies import EditProgress, Reply
 from bot.core.state import Facts, ModelState, RunInfo, StyleInfo, UserState
 from bot.queue import JobQueue, QueueUnreachable
 from pipeline import jobs
@@ -128,6 +129,8 @@ class _Place:
 
     origin: Origin
     community: CommunitySnapshot | None = None
+    #: Progress messages of runs that are gone from storage by the end of the event (forgotten).
+    progress_at: dict[str, tuple[str, str]] = field(default_factory=dict)
 
 
 #: Effects that change nothing a community snapshot holds (its settings, styles, usage counts):
@@ -333,7 +336,18 @@ class ConversationService:
                 known = None
                 if not isinstance(effect, _USER_ONLY_EFFECTS):
                     place.community = None
-        return replies
+        return await self._locate_progress(replies, place)
+
+    async def _locate_progress(self, replies: Sequence[Reply], place: _Place) -> list[Reply]:
+        """The replies, each progress edit with where its message is stored: the adapter that sent the
+        message may have restarted since, or the edit may come from another chat (/cancel)."""
+        wanted = {r.run_id for r in replies if isinstance(r, EditProgress) and r.run_id not in place.progress_at}
+        stored = {run.id: _progress_at(run) for run in await self._repos.runs.get_many(sorted(wanted))}
+        where = {**stored, **place.progress_at}
+        return [
+            replace(reply, stored_at=where.get(reply.run_id)) if isinstance(reply, EditProgress) else reply
+            for reply in replies
+        ]
 
     async def _state(self, user_id: int) -> UserState:
         return UserState.from_json(await self._repos.conversations.get_state(user_id))
@@ -438,8 +452,12 @@ class ConversationService:
                 # Runs taken off the queue get no outcome from a worker: finish them here.
                 return [RunsCancelled(run_ids=asked), *closed]
             case fx.ForgetUser():
+                active = await repos.runs.active(user_id)
+                place.progress_at.update((run.id, at) for run in active if (at := _progress_at(run)) is not None)
                 await self._cancel_runs(user_id)
                 await self._forget_run_keys(await repos.forget_user(user_id, self._blobs))
+                if active:
+                    return [RunsForgotten(runs=tuple((run.id, run.kind.value) for run in active))]
             case fx.SetStyleEnabled(style=style, enabled=enabled):
                 community = await self._require_community(place)
                 await repos.communities.set_style_enabled(community.id, style, enabled)
@@ -747,6 +765,14 @@ class ConversationService:
     async def _delete_blobs(self, keys: Sequence[str]) -> None:
         for key in keys:
             await asyncio.to_thread(self._blobs.delete, key)
+
+
+def _progress_at(run: Run) -> tuple[str, str] | None:
+    """Where a run's progress message is stored: (chat id, message id), None before it was sent."""
+    delivery = run.delivery
+    if delivery.progress_message_id is None:
+        return None
+    return (delivery.asked_in_chat_id or delivery.chat_id, delivery.progress_message_id)
 
 
 def _model_state(status: ModelStatus | None) -> ModelState:

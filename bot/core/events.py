@@ -122,6 +122,13 @@ class RunQueued:
 
 
 @dataclass(frozen=True, slots=True)
+class RunsForgotten:
+    """Follow-up to ForgetUser: the runs that were stopped as everything was deleted, as (run id, kind)."""
+
+    runs: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True, slots=True)
 class RunsCancelled:
     """Follow-up to CancelRuns: which runs were asked to stop."""
 
@@ -163,6 +170,7 @@ Event = (
     | JobFinished
     | RunQueued
     | RunsCancelled
+    | RunsForgotten
     | QueueUnavailable
     | RunRestarted
     | StyleAdded

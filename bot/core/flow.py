@@ -67,6 +67,7 @@ from bot.core.events import (
     RunQueued,
     RunRestarted,
     RunsCancelled,
+    RunsForgotten,
     StyleAdded,
     TextMessage,
 )
@@ -122,6 +123,8 @@ def decide(state: UserState, event: Event, facts: Facts) -> Decision:
             return _on_job_finished(state, event, facts)
         case RunsCancelled():
             return _on_runs_cancelled(state, event, facts)
+        case RunsForgotten():
+            return _on_runs_forgotten(state, event)
         case QueueUnavailable():
             return _on_queue_unavailable(state, event, facts)
         case RunRestarted():
@@ -539,6 +542,12 @@ def _on_job_progress(state: UserState, event: JobProgress, facts: Facts) -> Deci
 def _on_runs_cancelled(state: UserState, event: RunsCancelled, facts: Facts) -> Decision:
     edits = tuple(EditProgress(run_id, texts.cancelling_edit()) for run_id in event.run_ids)
     return Decision(state, (_text(facts, texts.cancelling(len(event.run_ids))), *edits))
+
+
+def _on_runs_forgotten(state: UserState, event: RunsForgotten) -> Decision:
+    """The runs /forget stopped: their progress messages say so (the reply to /forget says the rest)."""
+    stopped = {"train": texts.train_failed_edit(), "generate": texts.generate_stopped_edit()}
+    return Decision(state, tuple(EditProgress(run_id, stopped[kind], final=True) for run_id, kind in event.runs))
 
 
 def _on_queue_unavailable(state: UserState, event: QueueUnavailable, facts: Facts) -> Decision:

@@ -67,6 +67,9 @@ class EditProgress:
     text: str
     #: The final edit of a run: never dropped by throttling.
     final: bool = False
+    #: Where the message is, as stored with the run: (chat id, message id). The service fills it in,
+    #: for an adapter that does not remember the message (it restarted since it sent it).
+    stored_at: tuple[str, str] | None = None
 
 
 Reply = Text | Photos | ProgressMessage | EditProgress

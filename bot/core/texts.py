@@ -516,6 +516,11 @@ def generate_failed_edit() -> str:
     return "No portraits this time."
 
 
+def generate_stopped_edit() -> str:
+    """A /generate's progress message once /forget stopped it."""
+    return "Stopped."
+
+
 def no_usable_portrait(style: str, blocked: int) -> str:
     held = f" {blocked} {'was' if blocked == 1 else 'were'} held back by the safety filter." if blocked else ""
     return (

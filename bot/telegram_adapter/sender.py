@@ -200,7 +200,7 @@ class TelegramSender:
         return (await self._progress.sending(reply.run_id, send)).message_id
 
     async def _edit_progress(self, chat_id: int, reply: EditProgress, fallback: tuple[int, int] | None) -> None:
-        target = await self._progress.find(reply.run_id, final=reply.final)
+        target = await self._progress.find(reply.run_id, final=reply.final) or _stored_target(reply)
         if target is None and fallback is not None:
             target = _ProgressTarget(*fallback)
         if target is None:
@@ -253,6 +253,17 @@ class TelegramNotifier:
             log.warning("a delivery to a malformed Telegram chat id %r was dropped", delivery.chat_id)
             return {}
         return await self._sender.send(chat_id, replies, progress_message=progress, must_deliver=True)
+
+
+def _stored_target(reply: EditProgress) -> _ProgressTarget | None:
+    """The progress message where the service says it is stored (see EditProgress.stored_at)."""
+    if reply.stored_at is None:
+        return None
+    chat, message = reply.stored_at
+    try:
+        return _ProgressTarget(int(chat), int(message))
+    except ValueError:
+        return None
 
 
 def _thread(reply_to: int | None) -> ReplyParameters | None:

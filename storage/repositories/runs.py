@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import sqlite3
+from collections.abc import Sequence
 
 from storage.errors import Conflict, NotFound
 from storage.models import Delivery, Platform, Run, RunKind, RunStatus
@@ -76,6 +77,12 @@ class RunsRepository(Repository):
     async def get(self, run_id: str) -> Run | None:
         """The run with this id, whatever its status."""
         return await self._get(run_record, "SELECT * FROM runs WHERE id = ?", (run_id,))
+
+    async def get_many(self, run_ids: Sequence[str]) -> list[Run]:
+        """The runs with these ids that exist, in no particular order (one statement)."""
+        if not run_ids:
+            return []
+        return await self._list(run_record, f"SELECT * FROM runs WHERE id IN ({placeholders(run_ids)})", tuple(run_ids))
 
     async def set_progress_message(self, run_id: str, message_id: str) -> None:
         """Remember the chat message that shows this run's progress (edited as it advances)."""

@@ -428,6 +428,15 @@ def test_photos_saved(row: Row) -> None:
         "running jobs continue",
     ),
     runs_cancelled=Row(IDLE, ev.RunsCancelled((RUN, GEN)), BASE, _I, (), "cancelling 2 jobs", replies=3),
+    runs_forgotten=Row(
+        IDLE,
+        ev.RunsForgotten(((RUN, "train"), (GEN, "generate"))),
+        BASE,
+        _I,
+        (),
+        "training stopped.\nstopped.",
+        replies=2,
+    ),
     # Redis down at the subject press: nothing started, the question comes back so one press retries.
     queue_busy_train=Row(IDLE, ev.QueueUnavailable("train"), BASE, _A, (), "try again shortly", replies=1),
     queue_busy_generate=Row(IDLE, ev.QueueUnavailable("generate"), BASE, _I, (), "busy right now", replies=1),

@@ -287,11 +287,13 @@ async def test_a_malformed_job_is_answered_with_bad_payload_and_nothing_is_lost(
 async def test_cancel_a_queued_training_never_reaches_the_gpu(bench: Bench) -> None:
     run_id = await bench.train_alice()
     replies = await bench.send(Command("cancel"))
-    # A queued run has no worker to wait for: it is stopped at once, and the user reads so at once.
+    # A queued run has no worker to wait for: it is stopped at once, and the user reads so at once. Each
+    # edit says where the run's progress message is, for an adapter that restarted since it sent it.
+    where = ("1001", f"m-{run_id}")
     assert replies == [
         Text("Cancelling 1 job…"),
-        EditProgress(run_id, "Cancelling…"),
-        EditProgress(run_id, "Training stopped.", final=True),
+        EditProgress(run_id, "Cancelling…", stored_at=where),
+        EditProgress(run_id, "Training stopped.", final=True, stored_at=where),
         Text(texts.train_cancelled()),
     ]
     run = await bench.repos.runs.get(run_id)

@@ -6,6 +6,8 @@ import asyncio
 import sqlite3
 import threading
 
+from bot.app import run_bot
+from pipeline.aio import cancel_all
 from storage.blobs import LocalBlobStore
 from tests.telegram.conftest import Harness
 from tests.telegram.fake_bot_api import FakeBotApi
@@ -125,3 +127,41 @@ async def test_a_refused_file_of_an_album_is_named_by_its_place_and_file_name(
     saved = await alice.expect("Got 1 photo")
     assert "Photo 3 (IMG_0003.jpg): not an image" in saved.shown
     assert "Photo 2" not in saved.shown, "the good photo is not blamed"
+
+
+async def test_cancel_after_a_bot_restart_closes_the_progress_message(
+    bot: Harness, api: FakeBotApi, alice: TgUser
+) -> None:
+    """The restarted bot no longer remembers the progress message: it edits it where the run stored it."""
+    gpu = bot.gpu
+    assert isinstance(gpu, ScriptedGpu)
+    gpu.hold = threading.Event()
+    await alice.ask_to_train()
+    progress = await alice.expect("Training queued")
+    assert await asyncio.to_thread(gpu.started.wait, 15), "training started on the GPU"
+
+    await cancel_all([bot.bot_task])
+    polls = len(api.calls_of("getUpdates"))
+    restarted = asyncio.create_task(run_bot(bot.settings), name="bot again")
+    try:
+        await api.wait_for(lambda: len(api.calls_of("getUpdates")) > polls, 15, "the restarted bot to poll")
+        alice.say("/cancel")
+        await alice.expect("Training cancelled. Your photos are kept", within=20)
+        await alice.expect_edit(progress, "Training stopped.")
+        assert [m for m in alice.replies if m.shown == "Training stopped."] == [progress], "no new message for it"
+    finally:
+        await cancel_all([restarted])
+
+
+async def test_forget_during_a_training_closes_its_progress_message(bot: Harness, alice: TgUser) -> None:
+    gpu = bot.gpu
+    assert isinstance(gpu, ScriptedGpu)
+    gpu.hold = threading.Event()
+    await alice.ask_to_train()
+    progress = await alice.expect("Training queued")
+    assert await asyncio.to_thread(gpu.started.wait, 15), "training started on the GPU"
+    alice.say("/forget")
+    await alice.expect("This deletes everything I keep about you")
+    alice.press("Yes, delete everything")
+    await alice.expect("Done: everything I had about you is deleted.")
+    await alice.expect_edit(progress, "Training stopped.")
