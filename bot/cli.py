@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import contextlib
 import inspect
+import math
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -214,9 +215,10 @@ def _cmd_models(args: argparse.Namespace) -> int:
     select into FACECHAIN_MODELS_DIR, with resume (needs internet; run it once, on any machine, then copy the
     folder). make-tiny [DIR]: write tiny random-weight models into DIR (default FACECHAIN_MODELS_DIR) where
     fetch puts the real ones: a tiny SD pipeline (DIR/tiny-sd), a tiny LoRA for every style and a tiny model
-    for every stage, so that everything runs without weights or a GPU (its images are noise); it prints the
-    settings to use. list: the base model, and every stage's model and alternative: in use, present or
-    missing.
+    for every stage that runs on this project's own runtimes (not skin retouching, human parsing or face
+    fusion: ModelScope pipelines with code of their own), so that the route runs without weights or a GPU
+    (its images are noise); it prints the settings to use. list: the base model, and every stage's model and
+    alternative: in use, present or missing; it exits 1 while anything fetch downloads is missing.
     """
 
     if args.action == "make-tiny":
@@ -282,9 +284,14 @@ class _ByteProgress:
 
 
 def _list_models(settings: WorkerSettings) -> int:
-    """``models list``: the base model, then every stage model and alternative: in use, present or missing."""
+    """``models list``: the base model, then every stage model and alternative: in use, present or missing.
+
+    Exits 1 while anything ``models fetch`` would download is missing (the compose file's ``models``
+    service fetches then, so a first download that was cut off is finished at the next start).
+    """
     from pipeline import models
     from pipeline.stage_models import stage_plan
+    from pipeline.styles import load_styles
 
     code = 0
     try:
@@ -305,6 +312,18 @@ def _list_models(settings: WorkerSettings) -> int:
         if status.problem:
             print(f"  ! {status.problem}")
             code = 1
+    unfetched = [
+        s.model.name for s in stage_plan(settings) if s.selected and s.model.source == "modelscope" and not s.present
+    ]
+    for name, style in load_styles(settings).items():
+        try:
+            if style.lora is not None:
+                models.resolve_style_lora(settings, name, style.lora)
+        except (models.ModelsMissingError, models.StyleLoraRefused):
+            unfetched.append(f"style {name}")
+    if unfetched:
+        print(f"not fetched yet: {', '.join(unfetched)}: run `facechain-bot models fetch`")
+        code = 1
     return code
 
 
@@ -375,27 +394,40 @@ class _Bars:
 def _cmd_train(args: argparse.Namespace) -> int:
     """Script mode: train a face model from a folder of photos (no Redis, no chat).
 
-    Preprocess the photos in PHOTO_DIR (FACECHAIN_MIN_PHOTOS to 10 of one person, one face each), train a face
-    LoRA and keep it under NAME for `facechain-bot generate NAME`. Training and generation run at the base
+    Preprocess the photos in PHOTO_DIR (FACECHAIN_MIN_PHOTOS to FACECHAIN_MAX_PHOTOS of one person, one face
+    each; past that, the first by file name), train a face LoRA and keep it under NAME for `facechain-bot
+    generate NAME`. Training and generation run at the base
     model's own size (512 px for SD 1.5, 64 px for `models make-tiny`'s model).
     """
     from bot.config import BotSettings
-    from pipeline.jobs import Subject
+    from bot.core import texts
+    from pipeline.jobs import ErrorCode, Subject
     from pipeline.script import train_from_folder
 
     settings = _worker_settings()
-    min_photos = load_settings(BotSettings).min_photos  # the chat's minimum, FACECHAIN_MIN_PHOTOS
+    chat = load_settings(BotSettings).limits()  # the chat's: FACECHAIN_MIN_PHOTOS, FACECHAIN_MAX_PHOTOS
     bars = _Bars()
     try:
-        outcome = train_from_folder(
+        done = train_from_folder(
             settings, Path(args.photo_dir), args.name, subject=Subject(args.subject) if args.subject else None,
-            steps=args.steps, min_photos=min_photos, report=bars,
+            steps=args.steps, min_photos=chat.min_photos, max_photos=chat.max_photos, report=bars,
         )  # fmt: skip
     finally:
         bars.close()
+    outcome = done.outcome
+    if done.left_out:
+        names = ", ".join(p.name for p in done.left_out)
+        print(f"left out (past FACECHAIN_MAX_PHOTOS={chat.max_photos}): {names}")
     for rejection in outcome.rejections:
-        print(f"dropped {rejection.photo_key.rsplit('/', 1)[-1]}: {rejection.reason.value} {rejection.detail}".rstrip())
+        source = done.sources.get(rejection.photo_key)
+        reason = texts.reject_reason(rejection.reason.value, chat.max_photo_bytes)
+        print(f"dropped {source.name if source else rejection.photo_key}: {reason}")
     if not outcome.ok:
+        if outcome.error in (ErrorCode.TOO_FEW_PHOTOS, ErrorCode.NO_FACE):
+            usable, total = len(done.sources) - len(outcome.rejections), len(done.sources)
+            raise OperatorError(
+                f"not trained: {usable} of {total} photos usable, at least {chat.min_photos} needed (see above)"
+            )
         code = outcome.error.value if outcome.error else "failed"
         raise OperatorError(f"not trained ({code}): {outcome.message or 'see the lines above'}")
     print(f"trained {args.name!r} on {len(outcome.used_photos)} photos in {outcome.steps} steps ({outcome.seconds} s)")
@@ -443,6 +475,17 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_OPERATOR, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def _seconds(text: str) -> float:
+    """An argparse type: a number of seconds, 0 or more (finite)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, not {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 seconds or more, not {text}")
+    return value
 
 
 def _int_in(low: int, high: int | None = None) -> Callable[[str], int]:
@@ -493,7 +536,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _add_command(sub, _cmd_up)
     p.add_argument(
-        "--grace", type=float, default=DEFAULT_GRACE_S,
+        "--grace", type=_seconds, default=DEFAULT_GRACE_S,
         help=f"seconds a child has to stop after SIGTERM before it is killed (default {DEFAULT_GRACE_S:g})",
     )  # fmt: skip
 

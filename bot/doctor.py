@@ -90,7 +90,7 @@ async def run_doctor(*, gpu: bool = True, print_line: Callable[[str], None] = pr
         checks.append(await _guard("blob store", lambda: _check_blob_store(bot_settings)))
 
     if gpu and worker_settings is not None:
-        checks.append(await _guard("gpu", _check_gpu, required=False))
+        checks.append(await _guard("gpu", lambda: _check_gpu(worker_settings), required=False))
         checks.append(await _guard("base model", lambda: _check_base_model(worker_settings)))
         checks.append(await _guard("face backend", lambda: _check_faces(worker_settings)))
         checks.append(await _guard("style LoRAs", lambda: _check_style_loras(worker_settings), required=False))
@@ -180,10 +180,18 @@ async def _check_writable(directory: Path) -> Check:
     return Check("blob store", True, f"{directory} is writable")
 
 
-async def _check_gpu() -> Check:
+async def _check_gpu(settings: WorkerSettings) -> Check:
     if importlib.util.find_spec("torch") is None:
         return Check("gpu", False, "torch is not installed: pip install 'facechain-bot[gpu]'", required=False)
     import torch
+
+    from pipeline.devices import DeviceUnavailable, pick_device
+
+    try:
+        pick_device(settings)
+    except DeviceUnavailable as exc:
+        # A device the settings name is required: the worker refuses to start without it.
+        return Check("gpu", False, str(exc))
 
     if torch.cuda.is_available():
         names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]

@@ -7,6 +7,7 @@ without a traceback. :func:`operator_message` also recognises the few library er
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Iterator
 
 #: The exit code of every operator error (argparse uses it for usage errors too).
@@ -59,7 +60,16 @@ def operator_message(exc: BaseException, redis_url: str | None = None) -> str | 
         if isinstance(error, RedisConnectionError | RedisTimeoutError):
             where = f" at {redacted_url(redis_url)}" if redis_url else ""
             return (
-                f"Redis{where} is not reachable ({' '.join(str(error).split())}): start Redis, set "
-                "FACECHAIN_REDIS_URL, or run `facechain-bot up`, which starts one"
+                f"Redis{where} is not reachable ({' '.join(str(error).split())}): start it, or set "
+                "FACECHAIN_REDIS_URL to one that runs (`facechain-bot up` starts a private one when it is not set)"
             )
+        if isinstance(error, OSError) and error.errno in _FILE_SYSTEM_MISTAKES and error.filename:
+            return f"cannot write or read {error.filename}: {error.strerror} (check the path, its owner and free space)"
     return None
+
+
+#: File-system errors that come from where the operator pointed the service (a read-only or full disk,
+#: a file where a folder belongs, missing permissions), not from a bug: one line, not a traceback.
+_FILE_SYSTEM_MISTAKES = frozenset(
+    {errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.ENOSPC, errno.EROFS, errno.EDQUOT}
+)

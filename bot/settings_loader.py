@@ -42,3 +42,7 @@ def load_settings(cls: type[S]) -> S:
         raise SettingsError(f"facechain-bot: invalid configuration: {describe(exc)}") from None
     except SourceError as exc:
         raise SettingsError(f"facechain-bot: invalid configuration: {describe_source_error(exc)}") from None
+    except UnicodeDecodeError:
+        raise SettingsError("facechain-bot: the .env file is not UTF-8 text: save it as UTF-8") from None
+    except OSError as exc:
+        raise SettingsError(f"facechain-bot: the .env file cannot be read: {exc.strerror} ({exc.filename})") from None

@@ -68,11 +68,12 @@ class PipelineRunner:
             clock = now
 
         log.info("recipe %s; knobs set apart from it: %s", settings.recipe, settings.recipe_overrides() or "none")
+        # First: a device that is not there is the one problem to report, not the stages it breaks.
+        self.device = pick_device(settings)
         self.analyzer: FaceAnalyzer = load_analyzer(settings)
         self.stages: FaceChainStages = load_stages(settings)
         self.nsfw: NsfwChecker | None = NsfwChecker() if settings.nsfw_check else None
         self.picker = PortraitPicker(self.analyzer, self.nsfw, threads=settings.post_thread_count)
-        self.device = pick_device(settings)
         lap("face_and_nsfw_models")
         # Training and generation may run at once in one process (one arq worker per queue), so
         # each has its own pipeline: training adds an adapter to its UNet while it runs.

@@ -9,6 +9,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -65,6 +66,17 @@ def _runner(settings: WorkerSettings, blobs: BlobStore) -> PipelineRunner:
         raise ScriptError(str(exc)) from None
 
 
+@dataclass(frozen=True)
+class FolderTraining:
+    """What :func:`train_from_folder` did."""
+
+    outcome: jobs.TrainOutcome
+    #: Photo key → the file it was copied from (the outcome's rejections name keys).
+    sources: dict[str, Path]
+    #: Photos of the folder past ``max_photos``, not used.
+    left_out: tuple[Path, ...] = ()
+
+
 def train_from_folder(
     settings: WorkerSettings,
     photo_dir: Path,
@@ -73,25 +85,30 @@ def train_from_folder(
     subject: jobs.Subject | None = None,
     steps: int | None = None,
     min_photos: int = 3,
+    max_photos: int = 10,
     report: Reporter = lambda stage, fraction, message: None,
-) -> jobs.TrainOutcome:
+) -> FolderTraining:
     """Train a face LoRA from the photos in ``photo_dir`` and keep it as ``name``.
 
     ``steps`` counts optimizer steps (of ``train_batch_size`` samples each); None: the recipe's budget
-    of samples (``steps_per_photo`` a photo, at most ``max_train_steps``). At least ``min_photos`` must
-    be usable, as in the chat. Who is in the photos must be known: given as ``subject``, or told by the
-    face attributes; otherwise :class:`ScriptError` asks for it and nothing is stored under ``name``.
-    An outcome with an error (too few usable photos) is returned, and nothing is stored under ``name``.
+    of samples (``steps_per_photo`` a photo, at most ``max_train_steps``). As in the chat, at least
+    ``min_photos`` must be usable and at most ``max_photos`` are used (the first, by file name). Who is
+    in the photos must be known: given as ``subject``, or told by the face attributes; otherwise
+    :class:`ScriptError` asks for it. When training fails (an outcome with an error, too few usable
+    photos, is returned) nothing is kept: no model under ``name``, no copy of the photos.
     """
     _check_name(name)
     resolve_base_model(settings)  # a missing model is reported before anything is copied or loaded
-    files = sorted(p for p in photo_dir.iterdir() if p.suffix.lower() in PHOTO_SUFFIXES) if photo_dir.is_dir() else []
+    if not photo_dir.is_dir():
+        raise ScriptError(f"{photo_dir} is not a folder of photos")
+    files = sorted(p for p in photo_dir.iterdir() if p.suffix.lower() in PHOTO_SUFFIXES)
     if not files:
         raise ScriptError(f"no photos (.jpg, .png, .webp) in {photo_dir}")
     if len(files) < min_photos:
         raise ScriptError(
             f"{len(files)} photo(s) in {photo_dir}; at least {min_photos} are needed (FACECHAIN_MIN_PHOTOS)"
         )
+    files, left_out = files[:max_photos], tuple(files[max_photos:])
     update: dict[str, object] = {"queues": ["train"], "train_compile": "off"}
     if steps is not None:
         # ``steps`` optimizer steps: a sample budget of exactly steps × batch, whatever the photo count.
@@ -99,28 +116,33 @@ def train_from_folder(
         update |= {"max_train_steps": samples, "steps_per_photo": samples}
     blobs = open_blob_store(settings, settings.data_dir)
     stamp = time.strftime("%Y%m%d%H%M%S")
-    keys = []
-    for index, path in enumerate(files):
-        key = f"local/{name}/photos/{stamp}/{index:03d}{path.suffix.lower()}"
-        blobs.put_file(key, path)
-        keys.append(key)
-    # One job: the training step's compile (minutes the first time) would cost more than it saves.
-    runner = _runner(settings.model_copy(update=update), blobs)
-    request = jobs.TrainRequest(
-        run_id=f"cli-{name}-{stamp}"[:64], user_id=0, model_id=0, photo_keys=keys, subject=subject,
-        min_photos=min_photos,
-    )  # fmt: skip
+    photos_prefix = f"local/{name}/photos/{stamp}/"
+    sources = {f"{photos_prefix}{index:03d}{path.suffix.lower()}": path for index, path in enumerate(files)}
+    kept = False
     try:
-        outcome = runner.train(request, _control(report))
+        for key, path in sources.items():
+            blobs.put_file(key, path)
+        # One job: the training step's compile (minutes the first time) would cost more than it saves.
+        runner = _runner(settings.model_copy(update=update), blobs)
+        request = jobs.TrainRequest(
+            run_id=f"cli-{name}-{stamp}"[:64], user_id=0, model_id=0, photo_keys=list(sources), subject=subject,
+            min_photos=min_photos,
+        )  # fmt: skip
+        try:
+            outcome = runner.train(request, _control(report))
+        finally:
+            runner.close(STOP_WAIT_S)  # the warm-up, where one ran
+        if outcome.needs_subject:
+            raise ScriptError(NEEDS_SUBJECT)
+        if outcome.ok and (outcome.lora_key is None or outcome.steps < 1):
+            raise RuntimeError(f"training of {name!r} reported success without a trained model")  # a bug
+        if outcome.ok:
+            blobs.put_bytes(_model_key(name), outcome.model_dump_json(indent=2).encode())
+            kept = True
     finally:
-        runner.close(STOP_WAIT_S)  # the warm-up, where one ran
-    if outcome.needs_subject:
-        raise ScriptError(NEEDS_SUBJECT)
-    if outcome.ok and (outcome.lora_key is None or outcome.steps < 1):
-        raise RuntimeError(f"training of {name!r} reported success without a trained model")  # a bug, not a user's
-    if outcome.ok:
-        blobs.put_bytes(_model_key(name), outcome.model_dump_json(indent=2).encode())
-    return outcome
+        if not kept:
+            blobs.delete_prefix(photos_prefix)
+    return FolderTraining(outcome, sources, left_out)
 
 
 def generate_for(
@@ -165,7 +187,11 @@ def generate_for(
     written = []
     for index, portrait in enumerate(outcome.portraits):
         target = out_dir / f"{name}-{style.name}-{index}-seed{portrait.seed}.jpg"
-        shutil.copyfile(blobs.path(portrait.key), target)
+        try:
+            shutil.copyfile(blobs.path(portrait.key), target)
+        except OSError:
+            target.unlink(missing_ok=True)  # a full disk leaves no half-written portrait
+            raise
         written.append(target)
     (out_dir / f"{name}-{style.name}.json").write_text(
         json.dumps(
@@ -178,4 +204,6 @@ def generate_for(
             indent=2,
         )
     )
+    # The portraits are in OUT now: the run's own copies would only fill the blob store.
+    blobs.delete_prefix(jobs.run_prefix(request.run_id))
     return outcome, written

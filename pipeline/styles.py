@@ -117,7 +117,11 @@ def read_style(path: Path, lora_dirs: Iterable[Path] | None = None) -> Style:
     try:
         return Style.model_validate(data)
     except ValidationError as exc:
-        raise StyleFileError(f"{path}: {exc}") from None
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in error['loc']) or 'file'}: {error['msg']}"
+            for error in exc.errors(include_url=False, include_input=False)
+        )
+        raise StyleFileError(f"{path}: {problems}") from None
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ Standard library only: the blob store, the database and the GPU worker all use i
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import stat
@@ -43,7 +44,7 @@ def make_private_dirs(path: Path) -> None:
             continue  # another process made it in the meantime
         os.chmod(folder, DIR_MODE)
     if not path.is_dir():
-        raise NotADirectoryError(f"{path} is not a folder")
+        raise NotADirectoryError(errno.ENOTDIR, "not a folder", str(path))
 
 
 def write_atomically(

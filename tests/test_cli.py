@@ -53,6 +53,29 @@ def test_doctor_fails_and_says_how_when_redis_is_down(
     assert "hunter2" not in out, "the Redis password is never printed"
 
 
+def test_doctor_fails_when_the_device_the_settings_name_is_not_there(
+    env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """This machine has no CUDA device (the GPU tests run elsewhere): the worker would refuse to start."""
+    monkeypatch.setenv("FACECHAIN_DEVICE", "cuda")
+    assert main(["doctor"]) == 1
+    out = capsys.readouterr().out
+    assert "[ ERR] gpu: FACECHAIN_DEVICE=cuda but torch" in out and "sees no CUDA device" in out
+
+
+def test_script_mode_on_a_missing_device_names_the_device_not_the_stages(
+    env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["models", "make-tiny", str(env / "tiny")]) == 0
+    tiny = {"MODELS_DIR": str(env / "tiny"), "BASE_MODEL": str(env / "tiny" / "tiny-sd")}
+    set_settings(monkeypatch, {**tiny, **TINY_SCRIPT_SETTINGS, "DEVICE": "cuda"})
+    shots = photos.photo_folder(env / "shots")
+    capsys.readouterr()
+    assert main(["train", str(shots), "--name", "me", "--subject", "woman"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("facechain-bot train: FACECHAIN_DEVICE=cuda but torch") and "models fetch" not in err, err
+
+
 def test_doctor_reports_a_missing_base_model(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["doctor"]) == 1
     out = capsys.readouterr().out
@@ -110,6 +133,8 @@ def test_script_mode_trains_and_generates_with_a_tiny_model(
     written = sorted(out.glob("*.jpg"))
     assert [p.name for p in written] == ["eileen-watercolor-0-seed5.jpg", "eileen-watercolor-1-seed6.jpg"]
     assert Image.open(written[0]).size == (64, 64)
+    left = list((env / "data" / "blobs" / "runs").rglob("*.jpg"))
+    assert left == [], "the portraits are in OUT, not kept twice (the training's LoRA and template stay)"
 
 
 def test_make_tiny_writes_into_the_models_dir_and_prints_the_settings(
@@ -188,3 +213,11 @@ def test_doctor_warns_when_a_worker_would_compile_its_imports_at_every_start(
 
     assert compileall.compile_dir(str(package), quiet=1)
     assert asyncio.run(_check_bytecode(("heavypkg",))).ok
+
+
+@pytest.mark.parametrize("grace", ["-5", "nan", "inf", "soon"])
+def test_up_refuses_a_grace_period_that_is_no_number_of_seconds(grace: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["up", "--grace", grace])
+    assert exited.value.code == 2
+    assert "--grace" in capsys.readouterr().err

@@ -119,3 +119,22 @@ def test_script_mode_runs_every_stage_with_a_tiny_model(
     )
     assert main(["generate", "eileen", "--style", "watercolor", "--count", "1", "--out", str(env / "out")]) == 0
     assert "stages run: generation, nsfw_check" in capsys.readouterr().out
+
+
+def test_models_list_fails_until_everything_fetch_downloads_is_there(
+    cli_env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The compose file runs `models list || models fetch`: a cut-off first download is finished later."""
+    models = cli_env / "models"
+    assert main(["models", "make-tiny", str(models)]) == 0
+    monkeypatch.setenv("FACECHAIN_BASE_MODEL", str(models / "tiny-sd"))
+    for stage in ("SKIN_RETOUCH", "HUMAN_PARSING", "FACE_FUSION"):  # no tiny model exists for these
+        monkeypatch.setenv(f"FACECHAIN_{stage}", "off")
+    capsys.readouterr()
+    assert main(["models", "list"]) == 0, capsys.readouterr().out
+
+    style_loras = [p for p in models.rglob("*.safetensors") if "tiny-sd" not in p.parts]
+    assert style_loras, "make-tiny wrote the style LoRAs"
+    style_loras[0].unlink()  # as a download cut off before the last style
+    assert main(["models", "list"]) == 1
+    assert "not fetched yet: style " in capsys.readouterr().out

@@ -38,6 +38,7 @@ def test_the_example_copied_to_dotenv_loads_with_blank_tokens_unset(
     monkeypatch.chdir(tmp_path)
     bot = BotSettings()
     assert bot.telegram_token is None and bot.discord_token is None
+    assert "redis_url" not in bot.model_fields_set, "`up` starts its private Redis for a copied example"
     assert bot.styles_dir is None
     worker = WorkerSettings()
     assert worker.queues == ["train", "generate"]

@@ -81,9 +81,24 @@ def test_too_few_usable_photos_train_nothing(route: Path, capsys: pytest.Capture
     (shots / "cup.png").write_bytes(photos.encode(photos.coffee()))  # three photos, two of them usable
     assert main(["train", str(shots), "--name", "me", "--subject", "woman"]) == 2
     captured = capsys.readouterr()
-    assert "dropped 002.png: no_face" in captured.out
-    assert captured.err.strip().splitlines()[-1].startswith("facechain-bot train: not trained (too_few_photos)")
+    assert "dropped cup.png: no face found" in captured.out, "named by the operator's own file name"
+    last = captured.err.strip().splitlines()[-1]
+    assert last == "facechain-bot train: not trained: 2 of 3 photos usable, at least 3 needed (see above)"
     assert main(["generate", "me", "--out", str(route / "out")]) == 2, "nothing was stored under the name"
+    kept = [p for p in (route / "data" / "blobs").rglob("*") if p.is_file() and "photos" in p.parts]
+    assert kept == [], "no copy of the photos is left behind"
+
+
+def test_photos_past_the_maximum_are_left_out_by_name(
+    route: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("FACECHAIN_MAX_PHOTOS", "3")
+    monkeypatch.setenv("FACECHAIN_MAX_TRAIN_STEPS", "2")
+    shots = _shots(route / "shots", 5)
+    assert main(["train", str(shots), "--name", "me", "--subject", "woman"]) == 0
+    out = capsys.readouterr().out
+    assert "left out (past FACECHAIN_MAX_PHOTOS=3): 3.png, 4.png" in out
+    assert "trained 'me' on 3 photos" in out
 
 
 @pytest.mark.slow

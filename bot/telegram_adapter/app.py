@@ -186,16 +186,22 @@ class TelegramAdapter:
         # Without a configured secret a fresh one is made: Telegram sends it back with every update.
         token = secret.get_secret_value() if secret is not None else secrets.token_urlsafe(32)
         register_secret(token)  # configured or made here: kept out of the logs either way
-        await updater.start_webhook(
-            listen=host,
-            port=port,
-            url_path=urlsplit(str(webhook)).path.lstrip("/"),
-            webhook_url=str(webhook),
-            secret_token=token,
-            allowed_updates=list(ALLOWED_UPDATES),
-            drop_pending_updates=False,
-            bootstrap_retries=-1,
-        )
+        try:
+            await updater.start_webhook(
+                listen=host,
+                port=port,
+                url_path=urlsplit(str(webhook)).path.lstrip("/"),
+                webhook_url=str(webhook),
+                secret_token=token,
+                allowed_updates=list(ALLOWED_UPDATES),
+                drop_pending_updates=False,
+                bootstrap_retries=-1,
+            )
+        except OSError as exc:
+            raise OperatorError(
+                f"cannot listen for webhooks on {host}:{port} ({exc.strerror or exc}): free that port or set "
+                "FACECHAIN_TELEGRAM_WEBHOOK_LISTEN to another"
+            ) from None
 
     async def _on_update(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         self.lanes.submit(update)

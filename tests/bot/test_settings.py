@@ -148,3 +148,30 @@ def test_well_formed_tokens_are_accepted(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setenv("FACECHAIN_TELEGRAM_WEBHOOK_SECRET", "s3cret_Token")
     settings = load_settings(BotSettings)
     assert settings.telegram_token is not None and settings.discord_token is not None
+
+
+def _cli(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "bot.cli", *args],
+        capture_output=True, text=True, env={**_BARE_ENV, **env}, cwd=cwd, timeout=120,
+    )  # fmt: skip
+
+
+def _one_line(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    return lines[0]
+
+
+def test_a_dotenv_that_is_not_utf8_stops_with_one_line(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_bytes("FACECHAIN_STYLES_DIR=caf\u00e9\n".encode("latin-1"))
+    assert "the .env file is not UTF-8 text" in _one_line(_cli(["styles"], tmp_path))
+
+
+def test_a_data_dir_that_is_a_file_stops_with_one_line_naming_it(tmp_path: Path) -> None:
+    (tmp_path / "data").write_text("not a folder")
+    line = _one_line(_cli(["bot"], tmp_path, FACECHAIN_DATA_DIR="data", FACECHAIN_TELEGRAM_TOKEN=TOKEN))
+    assert line == (
+        "facechain-bot bot: cannot write or read data: not a folder (check the path, its owner and free space)"
+    )

@@ -146,6 +146,17 @@ def test_bad_style_files_name_the_file_and_the_problem(tmp_path: Path, content: 
     with pytest.raises(StyleFileError, match=message) as caught:
         read_style(path)
     assert str(path) in str(caught.value)
+    assert "\n" not in str(caught.value) and "errors.pydantic.dev" not in str(caught.value), "one line, no links"
+
+
+def test_a_style_file_with_several_missing_fields_is_refused_in_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "mine.toml"
+    path.write_text('id = "mine"\n')
+    with pytest.raises(StyleFileError) as caught:
+        read_style(path)
+    assert str(caught.value) == (
+        f"{path}: name: Field required; prompt: Field required; id: Extra inputs are not permitted"
+    )
 
 
 def test_duplicate_style_names_in_one_folder_are_refused(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.telegram.conftest import Harness
+from tests.telegram.conftest import TOKEN, Harness
 from tests.telegram.fake_bot_api import FakeBotApi
 from tests.telegram.users import TgUser
 
@@ -93,3 +93,35 @@ async def test_a_rejected_token_stops_the_adapter_with_a_clear_error(api: FakeBo
     with pytest.raises(TelegramStartupError) as stopped:
         await asyncio.wait_for(adapter.run(), 10)
     assert wrong not in str(stopped.value) and "FACECHAIN_TELEGRAM_TOKEN" in str(stopped.value)
+
+
+async def test_a_webhook_port_in_use_stops_the_adapter_with_one_line_naming_the_setting(
+    api: FakeBotApi, tmp_path: Path
+) -> None:
+    import socket
+    from types import SimpleNamespace
+
+    from bot.config import BotSettings
+    from bot.errors import OperatorError
+    from bot.telegram_adapter import TelegramAdapter
+    from storage.blobs import LocalBlobStore
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        settings = BotSettings(
+            _env_file=None,
+            data_dir=tmp_path / "data",
+            telegram_token=TOKEN,
+            telegram_api_url=api.root,
+            telegram_webhook_url="https://bot.example.com/telegram-hook",
+            telegram_webhook_listen=f"127.0.0.1:{port}",
+        )
+        # The adapter stops before it handles any update: the service is never asked for anything else.
+        service = SimpleNamespace(register_notifier=lambda platform, notifier: None)
+        adapter = TelegramAdapter(settings, service=service, blobs=LocalBlobStore(settings.blob_dir))  # type: ignore[arg-type]
+        with pytest.raises(OperatorError) as stopped:
+            await asyncio.wait_for(adapter.run(), 20)
+    assert f"cannot listen for webhooks on 127.0.0.1:{port}" in str(stopped.value)
+    assert "FACECHAIN_TELEGRAM_WEBHOOK_LISTEN" in str(stopped.value)
