@@ -10,6 +10,7 @@ it returns. Results and progress from the workers arrive through :meth:`on_outco
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import logging
@@ -22,6 +23,7 @@ from typing import Protocol
 
 from bot.core import effects as fx
 from bot.core.events import (
+    CommunityQuotaReached,
     Event,
     JobFinished,
     JobProgress,
@@ -163,6 +165,8 @@ class ConversationService:
         self._candidates = candidates
         self._clock = clock
         self._locks: weakref.WeakValueDictionary[int, asyncio.Lock] = weakref.WeakValueDictionary()
+        #: Per community: its daily limit is checked and a run created under one lock (members ask at once).
+        self._community_locks: weakref.WeakValueDictionary[int, asyncio.Lock] = weakref.WeakValueDictionary()
         self._notifiers: dict[Platform, Notifier] = {}
         #: Runs whose result is being sent right now (a duplicate outcome must not send it twice).
         self._delivering: set[str] = set()
@@ -308,11 +312,7 @@ class ConversationService:
 
     # ------------------------------------------------------------------------------ the loop
     def _lock(self, user_id: int) -> asyncio.Lock:
-        lock = self._locks.get(user_id)
-        if lock is None:
-            lock = asyncio.Lock()
-            self._locks[user_id] = lock
-        return lock
+        return _lock_of(self._locks, user_id)
 
     async def _run(self, user_id: int, origin: Origin, event: Event, download: Downloader | None) -> list[Reply]:
         replies: list[Reply] = []
@@ -599,10 +599,20 @@ class ConversationService:
             candidates=max(self._candidates, count),
             allow_nsfw=bool(community and community.nsfw_allowed) and origin.age_restricted is not False,
         )
-        run = await self._repos.runs.create(
-            run_id, user_id, RunKind.GENERATE, delivery, model_id=model.id, style=entry.spec.name, count=count,
-            request=request.model_dump_json(),
-        )  # fmt: skip
+        quota = community.community_daily_quota if community is not None else None
+        # The flow checked the community's limit on what it read; members asking at the same moment each
+        # read the same count, so it is read again and the run created under the community's lock.
+        guard = _lock_of(self._community_locks, community.id) if community and quota is not None else None
+        async with guard or contextlib.nullcontext():
+            if guard is not None and quota is not None:
+                place.community = None
+                fresh = await self._community(place)
+                if fresh is not None and fresh.generations_today + fresh.active_generations >= quota:
+                    return CommunityQuotaReached(limit=quota)
+            run = await self._repos.runs.create(
+                run_id, user_id, RunKind.GENERATE, delivery, model_id=model.id, style=entry.spec.name, count=count,
+                request=request.model_dump_json(),
+            )  # fmt: skip
         position = await self._submit(request, run.attempt)
         return RunQueued(run_id=run_id, kind="generate", queue_position=position, style=entry.spec.name, count=count)
 
@@ -765,6 +775,15 @@ class ConversationService:
     async def _delete_blobs(self, keys: Sequence[str]) -> None:
         for key in keys:
             await asyncio.to_thread(self._blobs.delete, key)
+
+
+def _lock_of(locks: weakref.WeakValueDictionary[int, asyncio.Lock], key: int) -> asyncio.Lock:
+    """The lock of ``key`` in ``locks`` (made on first use; forgotten once nobody holds or waits for it)."""
+    lock = locks.get(key)
+    if lock is None:
+        lock = asyncio.Lock()
+        locks[key] = lock
+    return lock
 
 
 def _progress_at(run: Run) -> tuple[str, str] | None:

@@ -122,6 +122,14 @@ class RunQueued:
 
 
 @dataclass(frozen=True, slots=True)
+class CommunityQuotaReached:
+    """Follow-up to StartGeneration: members asking at the same moment used the community's daily limit
+    up first (nothing was created)."""
+
+    limit: int
+
+
+@dataclass(frozen=True, slots=True)
 class RunsForgotten:
     """Follow-up to ForgetUser: the runs that were stopped as everything was deleted, as (run id, kind)."""
 
@@ -171,6 +179,7 @@ Event = (
     | RunQueued
     | RunsCancelled
     | RunsForgotten
+    | CommunityQuotaReached
     | QueueUnavailable
     | RunRestarted
     | StyleAdded

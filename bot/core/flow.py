@@ -57,6 +57,7 @@ from bot.core.events import (
     BotRejectReason,
     ButtonPressed,
     Command,
+    CommunityQuotaReached,
     Event,
     JobFinished,
     JobProgress,
@@ -125,6 +126,8 @@ def decide(state: UserState, event: Event, facts: Facts) -> Decision:
             return _on_runs_cancelled(state, event, facts)
         case RunsForgotten():
             return _on_runs_forgotten(state, event)
+        case CommunityQuotaReached(limit=limit):
+            return _say(state, facts, texts.quota_community(limit), personal=True)
         case QueueUnavailable():
             return _on_queue_unavailable(state, event, facts)
         case RunRestarted():
@@ -620,7 +623,8 @@ def _generate_finished(state: UserState, outcome: GenerateOutcome, style: str | 
     if outcome.error is ErrorCode.MODEL_MISSING and name:
         # A generation's missing model is its style's LoRA: a file to fetch, or a community upload gone.
         known = next((s for s in facts.all_styles if s.name.casefold() == name.casefold()), None)
-        uploaded = known is not None and not known.builtin
+        # Built-in styles are always known here; one that is not was a community's, removed since.
+        uploaded = known is None or not known.builtin
         text = texts.style_upload_missing(name) if uploaded else texts.style_lora_missing(name)
         another = _buttons(_button(texts.another_label(), "another"))
         return Decision(state, (stopped, _text(facts, text, another)))

@@ -428,6 +428,10 @@ def test_photos_saved(row: Row) -> None:
         "running jobs continue",
     ),
     runs_cancelled=Row(IDLE, ev.RunsCancelled((RUN, GEN)), BASE, _I, (), "cancelling 2 jobs", replies=3),
+    # Members of a community asked at the same moment: the service found the limit used up when creating.
+    community_quota_reached_late=Row(
+        IDLE, ev.CommunityQuotaReached(1), GROUP, _I, (), "this group has used its 1 portrait run", replies=1
+    ),
     runs_forgotten=Row(
         IDLE,
         ev.RunsForgotten(((RUN, "train"), (GEN, "generate"))),
@@ -758,6 +762,10 @@ def test_a_style_whose_lora_is_missing_is_named_with_the_fix_and_not_charged() -
     gone = ev.JobFinished(generate_outcome(error=ErrorCode.MODEL_MISSING, style="noir"))
     decision = check(Row(IDLE, gone, GROUP, _I, (), 'the style "noir"', not_says="models fetch"))
     assert "/admin addstyle" in text_of(decision) and "didn't count" in text_of(decision)
+
+    # An admin removed the style while the run waited: it is no longer known here at all.
+    removed = ev.JobFinished(generate_outcome(error=ErrorCode.MODEL_MISSING, style="film_noir"))
+    decision = check(Row(IDLE, removed, GROUP, _I, (), "removed or replaced", not_says="models fetch"))
 
 
 def test_ready_model_offers_styles() -> None:

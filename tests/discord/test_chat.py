@@ -257,6 +257,22 @@ async def test_portraits_refused_by_a_discord_server_error_are_posted_when_it_an
     assert not fake.echoes, "the 503 was answered"
 
 
+async def test_members_asking_at_once_cannot_pass_the_servers_daily_limit(scripted: Stack) -> None:
+    fake = scripted.fake
+    admin = fake.user("olga", admin=True)
+    members = [await _trained_user(scripted, f"m{i}") for i in range(4)]
+    await _reply(fake, await fake.slash(admin, "facechain-admin", fake.general, sub="quota", scope="group", limit="1"))
+    await scripted.stop_worker()  # the runs stay queued: each counts against the limit while it waits
+
+    await asyncio.gather(*(fake.slash(m, "generate", fake.general, style="watercolor", count=1) for m in members))
+    refused = texts.quota_community(1)
+    await fake.wait_for(
+        lambda: sum(1 for m in members if fake.find(m, fake.general, refused)) == 3, 15.0, "three members refused"
+    )
+    making = [m for m in fake.channel_messages(fake.general) if m.content.startswith("Making")]
+    assert len(making) == 1, [m.content for m in making]
+
+
 async def test_nsfw_is_honoured_only_in_age_restricted_channels(scripted: Stack) -> None:
     fake = scripted.fake
     admin = fake.user("nora", admin=True)

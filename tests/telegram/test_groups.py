@@ -80,9 +80,7 @@ async def test_an_admin_adds_a_style_with_a_lora_file(bot: Harness, api: FakeBot
     await ann.expect("I couldn't add broken")
 
     group_alice = alice.in_chat(GROUP)
-    group_alice.say("/generate noir 2")
-    making = await group_alice.expect("Making 2 portraits in noir")
-    await group_alice.expect_edit(making, "Done.", within=20)
+    await group_alice.generate("noir 2", "Making 2 portraits in noir")
     await group_alice.wait_buttons(["More of this style", "Another style"])
     # The worker got the admin's style: the prompt as written and the uploaded file, not a style file's LoRA.
     noir = bot.gpu.requests[-1].style
@@ -112,18 +110,14 @@ async def test_results_for_members_go_to_their_private_chat_or_to_the_group_when
     await ann.expect("Portraits will be sent to members privately.")
     group_alice = alice.in_chat(GROUP)
 
-    group_alice.say("/generate cyberpunk 2")
-    making = await group_alice.expect("Making 2 portraits in cyberpunk")
-    await group_alice.expect_edit(making, "Done.", within=20)
+    await group_alice.generate("cyberpunk 2", "Making 2 portraits in cyberpunk")
     await alice.wait_buttons(["More of this style", "Another style"])
     assert len([m for m in alice.replies if m.photo]) == 2, "in Alice's private chat"
     assert not [m for m in group_alice.replies if m.photo]
 
     # Alice stops the bot in private: the next portraits are posted in the group, saying why.
     api.started.discard(alice.user_id)
-    group_alice.say("/generate watercolor 2")
-    making = await group_alice.expect("Making 2 portraits in watercolor")
-    await group_alice.expect_edit(making, "Done.", within=20)
+    await group_alice.generate("watercolor 2", "Making 2 portraits in watercolor")
     note = await group_alice.expect("couldn't send your portraits to your private chat, so here they are")
     assert note.shown.startswith(f"{alice.name}, I couldn't")
     await group_alice.wait_buttons(["More of this style", "Another style"])

@@ -10,7 +10,7 @@ from bot.app import run_bot
 from pipeline.aio import cancel_all
 from storage.blobs import LocalBlobStore
 from tests.telegram.conftest import Harness
-from tests.telegram.fake_bot_api import FakeBotApi
+from tests.telegram.fake_bot_api import ChatMessage, FakeBotApi
 from tests.telegram.gpu import ScriptedGpu
 from tests.telegram.media import face_photos, not_a_face
 from tests.telegram.users import TgUser
@@ -129,16 +129,22 @@ async def test_a_refused_file_of_an_album_is_named_by_its_place_and_file_name(
     assert "Photo 2" not in saved.shown, "the good photo is not blamed"
 
 
+async def _training_held_on_the_gpu(bot: Harness, user: TgUser) -> ChatMessage:
+    """The user's training, taken by the GPU and held there; its progress message."""
+    gpu = bot.gpu
+    assert isinstance(gpu, ScriptedGpu)
+    gpu.hold = threading.Event()
+    await user.ask_to_train()
+    progress = await user.expect("Training queued")
+    assert await asyncio.to_thread(gpu.started.wait, 15), "training started on the GPU"
+    return progress
+
+
 async def test_cancel_after_a_bot_restart_closes_the_progress_message(
     bot: Harness, api: FakeBotApi, alice: TgUser
 ) -> None:
     """The restarted bot no longer remembers the progress message: it edits it where the run stored it."""
-    gpu = bot.gpu
-    assert isinstance(gpu, ScriptedGpu)
-    gpu.hold = threading.Event()
-    await alice.ask_to_train()
-    progress = await alice.expect("Training queued")
-    assert await asyncio.to_thread(gpu.started.wait, 15), "training started on the GPU"
+    progress = await _training_held_on_the_gpu(bot, alice)
 
     await cancel_all([bot.bot_task])
     polls = len(api.calls_of("getUpdates"))
@@ -154,12 +160,7 @@ async def test_cancel_after_a_bot_restart_closes_the_progress_message(
 
 
 async def test_forget_during_a_training_closes_its_progress_message(bot: Harness, alice: TgUser) -> None:
-    gpu = bot.gpu
-    assert isinstance(gpu, ScriptedGpu)
-    gpu.hold = threading.Event()
-    await alice.ask_to_train()
-    progress = await alice.expect("Training queued")
-    assert await asyncio.to_thread(gpu.started.wait, 15), "training started on the GPU"
+    progress = await _training_held_on_the_gpu(bot, alice)
     alice.say("/forget")
     await alice.expect("This deletes everything I keep about you")
     alice.press("Yes, delete everything")

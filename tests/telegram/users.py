@@ -77,6 +77,14 @@ class TgUser:
         await self.send_training_photos(photos or face_photos(3), got)
         await self.answer_subject(subject)
 
+    async def generate(self, args: str, making: str) -> ChatMessage:
+        """``/generate args``; wait for the progress message (showing ``making``) to say "Done." and the
+        result's buttons; return the progress message."""
+        self.say(f"/generate {args}")
+        progress = await self.expect(making)
+        await self.expect_edit(progress, "Done.", within=20)
+        return progress
+
     def webhook_update(self, command: str) -> JSON:
         """The update Telegram posts to a webhook when this user writes ``command`` in their private chat
         (not queued for getUpdates; the fake server counts the user as having started the bot)."""
