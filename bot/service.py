@@ -739,7 +739,9 @@ class ConversationService:
                 await self._repos.portraits.add(
                     run.id, run.user_id, portrait.key, portrait.seed, portrait.score, run.style or ""
                 )
-            await self._repos.usage.increment(run.user_id, run.delivery.community_id, self._today())
+            # Charged to the day it was asked for: it counted against that day's limit while it ran.
+            day = run.created_at.astimezone(UTC).date()
+            await self._repos.usage.increment(run.user_id, run.delivery.community_id, day)
         return True
 
     async def _origin_of(self, run: Run) -> Origin:

@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -112,6 +113,16 @@ def _jpeg(seed: int, size: int = 96) -> bytes:
 
 
 @dataclass
+class ServiceClock:
+    """The service's wall clock: the real time, moved on by ``ahead`` (the database keeps the real one)."""
+
+    ahead: timedelta = timedelta(0)
+
+    def __call__(self) -> datetime:
+        return datetime.now(UTC) + self.ahead
+
+
+@dataclass
 class Bench:
     service: ConversationService
     repos: Repositories
@@ -122,6 +133,7 @@ class Bench:
     settings: WorkerSettings
     redis_url: str
     files: dict[str, bytes]
+    clock: ServiceClock
 
     async def send(self, event: Any, origin: Origin = ALICE) -> list[Reply]:
         async def download(offered: OfferedFile) -> bytes:
@@ -163,12 +175,15 @@ async def bench(tmp_path: Path, redis_url: str) -> AsyncIterator[Bench]:
     redis = await create_redis(redis_url)
     blobs = LocalBlobStore(tmp_path / "data" / "blobs")
     repos = Repositories(db)
-    service = ConversationService(repos, blobs, ArqJobQueue(redis), STYLES, WorkerSettingsLimits, candidates=4)
+    clock = ServiceClock()
+    service = ConversationService(
+        repos, blobs, ArqJobQueue(redis), STYLES, WorkerSettingsLimits, candidates=4, clock=clock
+    )
     notifier = RecordingNotifier()
     service.register_notifier(Platform.TELEGRAM, notifier)
     settings = WorkerSettings(data_dir=tmp_path / "data", redis_url=redis_url, generate_timeout_s=10)
     try:
-        yield Bench(service, repos, blobs, redis, notifier, ScriptedRunner(blobs), settings, redis_url, {})
+        yield Bench(service, repos, blobs, redis, notifier, ScriptedRunner(blobs), settings, redis_url, {}, clock)
     finally:
         await redis.aclose()
         await db.close()
@@ -251,6 +266,21 @@ async def test_a_worker_cancelled_again_and_again_still_waits_for_its_background
     await cancel_all([worker])
     assert worker.done()
     assert runner.closed.is_set() and runner.closes == 1
+
+
+async def test_portraits_finished_after_midnight_count_for_the_day_they_were_asked_for(bench: Bench) -> None:
+    await bench.train_alice()
+    await bench.work()
+    await bench.deliver()
+    asked_on = datetime.now(UTC).date()
+    await bench.send(Command("generate", ("watercolor", "1")))
+    bench.clock.ahead = timedelta(days=1)  # the portraits arrive after midnight (UTC)
+    await bench.work()
+    await bench.deliver()
+    user = await bench.repos.users.find(Platform.TELEGRAM, ALICE.user_id)
+    assert user is not None
+    charged = [await bench.repos.usage.count_user(user.id, asked_on + timedelta(days=d)) for d in (0, 1)]
+    assert charged == [1, 0], "tomorrow's limit is whole"
 
 
 async def test_a_job_run_twice_does_the_work_once_and_the_result_is_recorded_once(bench: Bench) -> None:
