@@ -109,7 +109,9 @@ class BotSettings(ChatSecrets, SharedSettings):
     max_photo_mb: float = Field(default=20.0, gt=0, le=200)
     default_count: int = Field(default=4, ge=1, le=10)
     max_count: int = Field(default=4, ge=1, le=10)
-    daily_generations: int | None = Field(default=20, ge=0, description="Per user per day; empty = unlimited.")
+    daily_generations: int | None = Field(
+        default=20, ge=0, description="/generate runs per person per day, in every chat; empty = unlimited."
+    )
     max_lora_mb: float = Field(default=256.0, gt=0)
 
     # ---- runs whose worker is lost (bot.supervisor): bounded within heartbeat TTL + lost-after + interval

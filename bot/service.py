@@ -366,10 +366,15 @@ class ConversationService:
             if run.status is RunStatus.QUEUED:
                 position = await self._queue.position(run.kind.value, run.id, run.attempt)
             infos.append(RunInfo(run.id, run.kind.value, run.status.value, run.progress, position, run.style))
-        used = user.generations_today + sum(1 for r in user.active_runs if r.kind is RunKind.GENERATE)
-        user_quota = self._limits.daily_generations
+        # Runs in flight count too: they will be charged, and the limit is for the day. A community's own
+        # limit for its members counts their runs there; the bot's own counts a person's runs everywhere.
+        generating = [r for r in user.active_runs if r.kind is RunKind.GENERATE]
         if community is not None and community.user_daily_quota is not None:
-            user_quota = community.user_daily_quota
+            user_quota: int | None = community.user_daily_quota
+            used = user.generations_today + sum(1 for r in generating if r.delivery.community_id == community.id)
+        else:
+            user_quota = self._limits.daily_generations
+            used = user.generations_everywhere + len(generating)
         facts = Facts(
             limits=self._limits,
             private=origin.private,

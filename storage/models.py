@@ -208,6 +208,8 @@ class UserSnapshot:
     active_runs: tuple[Run, ...]
     #: The user's /generate count that day where asked (a community, or private chats).
     generations_today: int
+    #: The user's /generate count that day in every community and private chat.
+    generations_everywhere: int = 0
 
 
 @dataclass(frozen=True, slots=True)

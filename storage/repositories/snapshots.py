@@ -40,7 +40,9 @@ WITH
                 WHERE set_id = coalesce((SELECT id FROM collecting), (SELECT photo_set_id FROM latest))) AS photo_keys,
             (SELECT coalesce(sum(n), 0) FROM usage_counters
                 WHERE user_id = :user AND community_id IS :community AND day = :day AND kind = :kind)
-                AS generations_today
+                AS generations_today,
+            (SELECT coalesce(sum(n), 0) FROM usage_counters WHERE user_id = :user AND day = :day AND kind = :kind)
+                AS generations_everywhere
     )
 SELECT facts.*, runs.* FROM facts
 LEFT JOIN runs ON runs.user_id = :user AND runs.status IN (:queued, :running)
@@ -99,6 +101,7 @@ class SnapshotsRepository(Repository):
             photo_keys=tuple(key for _, key in keys),
             active_runs=tuple(run_record(row) for row in rows if row["id"] is not None),
             generations_today=int(first["generations_today"]),
+            generations_everywhere=int(first["generations_everywhere"]),
         )
 
     async def community(self, platform: Platform | str, external_id: str, day: date) -> CommunitySnapshot:

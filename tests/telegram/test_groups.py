@@ -3,6 +3,8 @@ getChatMember (anonymous admins included), quotas, and no training photos in a g
 
 from __future__ import annotations
 
+import pytest
+
 from storage.blobs import LocalBlobStore
 from tests.telegram.conftest import Harness
 from tests.telegram.fake_bot_api import ANONYMOUS_ADMIN_ID, FakeBotApi
@@ -123,3 +125,25 @@ async def test_results_for_members_go_to_their_private_chat_or_to_the_group_when
     await group_alice.wait_buttons(["More of this style", "Another style"])
     assert len([m for m in group_alice.replies if m.photo]) == 2
     assert len([m for m in alice.replies if m.photo]) == 2, "nothing more reached the closed chat"
+
+
+@pytest.mark.bot_settings(daily_generations=1)
+async def test_the_bots_daily_limit_counts_a_persons_runs_everywhere_a_groups_own_counts_there(
+    bot: Harness, api: FakeBotApi, alice: TgUser
+) -> None:
+    await bot.train(alice)
+    api.add_group(GROUP, "Portrait Club")
+    group_alice = alice.in_chat(GROUP)
+    await group_alice.generate("cyberpunk 1", "Making 1 portrait in cyberpunk")
+
+    alice.say("/generate watercolor 1")
+    await alice.expect("You've used your 1 portrait run for today.")  # not a second one in private
+
+    ann = TgUser(api, 2001, "Ann").in_chat(GROUP)
+    api.set_member(GROUP, ann.user_id, "administrator")
+    ann.say("/admin quota user 2")
+    await ann.expect("Daily limit for each member: 2 portrait runs.")
+    await group_alice.generate("watercolor 1", "Making 1 portrait in watercolor")  # the group's own limit
+    group_alice.say("/status")
+    status = await group_alice.expect("Portrait runs today")
+    assert "Portrait runs today: 2 of 2" in status.shown, status.shown
