@@ -481,6 +481,11 @@ def portraits_caption(style: str, best: float | None, blocked: int) -> str:
     return caption
 
 
+def for_member(name: str, text: str) -> str:
+    """A personal answer shown where the whole group sees it: who it is for, first."""
+    return f"{name}: {text}" if name else text
+
+
 def cannot_post_here(*, run_started: bool) -> str:
     """Told privately when the bot may not post in the channel where it was asked (Discord's permissions)."""
     text = (

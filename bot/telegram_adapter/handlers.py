@@ -82,8 +82,10 @@ class UpdateRouter:
             tried = True
             if await self._answer(query, alert):
                 replies = rest
-            # Otherwise Telegram refused the answer (a press handled late is "too old"): the alert stays
-            # among the replies and is posted under the pressed message, where the presser sees it.
+            elif alert is not None:
+                # Telegram refused the answer (a press handled late is "too old"): the alert is posted under
+                # the pressed message instead, naming the presser (everyone in the group sees it).
+                replies = [Text(texts.for_member(origin.display_name, alert)), *rest]
             reply_to = None if origin.private else message.message_id
             await self._show(message.chat.id, replies, reply_to)
         finally:

@@ -241,6 +241,7 @@ async def test_a_pop_up_telegram_refuses_is_posted_under_the_pressed_message(
     bob.press("cyberpunk", picker)
     posted = await bob.expect("You need a face model first")
     assert posted.reply_to == picker.message_id, "threaded under the message whose button was pressed"
+    assert posted.shown.startswith(f"{bob.name}: You need a face model first"), "it names whom it is for"
     assert len(api.calls_of("answerCallbackQuery")) == tries + 1, "a refused answer is not tried again"
 
 
