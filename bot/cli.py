@@ -226,6 +226,8 @@ def _cmd_models(args: argparse.Namespace) -> int:
     settings = _worker_settings()
     if args.action == "fetch":
         return _fetch_models(settings, args.names, everything=args.all)
+    if args.names:
+        raise OperatorError(f"models list takes no names ({' '.join(args.names)}): it lists every model")
     return _list_models(settings)
 
 

@@ -138,3 +138,11 @@ def test_models_list_fails_until_everything_fetch_downloads_is_there(
     style_loras[0].unlink()  # as a download cut off before the last style
     assert main(["models", "list"]) == 1
     assert "not fetched yet: style " in capsys.readouterr().out
+
+
+def test_models_list_with_a_name_says_it_takes_none(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["models", "list", "foo"]) == 2
+    assert (
+        capsys.readouterr().err.strip()
+        == "facechain-bot models: models list takes no names (foo): it lists every model"
+    )
