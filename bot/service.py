@@ -22,22 +22,7 @@ from datetime import UTC, date, datetime
 from typing import Protocol
 
 from bot.core import effects as fx
-from bot.core.events import (
-    CommunityQuotaReached,
-    Event,
-    JobFinished,
-    JobProgress,
-    OfferedFile,
-    PhotosSaved,
-    QueueUnavailable,
-    RunQueued,
-    RunRestarted,
-    RunsCancelled,
-    RunsForgotten,
-    SavedPhoto,
-    StyleAdded,
-    TextMessage,
-)
+from bot.core import events as ev
 from bot.core.flow import Decision, decide, results_shown_instead
 from bot.core.limits import Limits
 from bot.core.replies import EditProgress, Reply
@@ -64,7 +49,7 @@ from storage.repositories import Repositories
 
 log = logging.getLogger("facechain.service")
 
-Downloader = Callable[[OfferedFile], Awaitable[bytes]]
+Downloader = Callable[[ev.OfferedFile], Awaitable[bytes]]
 
 
 class DownloadError(Exception):
@@ -175,9 +160,9 @@ class ConversationService:
     def register_notifier(self, platform: Platform, notifier: Notifier) -> None:
         self._notifiers[platform] = notifier
 
-    async def handle(self, origin: Origin, event: Event, download: Downloader | None = None) -> list[Reply]:
+    async def handle(self, origin: Origin, event: ev.Event, download: Downloader | None = None) -> list[Reply]:
         """Run one event (and the follow-ups its effects produce) for the sender; return the replies."""
-        if not origin.private and isinstance(event, TextMessage):
+        if not origin.private and isinstance(event, ev.TextMessage):
             # Group chatter is never answered: don't create a user record for every bystander.
             return []
         user = await self._repos.users.get_or_create(origin.platform, origin.user_id, origin.display_name)
@@ -205,7 +190,7 @@ class ConversationService:
         await self._repos.runs.update_progress(run.id, note.stage.value, note.fraction)
         # A progress note only rewords the run's own message: the flow needs neither the user's lock
         # nor the full facts for it (reading them cost ~15 queries a note, several notes a second).
-        decision = decide(await self._state(run.user_id), JobProgress(progress=note), Facts(limits=self._limits))
+        decision = decide(await self._state(run.user_id), ev.JobProgress(progress=note), Facts(limits=self._limits))
         await self._notify(run, decision.replies)
 
     async def on_outcome(self, outcome: jobs.TrainOutcome | jobs.GenerateOutcome) -> None:
@@ -238,7 +223,7 @@ class ConversationService:
             # Ended but not delivered: a retry after a failed send shows it again.
             self._delivering.add(fresh.id)
             origin = await self._origin_of(fresh)
-            replies = await self._run(fresh.user_id, origin, JobFinished(outcome=outcome, style=fresh.style), None)
+            replies = await self._run(fresh.user_id, origin, ev.JobFinished(outcome=outcome, style=fresh.style), None)
         try:
             # A failure to send raises: arq retries the outcome job and the user still gets the result.
             try:
@@ -302,7 +287,7 @@ class ConversationService:
             return None
         await self._queue.submit(request, attempt)
         log.info("run %s restarted as attempt %d of %d", run.id, attempt, max_attempts)
-        event = RunRestarted(run_id=run.id, attempt=attempt, max_attempts=max_attempts)
+        event = ev.RunRestarted(run_id=run.id, attempt=attempt, max_attempts=max_attempts)
         decision = decide(await self._state(run.user_id), event, Facts(limits=self._limits))
         try:
             await self._notify(run, decision.replies)
@@ -314,9 +299,9 @@ class ConversationService:
     def _lock(self, user_id: int) -> asyncio.Lock:
         return _lock_of(self._locks, user_id)
 
-    async def _run(self, user_id: int, origin: Origin, event: Event, download: Downloader | None) -> list[Reply]:
+    async def _run(self, user_id: int, origin: Origin, event: ev.Event, download: Downloader | None) -> list[Reply]:
         replies: list[Reply] = []
-        pending: list[Event] = [event]
+        pending: list[ev.Event] = [event]
         place = _Place(origin)
         # The state and facts the next event is decided on; None: read them (again) from storage.
         known: tuple[UserState, Facts] | None = None
@@ -431,7 +416,9 @@ class ConversationService:
         return self._clock().astimezone(UTC).date()
 
     # ---------------------------------------------------------------------------------- effects
-    async def _apply(self, user_id: int, place: _Place, effect: fx.Effect, download: Downloader | None) -> list[Event]:
+    async def _apply(
+        self, user_id: int, place: _Place, effect: fx.Effect, download: Downloader | None
+    ) -> list[ev.Event]:
         """Carry out one effect; return the follow-up events it produces."""
         repos = self._repos
         match effect:
@@ -455,14 +442,14 @@ class ConversationService:
             case fx.CancelRuns():
                 asked, closed = await self._cancel_runs(user_id)
                 # Runs taken off the queue get no outcome from a worker: finish them here.
-                return [RunsCancelled(run_ids=asked), *closed]
+                return [ev.RunsCancelled(run_ids=asked), *closed]
             case fx.ForgetUser():
                 active = await repos.runs.active(user_id)
                 place.progress_at.update((run.id, at) for run in active if (at := _progress_at(run)) is not None)
                 await self._cancel_runs(user_id)
                 await self._forget_run_keys(await repos.forget_user(user_id, self._blobs))
                 if active:
-                    return [RunsForgotten(runs=tuple((run.id, run.kind.value) for run in active))]
+                    return [ev.RunsForgotten(runs=tuple((run.id, run.kind.value) for run in active))]
             case fx.SetStyleEnabled(style=style, enabled=enabled):
                 community = await self._require_community(place)
                 await repos.communities.set_style_enabled(community.id, style, enabled)
@@ -500,13 +487,13 @@ class ConversationService:
         return snapshot.community
 
     async def _save_photos(
-        self, user_id: int, files: Sequence[OfferedFile], numbers: Sequence[int], download: Downloader | None
-    ) -> PhotosSaved:
+        self, user_id: int, files: Sequence[ev.OfferedFile], numbers: Sequence[int], download: Downloader | None
+    ) -> ev.PhotosSaved:
         photo_set, count = await self._repos.photos.open_set_with_count(user_id)
-        results: list[SavedPhoto] = []
+        results: list[ev.SavedPhoto] = []
         for index, offered in enumerate(files):
             number = numbers[index] if index < len(numbers) else index + 1
-            refused = functools.partial(SavedPhoto, offered.ref, False, filename=offered.filename, number=number)
+            refused = functools.partial(ev.SavedPhoto, offered.ref, False, filename=offered.filename, number=number)
             if count >= self._limits.max_photos:
                 results.append(refused("set_full"))
                 continue
@@ -536,8 +523,8 @@ class ConversationService:
                 results.append(refused(jobs.RejectReason.DUPLICATE.value))
                 continue
             count += 1
-            results.append(SavedPhoto(offered.ref, True, filename=offered.filename, number=number))
-        return PhotosSaved(results=tuple(results), total=count)
+            results.append(ev.SavedPhoto(offered.ref, True, filename=offered.filename, number=number))
+        return ev.PhotosSaved(results=tuple(results), total=count)
 
     async def _reopen_set(self, user_id: int, drop: Sequence[str]) -> None:
         latest = await self._repos.models.latest(user_id)
@@ -549,12 +536,12 @@ class ConversationService:
         await self._delete_blobs(list(drop))
         await self._repos.photos.set_status(latest.photo_set_id, PhotoSetStatus.COLLECTING)
 
-    async def _start_training(self, user_id: int, place: _Place, subject: jobs.Subject) -> Event | None:
+    async def _start_training(self, user_id: int, place: _Place, subject: jobs.Subject) -> ev.Event | None:
         photo_set = await self._repos.photos.current_set(user_id)
         if photo_set is None:
             return None
         if not await self._queue.available():
-            return QueueUnavailable(kind="train")
+            return ev.QueueUnavailable(kind="train")
         photos = await self._repos.photos.photos(photo_set.id)
         await self._repos.photos.set_status(photo_set.id, PhotoSetStatus.SUBMITTED)
         model = await self._repos.models.create(user_id, photo_set.id, subject.value)
@@ -573,9 +560,9 @@ class ConversationService:
             run_id, user_id, RunKind.TRAIN, delivery, model_id=model.id, request=request.model_dump_json()
         )
         position = await self._submit(request, run.attempt)
-        return RunQueued(run_id=run_id, kind="train", queue_position=position)
+        return ev.RunQueued(run_id=run_id, kind="train", queue_position=position)
 
-    async def _start_generation(self, user_id: int, place: _Place, style: str, count: int) -> Event | None:
+    async def _start_generation(self, user_id: int, place: _Place, style: str, count: int) -> ev.Event | None:
         origin = place.origin
         model = await self._repos.models.latest_ready(user_id)
         entry = await self._style_entry(place, style)
@@ -583,7 +570,7 @@ class ConversationService:
             log.warning("generation refused late for user %s (model or style vanished)", user_id)
             return None
         if not await self._queue.available():
-            return QueueUnavailable(kind="generate")
+            return ev.QueueUnavailable(kind="generate")
         snapshot = await self._community(place)
         community = snapshot.community if snapshot else None
         run_id = _new_run_id("g")
@@ -613,13 +600,13 @@ class ConversationService:
                 place.community = None
                 fresh = await self._community(place)
                 if fresh is not None and fresh.generations_today + fresh.active_generations >= quota:
-                    return CommunityQuotaReached(limit=quota)
+                    return ev.CommunityQuotaReached(limit=quota)
             run = await self._repos.runs.create(
                 run_id, user_id, RunKind.GENERATE, delivery, model_id=model.id, style=entry.spec.name, count=count,
                 request=request.model_dump_json(),
             )  # fmt: skip
         position = await self._submit(request, run.attempt)
-        return RunQueued(run_id=run_id, kind="generate", queue_position=position, style=entry.spec.name, count=count)
+        return ev.RunQueued(run_id=run_id, kind="generate", queue_position=position, style=entry.spec.name, count=count)
 
     async def _submit(self, request: jobs.TrainRequest | jobs.GenerateRequest, attempt: int) -> int | None:
         """Enqueue a run just created; its place in line (None: unknown)."""
@@ -654,7 +641,7 @@ class ConversationService:
             )  # fmt: skip
         return Delivery(platform=origin.platform, chat_id=origin.chat_id, community_id=community_id)
 
-    async def _cancel_runs(self, user_id: int) -> tuple[tuple[str, ...], list[Event]]:
+    async def _cancel_runs(self, user_id: int) -> tuple[tuple[str, ...], list[ev.Event]]:
         """Cancel every active run: (the runs asked to stop, JobFinished for each).
 
         Each run ends here and now, whatever its worker's state: a worker that holds one is told to
@@ -662,7 +649,7 @@ class ConversationService:
         user waiting. With Redis down the stop is sent once it is back.
         """
         asked: list[str] = []
-        closed: list[Event] = []
+        closed: list[ev.Event] = []
         for run in await self._repos.runs.active(user_id):
             asked.append(run.id)
             await self._queue.cancel(run.kind.value, run.id, run.attempt)
@@ -677,7 +664,7 @@ class ConversationService:
                 continue
             # The user hears about it in the replies to this very /cancel.
             await self._repos.runs.mark_delivered(run.id)
-            closed.append(JobFinished(outcome=outcome, style=run.style))
+            closed.append(ev.JobFinished(outcome=outcome, style=run.style))
         return tuple(asked), closed
 
     async def _add_style(
@@ -686,23 +673,23 @@ class ConversationService:
         place: _Place,
         name: str,
         prompt: str,
-        lora: OfferedFile | None,
+        lora: ev.OfferedFile | None,
         download: Downloader | None,
-    ) -> Event:
+    ) -> ev.Event:
         community = await self._require_community(place)
         if name.casefold() in (k.casefold() for k in self._styles):
-            return StyleAdded(name, "exists_builtin")
+            return ev.StyleAdded(name, "exists_builtin")
         lora_key = None
         if lora is not None:
             if download is None:
-                return StyleAdded(name, "download_failed")
+                return ev.StyleAdded(name, "download_failed")
             try:
                 data = await download(lora)
                 await asyncio.to_thread(validate_lora_file, data, self._limits.max_lora_bytes)
             except DownloadError as exc:
-                return StyleAdded(name, exc.reason)
+                return ev.StyleAdded(name, exc.reason)
             except InvalidLoraFile as exc:
-                return StyleAdded(name, str(exc.code))
+                return ev.StyleAdded(name, str(exc.code))
             lora_key = community_style_key(community.id, f"{name}-{_token()}.safetensors")
             await asyncio.to_thread(self._blobs.put_bytes, lora_key, data)
         previous = await self._repos.communities.add_custom_style(
@@ -711,7 +698,7 @@ class ConversationService:
         if previous is not None and previous.lora_key and previous.lora_key != lora_key:
             await self._delete_blobs([previous.lora_key])
         await self._repos.communities.set_style_enabled(community.id, name, True)
-        return StyleAdded(name, None)
+        return ev.StyleAdded(name, None)
 
     # --------------------------------------------------------------------------------- outcomes
     async def _record_training(self, run: Run, outcome: jobs.TrainOutcome) -> bool:
@@ -819,7 +806,7 @@ def _run_status(code: jobs.ErrorCode | None) -> RunStatus:
     return RunStatus.CANCELLED if code is jobs.ErrorCode.CANCELLED else RunStatus.FAILED
 
 
-def _some(event: Event | None) -> list[Event]:
+def _some(event: ev.Event | None) -> list[ev.Event]:
     return [] if event is None else [event]
 
 
