@@ -236,10 +236,12 @@ class ConversationService:
 
     async def _after_refusal(self, run: Run, replies: Sequence[Reply], refused: DeliveryRefused) -> None:
         """The result's chat refuses the bot. A result meant for the user's private chat is shown where
-        they asked for it instead, with a note saying why; elsewhere nobody can be told, so it is logged."""
+        they asked for it instead, with a note saying why; elsewhere nobody can be told: it is logged, and
+        portraits nobody saw are not charged."""
         asked_in = run.delivery.asked_in_chat_id
         if asked_in is None:
             log.warning("run %s: its chat refuses the bot (%s); the result is not shown", run.id, refused)
+            await self._refund(run)
             return
         log.info(
             "run %s: the private chat refuses the bot (%s); showing the result where it was asked", run.id, refused
@@ -253,6 +255,13 @@ class ConversationService:
             await notifier.deliver(where, shown)
         except DeliveryRefused as again:
             log.warning("run %s: neither chat accepts the result (%s); it is not shown", run.id, again)
+            await self._refund(run)
+
+    async def _refund(self, run: Run) -> None:
+        """Take back the charge of a run whose portraits never reached the user."""
+        ended = await self._repos.runs.get(run.id)  # ``run`` may have been read before its outcome was recorded
+        if ended is not None and ended.kind is RunKind.GENERATE and ended.status is RunStatus.DONE:
+            await self._repos.usage.increment(ended.user_id, ended.delivery.community_id, _charge_day(ended), n=-1)
 
     # ------------------------------------------------------------------ for the run supervisor
     async def active_runs(self) -> list[Run]:
@@ -731,9 +740,7 @@ class ConversationService:
                 await self._repos.portraits.add(
                     run.id, run.user_id, portrait.key, portrait.seed, portrait.score, run.style or ""
                 )
-            # Charged to the day it was asked for: it counted against that day's limit while it ran.
-            day = run.created_at.astimezone(UTC).date()
-            await self._repos.usage.increment(run.user_id, run.delivery.community_id, day)
+            await self._repos.usage.increment(run.user_id, run.delivery.community_id, _charge_day(run))
         return True
 
     async def _origin_of(self, run: Run) -> Origin:
@@ -778,6 +785,12 @@ def _lock_of(locks: weakref.WeakValueDictionary[int, asyncio.Lock], key: int) ->
         lock = asyncio.Lock()
         locks[key] = lock
     return lock
+
+
+def _charge_day(run: Run) -> date:
+    """The day a generation is charged to: the day it was asked for (it counted against that day's
+    limit while it waited and ran), in UTC."""
+    return run.created_at.astimezone(UTC).date()
 
 
 def _progress_at(run: Run) -> tuple[str, str] | None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
+import threading
 from pathlib import Path
 
 import aiohttp
@@ -10,6 +12,7 @@ import pytest
 
 from tests.telegram.conftest import TOKEN, Harness
 from tests.telegram.fake_bot_api import FakeBotApi
+from tests.telegram.gpu import ScriptedGpu
 from tests.telegram.users import TgUser
 
 # PTB itself reads the deprecated RetryAfter.retry_after when it builds the exception.
@@ -125,3 +128,27 @@ async def test_a_webhook_port_in_use_stops_the_adapter_with_one_line_naming_the_
             await asyncio.wait_for(adapter.run(), 20)
     assert f"cannot listen for webhooks on 127.0.0.1:{port}" in str(stopped.value)
     assert "FACECHAIN_TELEGRAM_WEBHOOK_LISTEN" in str(stopped.value)
+
+
+async def test_portraits_for_a_user_who_blocked_the_bot_meanwhile_are_not_charged(
+    bot: Harness, api: FakeBotApi, alice: TgUser
+) -> None:
+    await bot.train(alice)
+    gpu = bot.gpu
+    assert isinstance(gpu, ScriptedGpu)
+    gpu.hold_generate = threading.Event()
+    alice.say("/generate watercolor 1")
+    await alice.expect("Making 1 portrait")
+    api.started.discard(alice.user_id)  # Alice blocks the bot while her portraits are made
+    gpu.release()
+
+    def delivered() -> bool:
+        with sqlite3.connect(bot.settings.database_path) as db:
+            row = db.execute("SELECT delivered_at FROM runs WHERE kind = 'generate'").fetchone()
+        return row is not None and row[0] is not None
+
+    await api.wait_for(delivered, 20, "the outcome to be handled")
+    api.started.add(alice.user_id)  # and unblocks it
+    alice.say("/status")
+    status = await alice.expect("Portrait runs today")
+    assert "Portrait runs today: 0 of 20" in status.shown, "portraits nobody saw are not charged"
