@@ -177,6 +177,14 @@ class ConversationService:
         enabled, known = self._available_styles(await self._community(_Place(origin)))
         return known if every else enabled
 
+    async def chat_moved(self, platform: Platform, old_chat_id: str, new_chat_id: str) -> None:
+        """A group chat got a new id (a Telegram group became a supergroup): its community's settings,
+        styles and counts, and the results of runs in flight, follow it."""
+        moved = await self._repos.communities.move(platform, old_chat_id, new_chat_id)
+        runs = await self._repos.runs.move_chat(platform, old_chat_id, new_chat_id)
+        log.info("chat %s is now %s: community %s, %d active run(s) moved", old_chat_id, new_chat_id,
+                 "moved" if moved else "not moved (none, or the new chat has one)", runs)  # fmt: skip
+
     async def note_progress_message(self, run_id: str, message_id: str) -> None:
         """An adapter sent a ProgressMessage for a run: remember it, so later edits find it."""
         await self._repos.runs.set_progress_message(run_id, message_id)

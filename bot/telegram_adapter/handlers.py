@@ -18,6 +18,7 @@ from bot.telegram_adapter import translate
 from bot.telegram_adapter.retry import with_retries
 from bot.telegram_adapter.sender import TelegramSender
 from pipeline.jobs import ErrorCode
+from storage.models import Platform
 
 log = logging.getLogger("facechain.telegram")
 
@@ -50,7 +51,11 @@ class UpdateRouter:
 
     # ------------------------------------------------------------------------------------ kinds
     async def _message(self, message: Message) -> None:
-        if message.is_automatic_forward:
+        if message.is_automatic_forward or message.migrate_to_chat_id is not None:
+            return
+        if message.migrate_from_chat_id is not None:
+            # The first message of a supergroup that was a group: the group's settings move with it.
+            await self._service.chat_moved(Platform.TELEGRAM, str(message.migrate_from_chat_id), str(message.chat.id))
             return
         await self._events(message, translate.message_events(message, self._bot.username))
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from telegram import Bot, InlineKeyboardButton, InlineKeyboardMarkup, InputMediaPhoto, Message, ReplyParameters
-from telegram.error import BadRequest, Forbidden, TelegramError
+from telegram.error import BadRequest, ChatMigrated, Forbidden, TelegramError
 
 from bot.chat_progress import EDIT_INTERVAL_S, EditThrottle, ProgressMessages
 from bot.core.formatting import split_message
@@ -105,17 +105,13 @@ class TelegramSender:
         sent: dict[str, str] = {}
         for reply in replies:
             try:
-                match reply:
-                    case Text():
-                        await self._text(chat_id, reply.text, keyboard(reply.buttons), reply_to)
-                    case Photos():
-                        await self._photos(chat_id, reply, reply_to)
-                    case ProgressMessage():
-                        message_id = await self._progress_message(chat_id, reply, reply_to)
-                        if message_id is not None:
-                            sent[reply.run_id] = str(message_id)
-                    case EditProgress():
-                        await self._edit_progress(chat_id, reply, progress_message)
+                try:
+                    await self._one(chat_id, reply, reply_to, progress_message, sent)
+                except ChatMigrated as moved:
+                    # The group became a supergroup (a new chat id): it and the rest of the batch go there.
+                    log.info("chat %s is now supergroup %s", chat_id, moved.new_chat_id)
+                    chat_id, reply_to = int(moved.new_chat_id), None
+                    await self._one(chat_id, reply, reply_to, progress_message, sent)
             except Forbidden as exc:
                 log.info("chat %s does not accept messages from the bot (%s)", chat_id, exc.message)
                 if must_deliver:
@@ -131,6 +127,26 @@ class TelegramSender:
 
     async def aclose(self) -> None:
         await self._throttle.aclose()
+
+    async def _one(
+        self,
+        chat_id: int,
+        reply: Reply,
+        reply_to: int | None,
+        progress_message: tuple[int, int] | None,
+        sent: dict[str, str],
+    ) -> None:
+        match reply:
+            case Text():
+                await self._text(chat_id, reply.text, keyboard(reply.buttons), reply_to)
+            case Photos():
+                await self._photos(chat_id, reply, reply_to)
+            case ProgressMessage():
+                message_id = await self._progress_message(chat_id, reply, reply_to)
+                if message_id is not None:
+                    sent[reply.run_id] = str(message_id)
+            case EditProgress():
+                await self._edit_progress(chat_id, reply, progress_message)
 
     # ------------------------------------------------------------------------------- replies
     async def _text(

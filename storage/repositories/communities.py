@@ -88,6 +88,19 @@ class CommunitiesRepository(Repository):
         assert community is not None
         return community
 
+    async def move(self, platform: Platform | str, old_external_id: str, new_external_id: str) -> bool:
+        """The group chat got a new id (a Telegram group that became a supergroup): its community, with
+        its settings, styles and counts, goes with it. False when there is none under the old id, or
+        one is under the new id already (it is kept)."""
+        try:
+            moved = await self._write(
+                "UPDATE communities SET external_id = ? WHERE platform = ? AND external_id = ?",
+                (check_external_id(new_external_id), Platform(platform), old_external_id),
+            )
+        except sqlite3.IntegrityError:
+            return False  # UNIQUE (platform, external_id): the new chat has a community of its own
+        return moved > 0
+
     async def _update(self, community_id: int, sql: str, params: tuple[object, ...]) -> None:
         if not await self._write(sql, (*params, community_id)):
             raise NotFound(f"no community {community_id}")

@@ -84,6 +84,17 @@ class RunsRepository(Repository):
             return []
         return await self._list(run_record, f"SELECT * FROM runs WHERE id IN ({placeholders(run_ids)})", tuple(run_ids))
 
+    async def move_chat(self, platform: Platform | str, old_chat_id: str, new_chat_id: str) -> int:
+        """Active runs whose results go to (or were asked in) ``old_chat_id`` go to ``new_chat_id`` (a
+        group with a new id); returns how many runs changed."""
+        old, new = old_chat_id, new_chat_id
+        return await self._write(
+            "UPDATE runs SET chat_id = CASE WHEN chat_id = ? THEN ? ELSE chat_id END,"
+            " asked_in_chat_id = CASE WHEN asked_in_chat_id = ? THEN ? ELSE asked_in_chat_id END"
+            f" WHERE platform = ? AND (chat_id = ? OR asked_in_chat_id = ?) AND {_IN_ACTIVE}",
+            (old, new, old, new, Platform(platform), old, old, *_ACTIVE),
+        )
+
     async def set_progress_message(self, run_id: str, message_id: str) -> None:
         """Remember the chat message that shows this run's progress (edited as it advances)."""
         if not await self._write("UPDATE runs SET progress_message_id = ? WHERE id = ?", (message_id, run_id)):

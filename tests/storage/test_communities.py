@@ -113,3 +113,16 @@ async def test_custom_styles(repos: Repositories, clock: FakeClock) -> None:
         await repos.communities.add_custom_style(group.id, "x", "x", face_weight=3.0)
     with pytest.raises(NotFound):
         await repos.communities.add_custom_style(9999, "x", "x")
+
+
+async def test_a_community_moves_with_its_chat_unless_the_new_chat_has_one(repos: Repositories) -> None:
+    old = await repos.communities.get_or_create(Platform.TELEGRAM, "-100500")
+    await repos.communities.set_quota(old.id, "user", 3)
+    assert await repos.communities.move(Platform.TELEGRAM, "-100500", "-100900")
+    moved = await repos.communities.find(Platform.TELEGRAM, "-100900")
+    assert moved is not None and (moved.id, moved.user_daily_quota) == (old.id, 3)
+    assert await repos.communities.find(Platform.TELEGRAM, "-100500") is None
+
+    await repos.communities.get_or_create(Platform.TELEGRAM, "-100111")
+    assert not await repos.communities.move(Platform.TELEGRAM, "-100900", "-100111"), "the new chat's own is kept"
+    assert not await repos.communities.move(Platform.TELEGRAM, "-100404", "-100405"), "nothing to move"

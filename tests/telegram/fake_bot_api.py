@@ -52,12 +52,20 @@ Echo = Literal["html", "json"] | None
 class ApiError(Exception):
     """An error answer: ``{"ok": false, "error_code": status, "description": ...}``."""
 
-    def __init__(self, status: int, description: str, retry_after: int | None = None, echo: Echo = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        description: str,
+        retry_after: int | None = None,
+        echo: Echo = None,
+        migrate_to_chat_id: int | None = None,
+    ) -> None:
         super().__init__(description)
         self.status = status
         self.description = description
         self.retry_after = retry_after
         self.echo = echo
+        self.migrate_to_chat_id = migrate_to_chat_id
 
     def echoed(self, request: web.Request, body: bytes) -> web.Response:
         """The answer of an echoing proxy: it quotes the request line (with the token) and the body."""
@@ -74,6 +82,8 @@ class ApiError(Exception):
         body: JSON = {"ok": False, "error_code": self.status, "description": self.description}
         if self.retry_after is not None:
             body["parameters"] = {"retry_after": self.retry_after}
+        if self.migrate_to_chat_id is not None:
+            body["parameters"] = {"migrate_to_chat_id": self.migrate_to_chat_id}
         return body
 
 
@@ -184,6 +194,8 @@ class FakeBotApi:
         self.members: dict[tuple[int, int], str] = {}
         #: Users who wrote to the bot in private: the bot may message them.
         self.started: set[int] = set()
+        #: Old group id → the supergroup it became (:meth:`migrate_group`).
+        self.migrated: dict[int, int] = {}
         self.messages: dict[int, list[ChatMessage]] = defaultdict(list)
         self.files: dict[str, StoredFile] = {}
         self.calls: list[Call] = []
@@ -236,6 +248,20 @@ class FakeBotApi:
         """A channel (a user may post in groups on its behalf: :meth:`push_text` with ``as_channel``)."""
         self.chats[chat_id] = {"id": chat_id, "type": "channel", "title": title}
         return self.chats[chat_id]
+
+    def migrate_group(self, old_chat_id: int, new_chat_id: int) -> None:
+        """The group becomes a supergroup with a new id, as Telegram does when an admin turns on a
+        supergroup feature: its members move, each chat gets a service message naming the other, and
+        the bot's sends to the old id are refused with the new one."""
+        title = self.chats[old_chat_id].get("title", "")
+        self.chats[new_chat_id] = {"id": new_chat_id, "type": "supergroup", "title": title}
+        for (chat_id, user_id), status in list(self.members.items()):
+            if chat_id == old_chat_id:
+                self.members[(new_chat_id, user_id)] = status
+        self.migrated[old_chat_id] = new_chat_id
+        someone = next(iter(self.users))
+        self._push_message(old_chat_id, someone, {"migrate_to_chat_id": new_chat_id})
+        self._push_message(new_chat_id, someone, {"migrate_from_chat_id": old_chat_id})
 
     def set_member(self, chat_id: int, user_id: int, status: str) -> None:
         self.members[(chat_id, user_id)] = status
@@ -543,6 +569,11 @@ class FakeBotApi:
         chat_id = p.integer("chat_id")
         if chat_id is None or chat_id not in self.chats:
             raise ApiError(400, "Bad Request: chat not found")
+        if chat_id in self.migrated:
+            raise ApiError(
+                400, "Bad Request: group chat was upgraded to a supergroup chat",
+                migrate_to_chat_id=self.migrated[chat_id],
+            )  # fmt: skip
         if self.chats[chat_id]["type"] == "private" and chat_id not in self.started:
             raise ApiError(403, "Forbidden: bot can't initiate conversation with a user")
         return chat_id

@@ -3,11 +3,14 @@ getChatMember (anonymous admins included), quotas, and no training photos in a g
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
 from storage.blobs import LocalBlobStore
 from tests.telegram.conftest import Harness
 from tests.telegram.fake_bot_api import ANONYMOUS_ADMIN_ID, FakeBotApi
+from tests.telegram.gpu import ScriptedGpu
 from tests.telegram.media import face_photos, tiny_lora
 from tests.telegram.users import TgUser
 
@@ -147,3 +150,29 @@ async def test_the_bots_daily_limit_counts_a_persons_runs_everywhere_a_groups_ow
     group_alice.say("/status")
     status = await group_alice.expect("Portrait runs today")
     assert "Portrait runs today: 2 of 2" in status.shown, status.shown
+
+
+async def test_a_group_that_becomes_a_supergroup_keeps_its_settings_and_gets_its_portraits(
+    bot: Harness, api: FakeBotApi, alice: TgUser
+) -> None:
+    await bot.train(alice)
+    api.add_group(GROUP, "Portrait Club")
+    ann = TgUser(api, 2001, "Ann").in_chat(GROUP)
+    api.set_member(GROUP, ann.user_id, "administrator")
+    ann.say("/admin disable watercolor")
+    await ann.expect("watercolor is now off here.")
+    gpu = bot.gpu
+    assert isinstance(gpu, ScriptedGpu)
+    gpu.hold_generate = threading.Event()
+    alice.in_chat(GROUP).say("/generate cyberpunk 1")
+    await alice.in_chat(GROUP).expect("Making 1 portrait in cyberpunk")
+
+    supergroup = -100_900
+    api.migrate_group(GROUP, supergroup)  # an admin turned on a supergroup feature
+    group_alice = alice.in_chat(supergroup)
+    group_alice.say("/styles")
+    styles = await group_alice.expect("Styles you can use")
+    assert "watercolor" not in styles.shown and "cyberpunk" in styles.shown, "the group's settings moved"
+    gpu.release()
+    first = await group_alice.expect("cyberpunk")
+    assert first.chat_id == supergroup and first.photo, "the portraits asked in the old group came here"

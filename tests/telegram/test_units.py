@@ -223,6 +223,25 @@ async def test_a_final_edit_for_a_run_whose_message_is_unknown_is_sent_as_a_mess
     assert [m.shown for m in alice.replies] == ["Training done."], "the final state arrives, intermediate ones don't"
 
 
+async def test_replies_to_a_group_that_became_a_supergroup_go_to_the_supergroup(
+    api: FakeBotApi, tmp_path: Path
+) -> None:
+    """Telegram refuses a send to the old id, naming the new one (before the bot saw the migration)."""
+    from bot.core.replies import Text
+    from bot.telegram_adapter.sender import TelegramSender
+    from storage.blobs import LocalBlobStore
+
+    TgUser(api, 4242, "Alice")
+    api.add_group(-100_500, "Club")
+    api.migrate_group(-100_500, -100_900)
+    bot = Bot(api.token, base_url=f"{api.root}/bot", base_file_url=f"{api.root}/file/bot")
+    async with bot:
+        sender = TelegramSender(bot, LocalBlobStore(tmp_path / "blobs"), edit_interval=0.01)
+        await sender.send(-100_500, [Text("one"), Text("two")], reply_to=1)
+        await sender.aclose()
+    assert [m.text for m in api.messages[-100_900] if m.from_bot] == ["one", "two"]
+
+
 # ---------------------------------------------------------------------------------- button presses
 async def test_a_pop_up_telegram_refuses_is_posted_under_the_pressed_message(
     bot: Harness, api: FakeBotApi, alice: TgUser
