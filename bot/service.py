@@ -177,6 +177,19 @@ class ConversationService:
         enabled, known = self._available_styles(await self._community(_Place(origin)))
         return known if every else enabled
 
+    async def cancel_run(self, origin: Origin, run_id: str) -> bool:
+        """Stop one of the sender's runs that nothing could be shown of where it was asked (an adapter
+        found the channel closed to the bot, and tells the user itself). False when the run is not
+        theirs or has ended."""
+        user = await self._repos.users.find(origin.platform, origin.user_id)
+        if user is None:
+            return False
+        async with self._lock(user.id):
+            run = await self._repos.runs.get(run_id)
+            if run is None or run.user_id != user.id or not run.status.active:
+                return False
+            return await self._cancel(run) is not None
+
     async def chat_moved(self, platform: Platform, old_chat_id: str, new_chat_id: str) -> None:
         """A group chat got a new id (a Telegram group became a supergroup): its community's settings,
         styles and counts, and the results of runs in flight, follow it."""
@@ -669,20 +682,26 @@ class ConversationService:
         closed: list[ev.Event] = []
         for run in await self._repos.runs.active(user_id):
             asked.append(run.id)
-            await self._queue.cancel(run.kind.value, run.id, run.attempt)
-            outcome: jobs.TrainOutcome | jobs.GenerateOutcome
-            if run.kind is RunKind.TRAIN:
-                outcome = jobs.TrainOutcome(run_id=run.id, error=jobs.ErrorCode.CANCELLED)
-                recorded = await self._record_training(run, outcome)
-            else:
-                outcome = jobs.GenerateOutcome(run_id=run.id, error=jobs.ErrorCode.CANCELLED)
-                recorded = await self._record_generation(run, outcome)
-            if not recorded:
-                continue
-            # The user hears about it in the replies to this very /cancel.
-            await self._repos.runs.mark_delivered(run.id)
-            closed.append(ev.JobFinished(outcome=outcome, style=run.style))
+            finished = await self._cancel(run)
+            if finished is not None:
+                closed.append(finished)
         return tuple(asked), closed
+
+    async def _cancel(self, run: Run) -> ev.JobFinished | None:
+        """End one active run as cancelled (see :meth:`_cancel_runs`); the event that says so, or None
+        when it ended meanwhile. Its user hears about it from the caller, so it counts as delivered."""
+        await self._queue.cancel(run.kind.value, run.id, run.attempt)
+        outcome: jobs.TrainOutcome | jobs.GenerateOutcome
+        if run.kind is RunKind.TRAIN:
+            outcome = jobs.TrainOutcome(run_id=run.id, error=jobs.ErrorCode.CANCELLED)
+            recorded = await self._record_training(run, outcome)
+        else:
+            outcome = jobs.GenerateOutcome(run_id=run.id, error=jobs.ErrorCode.CANCELLED)
+            recorded = await self._record_generation(run, outcome)
+        if not recorded:
+            return None
+        await self._repos.runs.mark_delivered(run.id)
+        return ev.JobFinished(outcome=outcome, style=run.style)
 
     async def _add_style(
         self,

@@ -492,7 +492,7 @@ def cannot_post_here(*, run_started: bool) -> str:
         "I can't post in this channel, so your progress and portraits can't appear here. Ask a server admin"
         " to give me View Channel, Send Messages and Attach Files in this channel, or ask me in another one."
     )
-    return f"{text} What you just started is still on; /cancel stops it." if run_started else text
+    return f"{text} So I stopped what you just asked for: it didn't count against your limit." if run_started else text
 
 
 def results_not_sent_privately(name: str) -> str:

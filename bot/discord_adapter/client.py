@@ -178,6 +178,8 @@ class FacechainClient(discord.Client):
         await responder.run(work())
         for run_id, message_id in responder.progress_ids.items():
             await service.note_progress_message(run_id, message_id)
+        for run_id in responder.unshown_runs:
+            await service.cancel_run(origin, run_id)
 
     async def styles_here(self, interaction: discord.Interaction[Any], *, every: bool) -> tuple[StyleInfo, ...]:
         """The styles enabled where the interaction happens (for autocomplete)."""

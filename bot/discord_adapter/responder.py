@@ -54,6 +54,9 @@ class InteractionResponder:
         #: Discord refused the bot's posts in this channel: nothing more is sent there with the bot token.
         self._refused = False
         self.progress_ids: dict[str, str] = {}
+        #: Runs started by this interaction whose progress Discord refused to show: nothing of them can
+        #: appear here, so the caller stops them.
+        self.unshown_runs: list[str] = []
 
     async def run(self, work: Awaitable[list[Reply]]) -> list[Reply]:
         """Run the core's work, answer the interaction in time, show every reply; return the replies."""
@@ -112,6 +115,8 @@ class InteractionResponder:
                 log.warning(
                     "a %s reply to interaction %s failed: %s %s", kind, self._interaction.id, exc.status, exc.text
                 )
+            if isinstance(reply, ProgressMessage) and self._refused and not self._private_chat:
+                self.unshown_runs.append(reply.run_id)
 
     async def _text(self, reply: Text) -> None:
         pieces = split_text(reply.text)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from typing import Any
 
 import numpy as np
@@ -92,8 +93,13 @@ async def test_a_member_asking_where_the_bot_may_not_post_is_told_privately(scri
     await fake.wait_for(lambda: asked.texts(), 10.0, "an answer")
     [notice] = asked.messages()
     assert notice.content == texts.cannot_post_here(run_started=True)
-    assert "Send Messages" in notice.content and "/cancel" in notice.content
+    assert "Send Messages" in notice.content and "I stopped what you just asked for" in notice.content
     assert notice.ephemeral and notice.visible_to(lea)
     assert (asked.answered_in or 9) < ANSWER_DEADLINE_S
-    await fake.wait_for(lambda: any(c.startswith("generate:") for c in scripted.runner.calls), 10.0, "the run")
+
+    def statuses() -> list[str]:
+        with sqlite3.connect(scripted.settings.database_path) as db:
+            return [row[0] for row in db.execute("SELECT status FROM runs WHERE kind = 'generate'")]
+
+    await fake.wait_for(lambda: statuses() == ["cancelled"], 10.0, "the run stopped: nothing of it can be shown")
     assert asked.messages() == [notice], "the answer stays"
