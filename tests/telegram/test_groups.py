@@ -104,15 +104,23 @@ async def test_commands_for_another_bot_are_ignored(bot: Harness, api: FakeBotAp
     assert helped.chat_id == GROUP
 
 
-async def test_results_for_members_go_to_their_private_chat_or_to_the_group_when_it_is_closed(
-    bot: Harness, api: FakeBotApi, alice: TgUser
-) -> None:
-    await bot.train(alice)
+async def _trained_in_a_group_whose_admin_says(
+    bot: Harness, api: FakeBotApi, member: TgUser, admin_command: str, answer: str
+) -> TgUser:
+    """``member`` trained in private, in GROUP with Ann, an admin who set ``/admin admin_command``; Ann."""
+    await bot.train(member)
     api.add_group(GROUP, "Portrait Club")
     ann = TgUser(api, 2001, "Ann").in_chat(GROUP)
     api.set_member(GROUP, ann.user_id, "administrator")
-    ann.say("/admin results direct")
-    await ann.expect("Portraits will be sent to members privately.")
+    ann.say(f"/admin {admin_command}")
+    await ann.expect(answer)
+    return ann
+
+
+async def test_results_for_members_go_to_their_private_chat_or_to_the_group_when_it_is_closed(
+    bot: Harness, api: FakeBotApi, alice: TgUser
+) -> None:
+    await _trained_in_a_group_whose_admin_says(bot, api, alice, "results direct", "sent to members privately")
     group_alice = alice.in_chat(GROUP)
 
     await group_alice.generate("cyberpunk 2", "Making 2 portraits in cyberpunk")
@@ -155,12 +163,7 @@ async def test_the_bots_daily_limit_counts_a_persons_runs_everywhere_a_groups_ow
 async def test_a_group_that_becomes_a_supergroup_keeps_its_settings_and_gets_its_portraits(
     bot: Harness, api: FakeBotApi, alice: TgUser
 ) -> None:
-    await bot.train(alice)
-    api.add_group(GROUP, "Portrait Club")
-    ann = TgUser(api, 2001, "Ann").in_chat(GROUP)
-    api.set_member(GROUP, ann.user_id, "administrator")
-    ann.say("/admin disable watercolor")
-    await ann.expect("watercolor is now off here.")
+    await _trained_in_a_group_whose_admin_says(bot, api, alice, "disable watercolor", "watercolor is now off here.")
     gpu = bot.gpu
     assert isinstance(gpu, ScriptedGpu)
     gpu.hold_generate = threading.Event()
