@@ -795,8 +795,15 @@ class ConversationService:
                 run.id,
             )
             return
-        fresh = await self._repos.runs.get(run.id)
-        sent = await notifier.deliver(fresh.delivery if fresh else run.delivery, replies)
+        fresh = await self._repos.runs.get(run.id) or run
+        at = _progress_at(fresh)
+        located = [
+            replace(r, stored_at=at)
+            if isinstance(r, EditProgress) and r.run_id == run.id and r.stored_at is None
+            else r
+            for r in replies
+        ]
+        sent = await notifier.deliver(fresh.delivery, located)
         for run_id, message_id in sent.items():
             await self._repos.runs.set_progress_message(run_id, message_id)
 

@@ -91,27 +91,27 @@ class TelegramSender:
         replies: Sequence[Reply],
         *,
         reply_to: int | None = None,
-        progress_message: tuple[int, int] | None = None,
         must_deliver: bool = False,
     ) -> dict[str, str]:
         """Show ``replies`` in order; return run_id → message id of each progress message sent.
 
         ``reply_to`` threads the replies under the user's message (in groups: whose answer it is).
-        ``progress_message`` (chat, message) is the message to edit for runs this sender has not seen
-        (a restart). A reply the server rejects is logged and skipped. A chat that blocked the bot ends
-        the batch, and a reply that still fails after retries is skipped; with ``must_deliver`` (a
-        worker's result) they raise instead: :class:`DeliveryRefused`, or the error, to be tried later.
+        A progress edit goes to the message this sender remembers, else to where the run stored it
+        (``EditProgress.stored_at``: after a restart). A reply the server rejects is logged and skipped.
+        A chat that blocked the bot ends the batch, and a reply that still fails after retries is
+        skipped; with ``must_deliver`` (a worker's result) they raise instead: :class:`DeliveryRefused`,
+        or the error, to be tried later.
         """
         sent: dict[str, str] = {}
         for reply in replies:
             try:
                 try:
-                    await self._one(chat_id, reply, reply_to, progress_message, sent)
+                    await self._one(chat_id, reply, reply_to, sent)
                 except ChatMigrated as moved:
                     # The group became a supergroup (a new chat id): it and the rest of the batch go there.
                     log.info("chat %s is now supergroup %s", chat_id, moved.new_chat_id)
                     chat_id, reply_to = int(moved.new_chat_id), None
-                    await self._one(chat_id, reply, reply_to, progress_message, sent)
+                    await self._one(chat_id, reply, reply_to, sent)
             except Forbidden as exc:
                 log.info("chat %s does not accept messages from the bot (%s)", chat_id, exc.message)
                 if must_deliver:
@@ -133,7 +133,6 @@ class TelegramSender:
         chat_id: int,
         reply: Reply,
         reply_to: int | None,
-        progress_message: tuple[int, int] | None,
         sent: dict[str, str],
     ) -> None:
         match reply:
@@ -146,7 +145,7 @@ class TelegramSender:
                 if message_id is not None:
                     sent[reply.run_id] = str(message_id)
             case EditProgress():
-                await self._edit_progress(chat_id, reply, progress_message)
+                await self._edit_progress(chat_id, reply)
 
     # ------------------------------------------------------------------------------- replies
     async def _text(
@@ -215,10 +214,8 @@ class TelegramSender:
 
         return (await self._progress.sending(reply.run_id, send)).message_id
 
-    async def _edit_progress(self, chat_id: int, reply: EditProgress, fallback: tuple[int, int] | None) -> None:
+    async def _edit_progress(self, chat_id: int, reply: EditProgress) -> None:
         target = await self._progress.find(reply.run_id, final=reply.final) or _stored_target(reply)
-        if target is None and fallback is not None:
-            target = _ProgressTarget(*fallback)
         if target is None:
             if reply.final:
                 # The run finished before its progress message was known (a burst of load): the
@@ -259,16 +256,14 @@ class TelegramNotifier:
         self._sender = sender
 
     async def deliver(self, delivery: Delivery, replies: Sequence[Reply]) -> Mapping[str, str]:
-        """Show the replies in the run's chat (its progress message is where it was asked for); return
-        run_id → message id of progress messages sent. Raises as :class:`bot.service.Notifier` says."""
+        """Show the replies in the run's chat; return run_id → message id of progress messages sent.
+        Raises as :class:`bot.service.Notifier` says."""
         try:
             chat_id = int(delivery.chat_id)
-            asked_in = int(delivery.asked_in_chat_id or delivery.chat_id)
-            progress = (asked_in, int(delivery.progress_message_id)) if delivery.progress_message_id else None
         except ValueError:
             log.warning("a delivery to a malformed Telegram chat id %r was dropped", delivery.chat_id)
             return {}
-        return await self._sender.send(chat_id, replies, progress_message=progress, must_deliver=True)
+        return await self._sender.send(chat_id, replies, must_deliver=True)
 
 
 def _stored_target(reply: EditProgress) -> _ProgressTarget | None:
