@@ -69,7 +69,8 @@ class Origin:
     chat_id: str
     private: bool
     display_name: str = ""
-    #: The group or server id; None in a private chat.
+    #: The group or server id; None in a private chat, unless a button there acts for a community the
+    #: sender belongs to (portraits a server sent to their DMs): see :meth:`Origin.acting_for`.
     community_id: str | None = None
     #: The adapter checked with the platform that the sender administers the community.
     is_admin: bool = False
@@ -78,6 +79,11 @@ class Origin:
     #: The platform marks this chat age-restricted (a Discord NSFW channel); None where the platform
     #: has no such mark. A community's NSFW switch is honoured only where this is not False.
     age_restricted: bool | None = None
+
+    def acting_for(self, community_id: str) -> Origin:
+        """This private chat, for a press of a button of ``community_id``'s: its styles and limits apply,
+        and results come here. Only for a sender the adapter found to be a member there."""
+        return replace(self, community_id=community_id, is_admin=False, direct_chat_id=None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -416,7 +422,7 @@ class ConversationService:
     async def _community(self, place: _Place) -> CommunitySnapshot | None:
         """The community the event came from (None in a private chat), read once per event."""
         origin = place.origin
-        if origin.private or origin.community_id is None:
+        if origin.community_id is None:
             return None
         if place.community is None:
             place.community = await self._repos.snapshots.community(origin.platform, origin.community_id, self._today())

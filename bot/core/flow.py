@@ -168,12 +168,12 @@ def _goto(state: UserState, mode: Mode) -> UserState:
     return UserState(mode=mode)
 
 
-def _button(label: str, action: str, value: str = "") -> Button | None:
+def _button(label: str, action: str, value: str = "", community: str | None = None) -> Button | None:
     """A button, or None when its data would not fit the platforms' 64 bytes."""
     if len(label) > _MAX_LABEL:
         label = label[: _MAX_LABEL - 1] + "…"
     try:
-        return Button(label, action, value)
+        return Button(label, action, value, community)
     except ValueError:
         return None
 
@@ -182,8 +182,9 @@ def _buttons(*candidates: Button | None) -> tuple[Button, ...]:
     return tuple(b for b in candidates if b is not None)
 
 
-def _style_buttons(styles: Iterable[StyleInfo]) -> tuple[Button, ...]:
-    fitting = (_button(s.name, "style", s.name) for s in styles)
+def _style_buttons(facts: Facts) -> tuple[Button, ...]:
+    """Buttons for the styles enabled here; they stay the community's wherever they end up (a DM)."""
+    fitting = (_button(s.name, "style", s.name, facts.community) for s in facts.styles)
     return tuple(b for b in fitting if b is not None)[:MAX_STYLE_BUTTONS]
 
 
@@ -197,8 +198,17 @@ def _forget_buttons() -> tuple[Button, ...]:
     )
 
 
-def _result_buttons(style: str) -> tuple[Button, ...]:
-    return _buttons(_button(texts.more_label(), "more", style), _button(texts.another_label(), "another"))
+def _result_buttons(style: str, facts: Facts) -> tuple[Button, ...]:
+    """The buttons under portraits. A community's results sent to a member's private chat keep acting
+    for that community there (its styles, its limits)."""
+    return _buttons(
+        _button(texts.more_label(), "more", style, facts.community),
+        _another_button_for(facts),
+    )
+
+
+def _another_button_for(facts: Facts) -> Button | None:
+    return _button(texts.another_label(), "another", community=facts.community)
 
 
 def _training(facts: Facts) -> bool:
@@ -504,7 +514,7 @@ def _request_portraits(state: UserState, facts: Facts, args: tuple[str, ...]) ->
             return _say(state, facts, texts.bad_count(limits.max_count), personal=True)
         more = len(facts.styles) > MAX_STYLE_BUTTONS
         text = texts.pick_style(limits.default_count, asked, more_styles=more)
-        return _say(state, facts, text, _style_buttons(facts.styles), personal=True)
+        return _say(state, facts, text, _style_buttons(facts), personal=True)
 
     # A whole-argument match first, so a style whose name ends in a number still works.
     wanted = " ".join(args)
@@ -576,7 +586,7 @@ def _train_finished(state: UserState, outcome: TrainOutcome, facts: Facts) -> De
     limits = facts.limits
     if outcome.ok:
         done = EditProgress(outcome.run_id, texts.train_done_edit(outcome.stages_run), final=True)
-        buttons = _style_buttons(facts.styles)
+        buttons = _style_buttons(facts)
         ready = _text(facts, texts.model_ready(has_styles=bool(buttons)), buttons)
         return Decision(state, (done, ready))
     stopped = EditProgress(outcome.run_id, texts.train_failed_edit(), final=True)
@@ -612,21 +622,21 @@ def _generate_finished(state: UserState, outcome: GenerateOutcome, style: str | 
         done = EditProgress(outcome.run_id, texts.generate_done_edit(outcome.stages_run), final=True)
         scores = [p.score for p in outcome.portraits if p.score is not None]
         caption = texts.portraits_caption(name, max(scores) if scores else None, outcome.blocked)
-        photos = Photos(tuple(p.key for p in outcome.portraits), caption, _result_buttons(name))
+        photos = Photos(tuple(p.key for p in outcome.portraits), caption, _result_buttons(name, facts))
         return Decision(state, (done, photos))
     stopped = EditProgress(outcome.run_id, texts.generate_failed_edit(), final=True)
     if outcome.error is ErrorCode.CANCELLED:
         return Decision(state, (stopped, _text(facts, texts.generate_cancelled())))
     if outcome.error is None or outcome.error is ErrorCode.NO_USABLE_PORTRAIT:
         text = texts.no_usable_portrait(name, outcome.blocked)
-        return Decision(state, (stopped, _text(facts, text, _result_buttons(name))))
+        return Decision(state, (stopped, _text(facts, text, _result_buttons(name, facts))))
     if outcome.error is ErrorCode.MODEL_MISSING and name:
         # A generation's missing model is its style's LoRA: a file to fetch, or a community upload gone.
         known = next((s for s in facts.all_styles if s.name.casefold() == name.casefold()), None)
         # Built-in styles are always known here; one that is not was a community's, removed since.
         uploaded = known is None or not known.builtin
         text = texts.style_upload_missing(name) if uploaded else texts.style_lora_missing(name)
-        another = _buttons(_button(texts.another_label(), "another"))
+        another = _buttons(_another_button_for(facts))
         return Decision(state, (stopped, _text(facts, text, another)))
     return Decision(state, (stopped, _text(facts, texts.generate_failed(outcome.error))))
 

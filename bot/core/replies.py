@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 #: Telegram's callback_data limit; Discord's custom_id allows 100, so this bound serves both.
 MAX_BUTTON_DATA = 64
+_COMMUNITY_MARK = "@"
 
 
 @dataclass(frozen=True, slots=True)
@@ -14,21 +15,29 @@ class Button:
     label: str
     action: str
     value: str = ""
+    #: The community the button acts for wherever it is pressed: a result sent to a member's private
+    #: chat keeps its server's styles and limits there (the adapter checks the membership first).
+    community: str | None = None
 
     @property
     def data(self) -> str:
-        """The compact form carried by the platform (``action:value``), at most 64 bytes."""
-        return f"{self.action}:{self.value}"
+        """The compact form carried by the platform (``action:value`` or ``action:value@community``),
+        at most 64 bytes."""
+        scope = f"{_COMMUNITY_MARK}{self.community}" if self.community else ""
+        return f"{self.action}:{self.value}{scope}"
 
     def __post_init__(self) -> None:
+        if _COMMUNITY_MARK in self.value:
+            raise ValueError(f"a button value may not hold {_COMMUNITY_MARK!r}: {self.value[:80]!r}")
         if len(self.data.encode()) > MAX_BUTTON_DATA:
             raise ValueError(f"button data over {MAX_BUTTON_DATA} bytes: {self.data[:80]!r}")
 
     @staticmethod
-    def parse(data: str) -> tuple[str, str]:
-        """Split button data back into (action, value)."""
-        action, _, value = data.partition(":")
-        return action, value
+    def parse(data: str) -> tuple[str, str, str | None]:
+        """Split button data back into (action, value, community or None)."""
+        action, _, rest = data.partition(":")
+        value, _, community = rest.partition(_COMMUNITY_MARK)
+        return action, value, community or None
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -153,14 +153,22 @@ class FacechainClient(discord.Client):
         replies = await self.service.handle(origin_of_message(message), event, download)
         await self._show_in_channel(message.channel.id, replies)
 
-    async def button_pressed(self, interaction: discord.Interaction[Any], action: str, value: str) -> None:
+    async def button_pressed(
+        self, interaction: discord.Interaction[Any], action: str, value: str, community: str | None
+    ) -> None:
         """A press of one of the bot's buttons (see :class:`CoreButton`)."""
-        await self.run_interaction(interaction, [ButtonPressed(action, value)])
+        await self.run_interaction(interaction, [ButtonPressed(action, value)], acting_for=community)
 
     async def run_interaction(
-        self, interaction: discord.Interaction[Any], events: list[Event], download: Downloader | None = None
+        self,
+        interaction: discord.Interaction[Any],
+        events: list[Event],
+        download: Downloader | None = None,
+        *,
+        acting_for: str | None = None,
     ) -> None:
-        """Hand the events to the core one after another and answer the interaction with all replies."""
+        """Hand the events to the core one after another and answer the interaction with all replies.
+        ``acting_for``: the server a button pressed in a DM belongs to (its results were sent there)."""
         service = self.service
         if service is None:
             return
@@ -169,6 +177,10 @@ class FacechainClient(discord.Client):
         origin = origin_of_interaction(interaction)
 
         async def work() -> list[Reply]:
+            nonlocal origin
+            if acting_for is not None and origin.private and await self._is_member(acting_for, interaction.user.id):
+                # A DM is no age-restricted channel: the server's NSFW switch does not reach it.
+                origin = replace(origin.acting_for(acting_for), age_restricted=False)
             replies: list[Reply] = []
             for event in events:
                 replies.extend(await service.handle(origin, event, download))
@@ -180,6 +192,24 @@ class FacechainClient(discord.Client):
             await service.note_progress_message(run_id, message_id)
         for run_id in responder.unshown_runs:
             await service.cancel_run(origin, run_id)
+
+    async def _is_member(self, guild_id: str, user_id: int) -> bool:
+        """Whether ``user_id`` is still in the server (and the bot too); False when Discord can't say."""
+        guild = self.get_guild(int(guild_id)) if guild_id.isdigit() else None
+        if guild is None:
+            log.info("a button of server %s pressed in a DM: the bot is not in that server", guild_id)
+            return False
+        if guild.get_member(user_id) is not None:
+            return True
+        try:
+            await guild.fetch_member(user_id)
+        except discord.NotFound:
+            log.info("user %s pressed a button of server %s they are no longer in", user_id, guild_id)
+            return False
+        except discord.HTTPException as exc:
+            log.warning("member lookup in server %s failed (%s): the press acts for the DM", guild_id, exc.status)
+            return False
+        return True
 
     async def styles_here(self, interaction: discord.Interaction[Any], *, every: bool) -> tuple[StyleInfo, ...]:
         """The styles enabled where the interaction happens (for autocomplete)."""

@@ -27,8 +27,11 @@ MAX_BUTTONS = 25
 class ButtonSink(Protocol):
     """Receives presses of the bot's buttons (the client implements it)."""
 
-    async def button_pressed(self, interaction: discord.Interaction[Any], action: str, value: str) -> None:
-        """Handle a press of the button whose core data is ``action:value``."""
+    async def button_pressed(
+        self, interaction: discord.Interaction[Any], action: str, value: str, community: str | None
+    ) -> None:
+        """Handle a press of the button whose core data is ``action:value``, acting for ``community``'s
+        server where it is not None (see :class:`bot.core.replies.Button`)."""
         ...
 
 
@@ -55,8 +58,7 @@ class CoreButton(discord.ui.DynamicItem[discord.ui.Button[discord.ui.View]], tem
     async def callback(self, interaction: discord.Interaction[Any]) -> None:
         sink = interaction.client
         if isinstance(sink, ButtonSink):
-            action, value = Button.parse(self.data)
-            await sink.button_pressed(interaction, action, value)
+            await sink.button_pressed(interaction, *Button.parse(self.data))
 
 
 def button_view(buttons: Sequence[Button]) -> discord.ui.View | None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from telegram import Bot, CallbackQuery, Message, Update
+from telegram import Bot, CallbackQuery, ChatMemberRestricted, Message, Update
 from telegram.constants import ChatMemberStatus
 from telegram.error import TelegramError
 
@@ -25,6 +25,8 @@ log = logging.getLogger("facechain.telegram")
 #: Longest text an answerCallbackQuery alert shows.
 MAX_ALERT = 200
 _ADMIN_STATUSES = frozenset({ChatMemberStatus.OWNER, ChatMemberStatus.ADMINISTRATOR})
+#: Members of a group (a restricted one is, too, while ``is_member`` says so).
+_MEMBER_STATUSES = _ADMIN_STATUSES | {ChatMemberStatus.MEMBER}
 
 
 class UpdateRouter:
@@ -74,14 +76,17 @@ class UpdateRouter:
     async def _button(self, query: CallbackQuery) -> None:
         tried = False
         try:
-            event = translate.button_event(query)
+            pressed = translate.button_event(query)
             message = query.message
-            if event is None or message is None:
+            if pressed is None or message is None:
                 return
+            event, community = pressed
             user = query.from_user
             origin = translate.origin(
                 str(user.id), translate.display_name(user), message.chat, direct_chat_id=str(user.id)
             )
+            if community is not None and origin.private:
+                origin = await self._acting_for(origin, community, user.id)
             replies = await self._handle(origin, event)
             alert, rest = (None, replies) if origin.private else _take_alert(replies)
             tried = True
@@ -129,6 +134,20 @@ class UpdateRouter:
             log.warning("getChatMember failed in chat %s (%s): treating the sender as no admin", chat_id, exc)
             return False
         return member.status in _ADMIN_STATUSES
+
+    async def _acting_for(self, origin: Origin, group: str, user_id: int) -> Origin:
+        """A press in private of a group's button (portraits sent privately) acts for that group while
+        the presser is still a member of it; otherwise it is a press in the private chat alone."""
+        try:
+            chat_id = int(group)
+            member = await with_retries(lambda: self._bot.get_chat_member(chat_id, user_id), "getChatMember")
+        except (ValueError, TelegramError) as exc:
+            log.info("getChatMember failed for group %s (%s): the press acts for the private chat", group, exc)
+            return origin
+        if member.status in _MEMBER_STATUSES or (isinstance(member, ChatMemberRestricted) and member.is_member):
+            return origin.acting_for(group)
+        log.info("user %s pressed a button of group %s they are no longer in", user_id, group)
+        return origin
 
     async def _answer(self, query: CallbackQuery, alert: str | None) -> bool:
         """Answer the press (with ``alert`` as a pop-up); False when Telegram refused the answer."""

@@ -144,8 +144,9 @@ def takes_file(command: Command) -> bool:
     return spec is not None and spec.takes_file
 
 
-def button_event(query: CallbackQuery) -> ButtonPressed | None:
+def button_event(query: CallbackQuery) -> tuple[ButtonPressed, str | None] | None:
+    """The press, and the group the button acts for (None: wherever it is pressed)."""
     if not query.data:
         return None
-    action, value = Button.parse(query.data)
-    return ButtonPressed(action=action, value=value)
+    action, value, community = Button.parse(query.data)
+    return ButtonPressed(action=action, value=value), community

@@ -5,8 +5,9 @@ The real discord.py client talks to it over HTTP and a websocket, as it talks to
 - REST under ``/api/v10``: ``GET /gateway/bot``, ``/users/@me``, ``/oauth2/applications/@me``; command
   sync (``PUT /applications/{app}/commands`` and the guild variant); interaction callbacks; webhook
   follow-ups and ``@original`` edits; channel messages and their edits (JSON or multipart with files);
-  ``POST /users/@me/channels`` (open a DM). Every JSON body goes out with Content-Type exactly
-  ``application/json``, which discord.py insists on. The bot token is checked where Discord checks it.
+  ``POST /users/@me/channels`` (open a DM); ``GET /guilds/{guild}/members/{user}``. Every JSON body
+  goes out with Content-Type exactly ``application/json``, which discord.py insists on. The bot token
+  is checked where Discord checks it.
 - ``/cdn/attachments/...``: the bytes of files users "uploaded".
 - ``/gateway``: HELLO, IDENTIFY → READY + GUILD_CREATE, heartbeats, RESUME refused (a fresh IDENTIFY
   follows), and dispatch of INTERACTION_CREATE and MESSAGE_CREATE; plain JSON text frames, no
@@ -280,6 +281,8 @@ class FakeDiscord:
         self.closed_dms: set[int] = set()
         #: Server channels where the bot may not post (no Send Messages there): its posts get 403 50013.
         self.closed_channels: set[int] = set()
+        #: Users who left the server (or were removed): the member lookup answers 404 10007 for them.
+        self.left: set[int] = set()
         self.rate_limited: list[tuple[str, float]] = []
         self._ws: web.WebSocketResponse | None = None
         self._seq = 0
@@ -717,6 +720,7 @@ class FakeDiscord:
             ("POST", r"/channels/(\d+)/messages", self._post_message, True),
             ("PATCH", r"/channels/(\d+)/messages/(\d+)", self._edit_message, True),
             ("POST", r"/users/@me/channels", self._open_dm, True),
+            ("GET", r"/guilds/(\d+)/members/(\d+)", self._get_member, True),
         ]
         for method, pattern, handler, needs_token in routes:
             match = re.fullmatch(pattern, path)
@@ -744,6 +748,12 @@ class FakeDiscord:
         if request.can_read_body:
             return await request.json(), []
         return {}, []
+
+    async def _get_member(self, request: web.Request, guild_id: str, user_id: str) -> web.Response:
+        user = self.users.get(int(user_id))
+        if int(guild_id) != self.guild_id or user is None or user.id in self.left:
+            return error(404, 10007, "Unknown Member")
+        return json_response(self._member_payload(user))
 
     async def _gateway_bot(self, request: web.Request) -> web.Response:
         return json_response(

@@ -224,6 +224,41 @@ async def test_results_go_to_dms_when_the_server_says_so(scripted: Stack) -> Non
     assert progress.via == "bot", "progress is edited in the channel where it was asked"
 
 
+async def test_buttons_under_portraits_sent_to_dms_keep_the_servers_styles_while_a_member(scripted: Stack) -> None:
+    fake = scripted.fake
+    admin = fake.user("ada", admin=True)
+    lea = await _trained_user(scripted, "lea")
+    await _reply(fake, await fake.slash(admin, "facechain-admin", fake.general, sub="results", where="direct"))
+    add = await fake.slash(admin, "facechain-admin", fake.general, sub="add", name="film_noir", prompt="noir photo")
+    assert (await _reply(fake, add)).content == texts.style_added("film_noir")
+    styles: list[str] = []
+    original = scripted.runner.generate
+
+    def spy(request, control):  # type: ignore[no-untyped-def]
+        styles.append(request.style.prompt)
+        return original(request, control)
+
+    scripted.runner.generate = spy  # type: ignore[method-assign]
+    await fake.slash(lea, "generate", fake.general, style="film_noir", count=1)
+    dm = fake.dm_channel(lea)
+
+    def portraits() -> list[Message]:
+        return [m for m in fake.channel_messages(dm) if m.files]
+
+    first = await fake.wait_for(lambda: next(iter(portraits()), None), 10.0, "portraits in the DM")
+    await fake.press(lea, first, texts.more_label())
+    making = await fake.wait_message(lea, dm, "portraits in film_noir")
+    assert not making.ephemeral
+    await fake.wait_for(lambda: len(portraits()) == 2, 20.0, "more portraits in the DM")
+    assert styles == ["noir photo", "noir photo"], "the server's own style, from its member's DM"
+
+    fake.left.add(lea.id)
+    await fake.press(lea, first, texts.more_label())
+    await fake.wait_message(lea, dm, 'I don\'t know the style "film_noir"')  # out of the server, out of its styles
+    assert len(styles) == 2
+    _answered_in_time(fake)
+
+
 async def test_results_for_a_member_with_closed_dms_are_posted_where_they_asked(scripted: Stack) -> None:
     fake = scripted.fake
     admin = fake.user("ada", admin=True)

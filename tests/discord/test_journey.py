@@ -90,7 +90,8 @@ async def test_first_time_journey_to_portraits(real: Stack) -> None:
     assert all(f.data[:3] == b"\xff\xd8\xff" for f in posted.files), "portraits are JPEG files"
     assert all(len(f.data) <= fake.upload_limit for f in posted.files)
     assert set(posted.labels()) == {texts.more_label(), texts.another_label()}
-    assert posted.custom_ids() == ["fc:more:watercolor", "fc:another:"]
+    # The server's buttons name it: pressed in a DM they still act for it (its styles and limits).
+    assert posted.custom_ids() == [f"fc:more:watercolor@{fake.guild_id}", f"fc:another:@{fake.guild_id}"]
     generating = next(m for m in fake.channel_messages(fake.general) if m.id == posted.reference)
     assert generating.content.startswith(texts.generate_done_edit()), "the portraits answer the progress message"
     assert "Steps: generation" in generating.content

@@ -138,6 +138,32 @@ async def test_results_for_members_go_to_their_private_chat_or_to_the_group_when
     assert len([m for m in alice.replies if m.photo]) == 2, "nothing more reached the closed chat"
 
 
+async def test_buttons_under_portraits_sent_privately_keep_the_groups_styles_and_limits(
+    bot: Harness, api: FakeBotApi, alice: TgUser
+) -> None:
+    ann = await _trained_in_a_group_whose_admin_says(bot, api, alice, "results direct", "sent to members privately")
+    ann.send_document(tiny_lora(), "noir.safetensors", None, caption="/admin addstyle noir black and white photo")
+    await ann.expect("Style noir added and switched on.")
+    ann.say("/admin quota user 2")
+    await ann.expect("Daily limit for each member: 2 portrait runs.")
+    await alice.in_chat(GROUP).generate("noir 1", "Making 1 portrait in noir")
+    results = await alice.wait_buttons(["More of this style", "Another style"])
+
+    alice.press("More of this style", results)
+    progress = await alice.expect("portraits in noir")
+    await alice.expect_edit(progress, "Done.", within=20)
+    noir = bot.gpu.requests[-1].style
+    assert noir.lora_key is not None and noir.lora_key.startswith("communities/"), "the group's own style"
+    alice.press("Another style", await alice.wait_buttons(["More of this style", "Another style"]))
+    await alice.expect("You've used your 2 portrait runs for today.")  # the group's limit for its members
+    asked = len(bot.gpu.requests)
+
+    api.set_member(GROUP, alice.user_id, "left")
+    alice.press("More of this style", results)
+    await alice.expect('I don\'t know the style "noir"')  # not a member any more: the group's styles are gone
+    assert len(bot.gpu.requests) == asked
+
+
 @pytest.mark.bot_settings(daily_generations=1)
 async def test_the_bots_daily_limit_counts_a_persons_runs_everywhere_a_groups_own_counts_there(
     bot: Harness, api: FakeBotApi, alice: TgUser

@@ -139,10 +139,13 @@ def test_origins_in_private_in_a_group_and_for_an_anonymous_admin() -> None:
     assert translate.sender_key(anonymous) == (str(GROUP["id"]), "Club")
 
 
-def test_button_data_round_trips() -> None:
-    button = Button("Business suit", "style", "business_suit")
-    cq = CallbackQuery.de_json({"id": "1", "from": ALICE, "chat_instance": "c", "data": button.data}, None)
-    assert cq is not None and translate.button_event(cq) == ButtonPressed("style", "business_suit")
+def test_button_data_round_trips_with_the_group_it_acts_for() -> None:
+    group = "-1001234567890"
+    for button, community in ((Button("Business suit", "style", "business_suit"), None),
+                              (Button("Another style", "another", "", group), group)):  # fmt: skip
+        cq = CallbackQuery.de_json({"id": "1", "from": ALICE, "chat_instance": "c", "data": button.data}, None)
+        assert cq is not None
+        assert translate.button_event(cq) == (ButtonPressed(button.action, button.value), community)
 
 
 # -------------------------------------------------------------------------------- sender helpers
