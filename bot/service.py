@@ -55,9 +55,11 @@ Downloader = Callable[[ev.OfferedFile], Awaitable[bytes]]
 class DownloadError(Exception):
     """An adapter could not fetch a file (too large for the platform, gone, network)."""
 
-    def __init__(self, reason: str = "download_failed") -> None:
+    def __init__(self, reason: str = "download_failed", *, limit: int | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
+        #: For "too_large": the size the platform hands over, where it is below the bot's own limit.
+        self.limit = limit
 
 
 @dataclass(frozen=True, slots=True)
@@ -539,7 +541,7 @@ class ConversationService:
             try:
                 data = await download(offered)
             except DownloadError as exc:
-                results.append(refused(exc.reason))
+                results.append(refused(exc.reason, limit=exc.limit))
                 continue
             if len(data) > self._limits.max_photo_bytes:
                 results.append(refused("too_large"))
@@ -729,7 +731,7 @@ class ConversationService:
                 data = await download(lora)
                 await asyncio.to_thread(validate_lora_file, data, self._limits.max_lora_bytes)
             except DownloadError as exc:
-                return ev.StyleAdded(name, exc.reason)
+                return ev.StyleAdded(name, exc.reason, exc.limit)
             except InvalidLoraFile as exc:
                 return ev.StyleAdded(name, str(exc.code))
             lora_key = community_style_key(community.id, f"{name}-{_token()}.safetensors")

@@ -82,6 +82,8 @@ class SavedPhoto:
     filename: str | None = None
     #: The file's place in the user's message (1-based; None: the order of the results).
     number: int | None = None
+    #: For "too_large": the platform's own download limit, where it is below the bot's.
+    limit: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +168,8 @@ class StyleAdded:
 
     name: str
     error: str | None = None
+    #: For "too_large": the platform's own download limit, where it is below the bot's.
+    limit: int | None = None
 
 
 Event = (

@@ -428,7 +428,7 @@ def _on_photos_saved(state: UserState, event: PhotosSaved, facts: Facts) -> Deci
     lines = [
         texts.rejection_line(
             texts.file_label(r.number or index, r.filename),
-            texts.reject_reason(r.reason or "", limits.max_photo_bytes),
+            texts.reject_reason(r.reason or "", min(r.limit or limits.max_photo_bytes, limits.max_photo_bytes)),
         )
         for index, r in enumerate(event.results, start=1)
         if not r.stored
@@ -652,7 +652,8 @@ def results_shown_instead(replies: Iterable[Reply], name: str) -> tuple[Reply, .
 def _on_style_added(state: UserState, event: StyleAdded, facts: Facts) -> Decision:
     if event.error is None:
         return _say(state, facts, texts.style_added(event.name), personal=True)
-    return _say(state, facts, texts.style_add_failed(event.name, event.error), personal=True)
+    limit = min(event.limit, facts.limits.max_lora_bytes) if event.limit else None
+    return _say(state, facts, texts.style_add_failed(event.name, event.error, limit), personal=True)
 
 
 # -------------------------------------------------------------------------------------------- admin

@@ -698,8 +698,11 @@ def style_added(name: str) -> str:
     return f"Style {name} added and switched on. Members can use it with /generate {name}."
 
 
-def style_add_failed(name: str, code: str) -> str:
+def style_add_failed(name: str, code: str, limit: int | None = None) -> str:
+    """``limit``: for "too_large", the size the chat platform hands over to bots."""
     reason = _STYLE_ERRORS.get(code, f"it was refused ({_echo(code)})")
+    if code == "too_large" and limit is not None:
+        reason = f"{reason} (the limit is {_megabytes(limit)})"
     return f"I couldn't add {_echo(name)}: {reason}."
 
 

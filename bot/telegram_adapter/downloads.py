@@ -24,20 +24,21 @@ def make_downloader(bot: Bot, limit: int | None = CLOUD_DOWNLOAD_LIMIT) -> Downl
     async def download(offered: OfferedFile) -> bytes:
         if limit is not None and offered.size is not None and offered.size > limit:
             # The server would refuse getFile anyway: save the round trip and say why.
-            raise DownloadError(BotRejectReason.TOO_LARGE.value)
+            raise DownloadError(BotRejectReason.TOO_LARGE.value, limit=limit)
         try:
             file = await with_retries(lambda: bot.get_file(offered.ref), "getFile")
             data = await with_retries(file.download_as_bytearray, "file download")
         except BadRequest as exc:
             if "too big" in exc.message.lower():
-                raise DownloadError(BotRejectReason.TOO_LARGE.value) from None
+                # Only a server with the cloud's limit says so (one in --local mode has none).
+                raise DownloadError(BotRejectReason.TOO_LARGE.value, limit=CLOUD_DOWNLOAD_LIMIT) from None
             log.info("getFile refused a file: %s", exc.message)
             raise DownloadError(BotRejectReason.DOWNLOAD_FAILED.value) from None
         except TelegramError as exc:
             log.warning("downloading a file failed: %s", type(exc).__name__)
             raise DownloadError(BotRejectReason.DOWNLOAD_FAILED.value) from None
         if limit is not None and len(data) > limit:
-            raise DownloadError(BotRejectReason.TOO_LARGE.value)
+            raise DownloadError(BotRejectReason.TOO_LARGE.value, limit=limit)
         return bytes(data)
 
     return download

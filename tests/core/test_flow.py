@@ -365,6 +365,23 @@ OK = ev.SavedPhoto("f", stored=True)
     nothing_stored=Row(
         COLLECTING, saved(ev.SavedPhoto("x", False, "not_an_image"), total=1), BASE, _C, (), "no new photos"
     ),
+    # The bot takes 50 MB, the platform hands over 20: the user hears the limit that refused the file.
+    too_large_for_the_platform=Row(
+        COLLECTING,
+        saved(ev.SavedPhoto("x", False, "too_large", limit=20 * 2**20), total=1),
+        replace(BASE, limits=Limits(max_photo_bytes=50 * 2**20)),
+        _C,
+        (),
+        "too large (the limit is 20 mb)",
+    ),
+    too_large_for_the_bot=Row(
+        COLLECTING,
+        saved(ev.SavedPhoto("x", False, "too_large", limit=20 * 2**20), total=1),
+        replace(BASE, limits=Limits(max_photo_bytes=10 * 2**20)),
+        _C,
+        (),
+        "too large (the limit is 10 mb)",
+    ),
 )
 def test_photos_saved(row: Row) -> None:
     check(row)
@@ -784,6 +801,16 @@ def test_portraits_come_with_more_and_another_buttons() -> None:
     assert [b.data for b in photos.buttons] == ["more:studio", "another:"]
 
 
+def test_a_communitys_style_buttons_name_it_for_a_press_in_a_private_chat() -> None:
+    outcome = generate_outcome(portraits=[Portrait(key="runs/g/1.png", seed=1)])
+    photos = next(r for r in decide(IDLE, ev.JobFinished(outcome), GROUP).replies if isinstance(r, Photos))
+    assert [b.data for b in photos.buttons] == ["more:studio@guild:1", "another:@guild:1"]
+    picker = decide(IDLE, ev.Command("generate"), GROUP)
+    assert {b.community for b in buttons_of(picker)} == {"guild:1"}
+    assert Button.parse("more:studio@guild:1") == ("more", "studio", "guild:1")
+    assert Button.parse("more:studio") == ("more", "studio", None), "buttons sent before this still work"
+
+
 # --------------------------------------------------------------------------------------------- admin
 def admin(*args: str, attachment: ev.OfferedFile | None = None) -> ev.Command:
     return ev.Command("admin", args, text=" ".join(args), attachment=attachment)
@@ -912,6 +939,9 @@ LORA = ev.OfferedFile("lora", 5_000_000, "application/octet-stream", "noir.safet
     style_refused=Row(IDLE, ev.StyleAdded("noir", "bad_tensor_names"), ADMIN_HERE, _I, (), "tensor names"),
     style_exists=Row(IDLE, ev.StyleAdded("studio", "exists_builtin"), ADMIN_HERE, _I, (), "built-in"),
     style_odd_code=Row(IDLE, ev.StyleAdded("noir", "weird"), ADMIN_HERE, _I, (), "refused (weird)"),
+    style_too_large_for_the_platform=Row(
+        IDLE, ev.StyleAdded("noir", "too_large", 20 * 2**20), ADMIN_HERE, _I, (), "too large (the limit is 20 mb)"
+    ),
 )
 def test_admin(row: Row) -> None:
     check(row)

@@ -204,7 +204,7 @@ async def test_the_cloud_limit_refuses_before_get_file() -> None:
     download = make_downloader(cast(Bot, NoCalls()), CLOUD_DOWNLOAD_LIMIT)
     with pytest.raises(DownloadError) as refused:
         await download(OfferedFile("big", CLOUD_DOWNLOAD_LIMIT + 1, "image/jpeg"))
-    assert refused.value.reason == "too_large"
+    assert (refused.value.reason, refused.value.limit) == ("too_large", CLOUD_DOWNLOAD_LIMIT)
 
 
 async def test_a_final_edit_for_a_run_whose_message_is_unknown_is_sent_as_a_message(
