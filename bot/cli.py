@@ -517,7 +517,8 @@ def _add_command(
         raise TypeError(f"{run.__name__} needs a docstring: it is the command's help")
     summary, _, details = doc.partition("\n\n")
     parser = sub.add_parser(name, help=summary[0].lower() + summary[1:].rstrip("."), description=details or None)
-    parser.set_defaults(func=run)
+    # Its own parser reports arguments it does not know (argparse's top-level parser would, unnamed).
+    parser.set_defaults(func=run, command_parser=parser)
     return parser
 
 
@@ -589,7 +590,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; operator errors end in one line on stderr and exit code 2."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        args.command_parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         with _explained():
             return int(args.func(args))

@@ -28,6 +28,15 @@ def test_generate_refuses_a_count_out_of_range(tmp_path: Path, redis_url: str, c
     assert not (tmp_path / "out").exists(), "nothing was started"
 
 
+@pytest.mark.parametrize("argv", [["models", "list", "--every"], ["train", "photos", "--name", "me", "--stepz", "5"]])
+def test_an_unknown_flag_is_named_with_the_command_whose_help_lists_the_right_ones(
+    tmp_path: Path, redis_url: str, argv: list[str]
+) -> None:
+    result = run_cli(argv, cli_environment(tmp_path, redis_url), tmp_path)
+    line = assert_one_line_exit_2(result, f"unrecognized arguments: {argv[-1] if argv[0] == 'models' else '--stepz 5'}")
+    assert line.startswith(f"facechain-bot {argv[0]}: ") and f"see facechain-bot {argv[0]} --help" in line
+
+
 #: What a setting that does not parse adds to the line naming it.
 INVALID = "invalid configuration"
 
