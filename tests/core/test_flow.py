@@ -317,6 +317,12 @@ def saved(*results: ev.SavedPhoto, total: int) -> ev.PhotosSaved:
 OK = ev.SavedPhoto("f", stored=True)
 
 
+def _too_large(bot_mb: int, says: str) -> Row:
+    """A file the platform would not hand over (20 MB at most), where the bot takes ``bot_mb``."""
+    refused = saved(ev.SavedPhoto("x", False, "too_large", limit=20 * 2**20), total=1)
+    return Row(COLLECTING, refused, replace(BASE, limits=Limits(max_photo_bytes=bot_mb * 2**20)), _C, (), says)
+
+
 @rows(
     count_and_rejections=Row(
         COLLECTING,
@@ -365,23 +371,9 @@ OK = ev.SavedPhoto("f", stored=True)
     nothing_stored=Row(
         COLLECTING, saved(ev.SavedPhoto("x", False, "not_an_image"), total=1), BASE, _C, (), "no new photos"
     ),
-    # The bot takes 50 MB, the platform hands over 20: the user hears the limit that refused the file.
-    too_large_for_the_platform=Row(
-        COLLECTING,
-        saved(ev.SavedPhoto("x", False, "too_large", limit=20 * 2**20), total=1),
-        replace(BASE, limits=Limits(max_photo_bytes=50 * 2**20)),
-        _C,
-        (),
-        "too large (the limit is 20 mb)",
-    ),
-    too_large_for_the_bot=Row(
-        COLLECTING,
-        saved(ev.SavedPhoto("x", False, "too_large", limit=20 * 2**20), total=1),
-        replace(BASE, limits=Limits(max_photo_bytes=10 * 2**20)),
-        _C,
-        (),
-        "too large (the limit is 10 mb)",
-    ),
+    # The platform hands over 20 MB: the user hears the lower of that and the bot's own limit.
+    too_large_for_the_platform=_too_large(bot_mb=50, says="too large (the limit is 20 mb)"),
+    too_large_for_the_bot=_too_large(bot_mb=10, says="too large (the limit is 10 mb)"),
 )
 def test_photos_saved(row: Row) -> None:
     check(row)
