@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from telegram import Bot, CallbackQuery, ChatMemberRestricted, Message, Update
 from telegram.constants import ChatMemberStatus
-from telegram.error import TelegramError
+from telegram.error import ChatMigrated, TelegramError
 
 from bot.core import texts
 from bot.core.events import Command, Event
@@ -140,7 +140,12 @@ class UpdateRouter:
         the presser is still a member of it; otherwise it is a press in the private chat alone."""
         try:
             chat_id = int(group)
-            member = await with_retries(lambda: self._bot.get_chat_member(chat_id, user_id), "getChatMember")
+            try:
+                member = await with_retries(lambda: self._bot.get_chat_member(chat_id, user_id), "getChatMember")
+            except ChatMigrated as moved:
+                # The group became a supergroup since the button was sent: its settings moved there.
+                group, chat_id = str(moved.new_chat_id), int(moved.new_chat_id)
+                member = await with_retries(lambda: self._bot.get_chat_member(chat_id, user_id), "getChatMember")
         except (ValueError, TelegramError) as exc:
             log.info("getChatMember failed for group %s (%s): the press acts for the private chat", group, exc)
             return origin

@@ -549,6 +549,11 @@ class FakeBotApi:
 
     async def _api_getChatMember(self, p: Params) -> JSON:
         chat_id, user_id = p.integer("chat_id"), p.integer("user_id")
+        if chat_id in self.migrated:
+            raise ApiError(
+                400, "Bad Request: group chat was upgraded to a supergroup chat",
+                migrate_to_chat_id=self.migrated[chat_id],
+            )  # fmt: skip
         if chat_id not in self.chats or user_id not in self.users:
             raise ApiError(400, "Bad Request: member not found")
         status = self.members.get((chat_id, user_id), "member")

@@ -138,6 +138,22 @@ async def test_results_for_members_go_to_their_private_chat_or_to_the_group_when
     assert len([m for m in alice.replies if m.photo]) == 2, "nothing more reached the closed chat"
 
 
+async def test_a_private_press_of_a_button_of_a_group_that_became_a_supergroup_acts_for_the_supergroup(
+    bot: Harness, api: FakeBotApi, alice: TgUser
+) -> None:
+    ann = await _trained_in_a_group_whose_admin_says(bot, api, alice, "results direct", "sent to members privately")
+    ann.say("/admin quota user 1")
+    await ann.expect("Daily limit for each member: 1 portrait run.")
+    await alice.in_chat(GROUP).generate("cyberpunk 1", "Making 1 portrait in cyberpunk")
+    results = await alice.wait_buttons(["More of this style", "Another style"])
+    api.migrate_group(GROUP, -100_900)
+    alice.in_chat(-100_900).say("/styles")  # the supergroup's first message from the bot's point of view
+    await alice.in_chat(-100_900).expect("Styles you can use")
+
+    alice.press("More of this style", results)
+    await alice.expect("You've used your 1 portrait run for today.")  # the group's limit, not the bot's
+
+
 async def test_buttons_under_portraits_sent_privately_keep_the_groups_styles_and_limits(
     bot: Harness, api: FakeBotApi, alice: TgUser
 ) -> None:
