@@ -497,7 +497,7 @@ class ConversationService:
                 community = await self._require_community(place)
                 removed = await repos.communities.remove_custom_style(community.id, name)
                 if removed is not None and removed.lora_key:
-                    await self._delete_blobs([removed.lora_key])
+                    await self._release_style_file(removed.lora_key)
             case fx.SetQuota(scope="user" | "group" as scope, limit=limit):
                 community = await self._require_community(place)
                 await repos.communities.set_quota(community.id, scope, limit)
@@ -740,7 +740,7 @@ class ConversationService:
             community.id, name, prompt, "", lora_key, FACECHAIN.style_weight, FACECHAIN.face_weight, user_id
         )
         if previous is not None and previous.lora_key and previous.lora_key != lora_key:
-            await self._delete_blobs([previous.lora_key])
+            await self._release_style_file(previous.lora_key)
         await self._repos.communities.set_style_enabled(community.id, name, True)
         return ev.StyleAdded(name, None)
 
@@ -776,6 +776,10 @@ class ConversationService:
                     run.id, run.user_id, portrait.key, portrait.seed, portrait.score, run.style or ""
                 )
             await self._repos.usage.increment(run.user_id, run.delivery.community_id, _charge_day(run))
+        style_file = _style_file(run)
+        if style_file is not None:
+            # Its style may have been removed or replaced while this run waited: the file may go now.
+            await self._release_style_file(style_file)
         return True
 
     async def _origin_of(self, run: Run) -> Origin:
@@ -815,9 +819,26 @@ class ConversationService:
         for run_id, message_id in sent.items():
             await self._repos.runs.set_progress_message(run_id, message_id)
 
+    async def _release_style_file(self, lora_key: str) -> None:
+        """Delete an admin's uploaded style file once neither a style nor a queued or running run uses it:
+        portraits asked for before the style was removed or replaced are still made with it."""
+        if await self._repos.communities.style_file_used(lora_key) or await self._repos.runs.active_using(lora_key):
+            return
+        await self._delete_blobs([lora_key])
+
     async def _delete_blobs(self, keys: Sequence[str]) -> None:
         for key in keys:
             await asyncio.to_thread(self._blobs.delete, key)
+
+
+def _style_file(run: Run) -> str | None:
+    """The uploaded style file a generation run loads (an admin's LoRA), if any."""
+    if run.kind is not RunKind.GENERATE or not run.request:
+        return None
+    try:
+        return jobs.GenerateRequest.model_validate_json(run.request).style.lora_key
+    except ValueError:
+        return None
 
 
 def _lock_of(locks: weakref.WeakValueDictionary[int, asyncio.Lock], key: int) -> asyncio.Lock:

@@ -203,6 +203,10 @@ class CommunitiesRepository(Repository):
             (community_id, name),
         )
 
+    async def style_file_used(self, lora_key: str) -> bool:
+        """Whether any community's style still uses the uploaded file ``lora_key``."""
+        return bool(await self._number("SELECT EXISTS (SELECT 1 FROM custom_styles WHERE lora_key = ?)", (lora_key,)))
+
     async def custom_styles(self, community_id: int) -> list[CustomStyle]:
         """The community's own styles, by name."""
         return await self._list(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import sqlite3
 from collections.abc import Sequence
@@ -186,6 +187,11 @@ class RunsRepository(Repository):
             f"SELECT * FROM runs WHERE user_id = ? AND {_IN_ACTIVE} ORDER BY created_at, rowid",
             (user_id, *_ACTIVE),
         )
+
+    async def active_using(self, blob_key: str) -> bool:
+        """Whether a queued or running run's request names ``blob_key`` (a style file it will load)."""
+        sql = f"SELECT EXISTS (SELECT 1 FROM runs WHERE {_IN_ACTIVE} AND instr(request, ?) > 0)"
+        return bool(await self._number(sql, (*_ACTIVE, json.dumps(blob_key))))
 
     async def active_all(self) -> list[Run]:
         """Every queued and running run, oldest first (to resume watching them after a restart)."""

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from storage.errors import Conflict, NotFound
@@ -157,3 +159,13 @@ async def test_active_runs_and_queue_positions(repos: Repositories, clock: FakeC
     assert await repos.runs.queue_position("b_gen_00001") is None
     assert await repos.runs.queue_position("a_gen_00002") is None
     assert await repos.runs.queue_position("missing_1") is None
+
+
+async def test_a_style_file_is_in_use_while_a_run_that_loads_it_is_active(repos: Repositories) -> None:
+    ada = await repos.users.get_or_create(Platform.TELEGRAM, "1")
+    file = "communities/1/styles/noir-a1.safetensors"
+    await repos.runs.create("g_noir_0001", ada.id, RunKind.GENERATE, TG, request=json.dumps({"lora_key": file}))
+    assert await repos.runs.active_using(file)
+    assert not await repos.runs.active_using("communities/1/styles/noir-a"), "a key that only starts the same"
+    await repos.runs.finish("g_noir_0001", RunStatus.DONE)
+    assert not await repos.runs.active_using(file), "an ended run loads nothing any more"

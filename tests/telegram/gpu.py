@@ -80,6 +80,10 @@ class ScriptedGpu(NothingInBackground):
         self.requests.append(request)
         control.report(jobs.Stage.GENERATING, 0.5, "")
         self._wait(self.hold_generate, control, f"generate:{request.run_id}")
+        style_file = request.style.lora_key
+        if style_file is not None and not self.blobs.exists(style_file):
+            # As the real stages: an admin's style file that is gone is a missing model.
+            return jobs.GenerateOutcome(run_id=request.run_id, error=jobs.ErrorCode.MODEL_MISSING)
         portraits = []
         for i in range(request.count):
             key = f"{jobs.run_prefix(request.run_id)}/portrait_{i}.jpg"

@@ -7,6 +7,7 @@ import threading
 
 import pytest
 
+from pipeline.jobs import GenerateRequest
 from storage.blobs import LocalBlobStore
 from tests.telegram.conftest import Harness
 from tests.telegram.fake_bot_api import ANONYMOUS_ADMIN_ID, FakeBotApi
@@ -92,6 +93,36 @@ async def test_an_admin_adds_a_style_with_a_lora_file(bot: Harness, api: FakeBot
     assert (noir.name, noir.prompt, noir.lora) == ("noir", "black and white photo, dramatic light", None)
     assert noir.lora_key is not None and noir.lora_key.startswith("communities/")
     assert LocalBlobStore(bot.settings.blob_dir).get_bytes(noir.lora_key) == tiny_lora()
+
+
+async def test_a_style_replaced_while_a_member_waits_still_makes_their_portraits(
+    bot: Harness, api: FakeBotApi, alice: TgUser
+) -> None:
+    ann = await _trained_in_a_group_whose_admin_says(bot, api, alice, "quota user 5", "Daily limit for each member: 5")
+    ann.send_document(tiny_lora(), "noir.safetensors", None, caption="/admin addstyle noir black and white photo")
+    await ann.expect("Style noir added and switched on.")
+    gpu = bot.gpu
+    assert isinstance(gpu, ScriptedGpu)
+    gpu.hold_generate = threading.Event()
+    group_alice = alice.in_chat(GROUP)
+    group_alice.say("/generate noir 1")
+    await group_alice.expect("Making 1 portrait in noir")
+    asked = await api.wait_for(lambda: next((r for r in gpu.requests if isinstance(r, GenerateRequest)), None))
+    old_file = asked.style.lora_key
+    assert old_file is not None
+
+    ann.say("/admin removestyle noir")
+    await ann.expect("Style noir removed.")
+    ann.send_document(tiny_lora(), "noir-v2.safetensors", None, caption="/admin addstyle noir a better noir")
+    await ann.expect("Style noir added and switched on.")
+    blobs = LocalBlobStore(bot.settings.blob_dir)
+    assert blobs.exists(old_file), "kept while Alice's portraits wait for it"
+    gpu.release()
+
+    portraits = await group_alice.expect("noir ·")
+    assert portraits.photo, "made with the style as it was when she asked"
+    await api.wait_for(lambda: not blobs.exists(old_file))  # then nothing uses the old file
+    assert len(blobs.list("communities/")) == 1, "the new file stays"
 
 
 async def test_commands_for_another_bot_are_ignored(bot: Harness, api: FakeBotApi, alice: TgUser) -> None:
