@@ -86,7 +86,7 @@ _MAX_LABEL = 40
 #: Highest daily quota an admin may set; beyond it "off" says what they mean.
 _MAX_QUOTA = 10_000
 _STYLE_NAME = re.compile(r"^[a-z0-9_-]{1,32}$")
-_INTEGER = re.compile(r"^[+-]?\d{1,6}$")
+_INTEGER = re.compile(r"^[+-]?\d+$")
 #: A platform's "I don't know the type" is no evidence against an image.
 _GENERIC_MIME = frozenset({"application/octet-stream", "binary/octet-stream"})
 
@@ -279,7 +279,7 @@ def _train(state: UserState, event: Command, facts: Facts) -> Decision:
     return _say(
         UserState(mode=Mode.COLLECTING),
         facts,
-        texts.train_tips(limits.min_photos, limits.max_photos),
+        texts.train_tips(limits.min_photos, limits.max_photos, has_model=facts.has_ready_model),
         effects=(StartCollecting(),),
     )
 
@@ -287,7 +287,7 @@ def _train(state: UserState, event: Command, facts: Facts) -> Decision:
 def _done(state: UserState, event: Command, facts: Facts) -> Decision:
     limits = facts.limits
     if not facts.private:
-        return _say(state, facts, texts.train_in_private(), personal=True)
+        return _say(state, facts, texts.train_in_private("done"), personal=True)
     if state.mode is Mode.ASKING_SUBJECT:
         return _ask_subject(state, facts)
     if state.mode is Mode.COLLECTING:
@@ -322,6 +322,7 @@ def _with_previews(decision: Decision, styles: Iterable[StyleInfo]) -> Decision:
 def _status(state: UserState, event: Command, facts: Facts) -> Decision:
     text = texts.status(
         facts.model,
+        facts.has_ready_model,
         facts.active_runs,
         collecting=facts.photo_count if state.mode is Mode.COLLECTING else None,
         choosing_subject=state.mode is Mode.ASKING_SUBJECT,
@@ -341,6 +342,8 @@ def _cancel(state: UserState, event: Command, facts: Facts) -> Decision:
     match state.mode:
         case Mode.CONFIRMING_FORGET:
             return _say(UserState(mode=state.resume), facts, texts.forget_declined(), personal=True)
+        case Mode.COLLECTING if state.kept_after_cancel:
+            return _say(UserState(mode=Mode.COLLECTING), facts, texts.kept_photos_cancel_again(facts.photo_count))
         case Mode.COLLECTING:
             text = texts.discarded(facts.photo_count, runs_still_active=bool(facts.active_runs))
             return _say(UserState(), facts, text, effects=(DiscardPhotos(),))
@@ -393,7 +396,7 @@ def _collect(state: UserState, event: PhotosOffered, facts: Facts, *, already: i
             refused.append(texts.rejection_line(label, texts.reject_reason(reason, limits.max_photo_bytes)))
     if new_set and not accepted:
         # Nothing to keep: don't open a set for files that can't be used.
-        text = texts.files_refused(refused, 0, 0, limits.min_photos, limits.max_photos)
+        text = texts.files_refused(refused, 0, None, limits.min_photos, limits.max_photos)
         return _say(state, facts, text)
     effects: tuple[Effect, ...] = (StartCollecting(),) if new_set else ()
     if accepted:
@@ -521,7 +524,9 @@ def _request_portraits(state: UserState, facts: Facts, args: tuple[str, ...]) ->
     style = _find_style(facts.styles, wanted)
     count_text: str | None = None
     if style is None and len(args) > 1:
-        wanted, count_text = " ".join(args[:-1]), args[-1]
+        # The count after the style, or before it ("/generate 3 watercolor").
+        count_first = _INTEGER.match(args[0]) is not None and _INTEGER.match(args[-1]) is None
+        wanted, count_text = (" ".join(args[1:]), args[0]) if count_first else (" ".join(args[:-1]), args[-1])
         style = _find_style(facts.styles, wanted)
     if style is None:
         if _find_style(facts.all_styles, wanted) is not None:
@@ -592,7 +597,8 @@ def _train_finished(state: UserState, outcome: TrainOutcome, facts: Facts) -> De
     stopped = EditProgress(outcome.run_id, texts.train_failed_edit(), final=True)
     if outcome.error is ErrorCode.CANCELLED:
         cancelled = _text(facts, texts.train_cancelled())
-        return Decision(_goto(state, Mode.COLLECTING), (stopped, cancelled), (ReopenSet(()),))
+        kept = replace(_goto(state, Mode.COLLECTING), kept_after_cancel=True)
+        return Decision(kept, (stopped, cancelled), (ReopenSet(()),))
     if outcome.error in (ErrorCode.TOO_FEW_PHOTOS, ErrorCode.NO_FACE):
         numbers = {key: n for n, key in enumerate(facts.photo_keys, start=1)}
         lines = [

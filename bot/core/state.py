@@ -29,18 +29,22 @@ class UserState:
     mode: Mode = Mode.IDLE
     #: The mode to return to when a /forget confirmation is declined.
     resume: Mode = Mode.IDLE
+    #: The photo set was kept when its training was cancelled: a /cancel sent right after (before the
+    #: user read that) must not throw it away unasked.
+    kept_after_cancel: bool = False
 
     def to_json(self) -> dict[str, Any]:
-        return {"mode": self.mode.value, "resume": self.resume.value}
+        return {"mode": self.mode.value, "resume": self.resume.value, "kept_after_cancel": self.kept_after_cancel}
 
     @classmethod
     def from_json(cls, data: dict[str, Any] | None) -> UserState:
         if not data:
             return cls()
         try:
-            return cls(mode=Mode(data.get("mode", "idle")), resume=Mode(data.get("resume", "idle")))
+            mode, resume = Mode(data.get("mode", "idle")), Mode(data.get("resume", "idle"))
         except ValueError:
             return cls()
+        return cls(mode=mode, resume=resume, kept_after_cancel=data.get("kept_after_cancel") is True)
 
 
 class ModelState(StrEnum):

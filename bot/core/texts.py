@@ -62,6 +62,18 @@ _MODEL_STATES: dict[ModelState, str] = {
     ModelState.FAILED: "the last training failed (send /train to try again)",
 }
 
+_NEWER_MODEL: dict[ModelState, str] = {
+    ModelState.TRAINING: "; a new one is training",
+    ModelState.FAILED: "; training a new one failed (send /train to try again)",
+}
+
+
+def _model_line(model: ModelState, has_ready_model: bool) -> str:
+    if not has_ready_model or model is ModelState.READY:
+        return _MODEL_STATES[model]
+    return _MODEL_STATES[ModelState.READY] + _NEWER_MODEL.get(model, "")
+
+
 _STAGES: dict[Stage, str] = {
     Stage.QUEUED: "Waiting",
     Stage.PREPARING: "Preparing your photos",
@@ -141,8 +153,9 @@ def idle_hint(has_model: bool) -> str:
 
 
 # --------------------------------------------------------------------------------- collecting photos
-def train_in_private() -> str:
-    return "Photos are collected in a private chat: message me directly and send /train there."
+def train_in_private(command: str = "train") -> str:
+    """/train or /done in a group: the photo set lives in the private chat."""
+    return f"Photos are collected in a private chat: message me directly and send /{command} there."
 
 
 def photos_in_private() -> str:
@@ -160,10 +173,11 @@ def photos_while_training() -> str:
     )
 
 
-def train_tips(min_photos: int, max_photos: int) -> str:
-    """/train accepted: how to take photos that train well."""
+def train_tips(min_photos: int, max_photos: int, *, has_model: bool = False) -> str:
+    """/train accepted: how to take photos that train well (``has_model``: training again)."""
     return _lines(
         f"Great! Send me {min_photos} to {max_photos} photos of your face.",
+        "Your current face model stays in use until the new one is ready." if has_model else "",
         "Tips: good light, only you in the picture, no sunglasses, different angles and expressions.",
         "For the best quality send them as files (they arrive uncompressed). Albums are fine.",
         "Send /done when you're finished, or /cancel to stop.",
@@ -203,10 +217,16 @@ def next_step(count: int, min_photos: int, max_photos: int) -> str:
     return f"Send {min_photos - count} more (I need at least {min_photos})."
 
 
-def files_refused(lines: Sequence[str], saving: int, count: int, min_photos: int, max_photos: int) -> str:
-    """Files refused before download; ``saving`` others of the same message are being stored."""
+def files_refused(lines: Sequence[str], saving: int, count: int | None, min_photos: int, max_photos: int) -> str:
+    """Files refused before download; ``saving`` others of the same message are being stored; ``count``:
+    the photos of the open set (None: no set was open, and none was opened for these files)."""
     head = "I can't use this file:" if len(lines) == 1 else f"I can't use {len(lines)} of these files:"
-    tail = "Saving the rest…" if saving else next_step(count, min_photos, max_photos)
+    if saving:
+        tail = "Saving the rest…"
+    elif count is None:
+        tail = "I only take photos (JPEG, PNG or WebP) of your face, to train a face model: /train starts."
+    else:
+        tail = next_step(count, min_photos, max_photos)
     return _lines(head, *lines, tail)
 
 
@@ -242,6 +262,14 @@ def discarded(count: int, runs_still_active: bool) -> str:
     if count == 0:
         return f"Okay, I stopped collecting photos.{more}"
     return f"Okay, I threw away the {_plural(count, 'photo')} of this set.{more}"
+
+
+def kept_photos_cancel_again(count: int) -> str:
+    """/cancel just after a training was cancelled (the set was kept): nothing is thrown away unasked."""
+    return (
+        f"Your photo set ({_plural(count, 'photo')}) is still kept: only the training was cancelled. "
+        "Send /cancel again to throw it away, or /done to train on it."
+    )
 
 
 def photo_set_is_private(count: int) -> str:
@@ -373,11 +401,7 @@ def train_failed_edit() -> str:
 
 
 def model_ready(has_styles: bool) -> str:
-    pick = (
-        "Pick a style to make your first portraits, or send /generate."
-        if has_styles
-        else ("Send /generate to make portraits.")
-    )
+    pick = "Pick a style to make portraits, or send /generate." if has_styles else ("Send /generate to make portraits.")
     return f"Your face model is ready! {pick}"
 
 
@@ -590,6 +614,7 @@ def run_line(run: RunInfo) -> str:
 
 def status(
     model: ModelState,
+    has_ready_model: bool,
     runs: Sequence[RunInfo],
     collecting: int | None,
     choosing_subject: bool,
@@ -597,9 +622,10 @@ def status(
     used_today: int,
     quota: int | None,
 ) -> str:
-    """/status: the model, active runs, an open set, today's usage."""
+    """/status: the model, active runs, an open set, today's usage. ``model`` is the latest training's
+    state; ``has_ready_model``: an earlier model is still there to use (a new one trains or failed)."""
     return _lines(
-        f"Face model: {_MODEL_STATES[model]}",
+        f"Face model: {_model_line(model, has_ready_model)}",
         *(run_line(r) for r in runs),
         f"Photo set: {collecting} of {max_photos} (send more, or /done)" if collecting is not None else "",
         "Waiting for you to say who is in the photos." if choosing_subject else "",

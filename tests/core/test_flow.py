@@ -283,6 +283,10 @@ TELEGRAM_PHOTO = ev.OfferedFile("tg", 90_000, None, None, compressed=True)
         COLLECTING, ev.PhotosOffered((PDF,)), BASE, _C, (), "photo 1 (cv.pdf): not a jpeg, png or webp"
     ),
     all_refused_opens_no_set=Row(IDLE, ev.PhotosOffered((HEIC,)), NO_MODEL, _I, (), "send it as a photo"),
+    # A video while no set is open: no "send 3 more" for a set that was never opened.
+    a_video_while_idle_says_what_is_taken=Row(
+        IDLE, ev.PhotosOffered((PDF,)), BASE, _I, (), "i only take photos", not_says="more"
+    ),
     set_fills_up=Row(
         COLLECTING,
         ev.PhotosOffered((jpeg("a"), jpeg("b"), jpeg("c"))),
@@ -436,6 +440,10 @@ def test_photos_saved(row: Row) -> None:
         (fx.DiscardPhotos(),),
         "running jobs continue",
     ),
+    # A double /cancel during training: the second comes before the user read that the photos are kept.
+    cancel_right_after_a_cancelled_training_keeps_the_set=Row(
+        UserState(Mode.COLLECTING, kept_after_cancel=True), ev.Command("cancel"), BASE, _C, (), "send /cancel again"
+    ),
     runs_cancelled=Row(IDLE, ev.RunsCancelled((RUN, GEN)), BASE, _I, (), "cancelling 2 jobs", replies=3),
     # Members of a community asked at the same moment: the service found the limit used up when creating.
     community_quota_reached_late=Row(
@@ -470,6 +478,19 @@ def test_photos_saved(row: Row) -> None:
         "training: running, 45%\nportraits (studio): waiting, number 3 in line",
     ),
     status_quota=Row(IDLE, ev.Command("status"), replace(BASE, user_quota=5, generations_today=2), _I, (), "2 of 5"),
+    # Training again: the model made before stays usable whatever becomes of the new one.
+    status_while_a_new_model_trains=Row(
+        IDLE, ev.Command("status"), replace(BASE, model=ModelState.TRAINING), _I, (), "ready (send /generate); a new"
+    ),
+    status_after_a_new_model_failed=Row(
+        IDLE, ev.Command("status"), replace(BASE, model=ModelState.FAILED), _I, (), "ready (send /generate); training"
+    ),
+    status_after_a_new_model_was_cancelled=Row(
+        IDLE, ev.Command("status"), replace(BASE, model=ModelState.NONE), _I, (), "face model: ready", not_says="none"
+    ),
+    status_of_a_first_failed_training=Row(
+        IDLE, ev.Command("status"), replace(NO_MODEL, model=ModelState.FAILED), _I, (), "the last training failed"
+    ),
     styles_hint_for_admins=Row(IDLE, ev.Command("styles"), ADMIN_HERE, _I, (), "/admin styles"),
     styles_no_hint_for_members=Row(IDLE, ev.Command("styles"), GROUP, _I, (), "suit and tie", not_says="/admin"),
     text_while_collecting=Row(COLLECTING, ev.TextMessage("hi"), BASE, _C, (), "5 of 10 so far"),
@@ -507,6 +528,18 @@ def test_subject_buttons_offer_every_subject() -> None:
     no_style_asks=Row(IDLE, ev.Command("generate"), BASE, _I, (), "pick a style"),
     count_only_asks_and_says_so=Row(IDLE, ev.Command("generate", ("2",)), BASE, _I, (), "the buttons make 4; for 2"),
     count_only_out_of_range=Row(IDLE, ev.Command("generate", ("7",)), BASE, _I, (), "from 1 to 4"),
+    count_only_huge=Row(IDLE, ev.Command("generate", ("1000000",)), BASE, _I, (), "from 1 to 4"),
+    count_before_style=Row(
+        IDLE,
+        ev.Command("generate", ("3", "business", "suit")),
+        BASE,
+        _I,
+        (fx.StartGeneration("business_suit", 3),),
+        None,
+    ),
+    count_at_the_limit=Row(
+        IDLE, ev.Command("generate", ("studio", "4")), BASE, _I, (fx.StartGeneration("studio", 4),), None
+    ),
     disabled_style=Row(IDLE, ev.Command("generate", ("vintage",)), BASE, _I, (), "switched off here"),
     unknown_style_lists_enabled=Row(
         IDLE,
@@ -1223,3 +1256,11 @@ def test_at_most_ten_pictures_go_with_a_list() -> None:
     many = tuple(StyleInfo(f"s{i}", preview=f"styles/previews/s{i}.jpg") for i in range(12))
     pictures = decide(IDLE, ev.Command("styles"), replace(BASE, styles=many, all_styles=many)).replies[-1]
     assert isinstance(pictures, Photos) and pictures.keys == tuple(f"styles/previews/s{i}.jpg" for i in range(10))
+
+
+def test_a_cancelled_training_keeps_the_set_against_one_more_cancel_then_the_next_throws_it_away() -> None:
+    kept = decide(IDLE, ev.JobFinished(train_outcome(error=ErrorCode.CANCELLED)), BASE).state
+    assert UserState.from_json(json.loads(json.dumps(kept.to_json()))) == kept, "stored between events"
+    asked = decide(kept, ev.Command("cancel"), BASE)
+    assert asked.effects == () and asked.state == COLLECTING
+    assert decide(asked.state, ev.Command("cancel"), BASE).effects == (fx.DiscardPhotos(),)
