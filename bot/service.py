@@ -185,6 +185,14 @@ class ConversationService:
         enabled, known = self._available_styles(await self._community(_Place(origin)))
         return known if every else enabled
 
+    async def training_now(self, origin: Origin) -> bool:
+        """Whether the sender's face model is training now: an adapter that would open a photo upload
+        window (Discord's /train) lets the core answer instead."""
+        user = await self._repos.users.find(origin.platform, origin.user_id)
+        if user is None:
+            return False
+        return any(run.kind is RunKind.TRAIN for run in await self._repos.runs.active(user.id))
+
     async def cancel_run(self, origin: Origin, run_id: str) -> bool:
         """Stop one of the sender's runs that nothing could be shown of where it was asked (an adapter
         found the channel closed to the bot, and tells the user itself). False when the run is not

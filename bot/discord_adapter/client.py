@@ -211,6 +211,12 @@ class FacechainClient(discord.Client):
             return False
         return True
 
+    async def training_now(self, interaction: discord.Interaction[Any]) -> bool:
+        """Whether the user's face model is training now (no upload window is opened then)."""
+        if self.service is None:
+            return False
+        return await self.service.training_now(origin_of_interaction(interaction))
+
     async def styles_here(self, interaction: discord.Interaction[Any], *, every: bool) -> tuple[StyleInfo, ...]:
         """The styles enabled where the interaction happens (for autocomplete)."""
         if self.service is None:

@@ -49,6 +49,10 @@ class InteractionRunner(Protocol):
         """The styles enabled where the interaction happens (or every style known there)."""
         ...
 
+    async def training_now(self, interaction: discord.Interaction[Any]) -> bool:
+        """Whether the user's face model is training now."""
+        ...
+
     def downloader(self, attachments: list[discord.Attachment], limit: int) -> Downloader:
         """A downloader for these attachments that refuses files over ``limit`` bytes before fetching."""
         ...
@@ -158,9 +162,11 @@ def register_commands(
 
     @app_commands.command(**_named("train"))
     async def train(interaction: discord.Interaction[Any]) -> None:
-        if interaction.guild_id is None:
+        if interaction.guild_id is None and not await runner.training_now(interaction):
             await interaction.response.send_modal(upload)
         else:
+            # In a server, or while a model trains: the core's answer, no upload window for photos
+            # it would refuse.
             await runner.run_interaction(interaction, [_command("train")])
 
     @app_commands.command(**_named("generate"))

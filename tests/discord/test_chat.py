@@ -190,6 +190,19 @@ async def test_photos_chosen_in_the_upload_window_arrive_after_a_restart(scripte
     _answered_in_time(fake)
 
 
+async def test_train_while_a_model_trains_says_so_instead_of_opening_the_upload_window(scripted: Stack) -> None:
+    fake = scripted.fake
+    ann = fake.user("ann")
+    await scripted.stop_worker()  # the training stays queued
+    await scripted.ask_to_train_in_dm(ann, [fake.upload(f"p{i}.jpg", jpeg(i), "image/jpeg") for i in range(3)])
+    await fake.wait_message(ann, fake.dm_channel(ann), "Training queued")
+
+    again = await fake.slash(ann, "train")
+    answer = await _reply(fake, again)
+    assert answer.content == texts.training_in_progress() and again.modal is None, "no window for refused photos"
+    _answered_in_time(fake)
+
+
 async def test_an_upload_window_never_hands_on_photos_of_another_member(scripted: Stack) -> None:
     """One upload window serves every member: a submission without its file field offers nothing, not
     the files the previous member sent."""
