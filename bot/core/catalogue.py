@@ -39,6 +39,9 @@ class CommandSpec:
     listed: bool = True
     #: The Discord name where it differs (Discord's admin subcommands read better without "style").
     discord_name: str | None = None
+    #: Sent with photos (a caption), it runs before them: it opens the set they join. Any other
+    #: command runs after them (``/done`` then counts them).
+    before_files: bool = False
 
     @property
     def usage(self) -> str:
@@ -56,8 +59,8 @@ class CommandSpec:
 
 
 COMMANDS: tuple[CommandSpec, ...] = (
-    CommandSpec("start", "what this bot does and how to begin", listed=False),
-    CommandSpec("train", "start a new set of photos (in a private chat)"),
+    CommandSpec("start", "what this bot does and how to begin", listed=False, before_files=True),
+    CommandSpec("train", "start a new set of photos (in a private chat)", before_files=True),
     CommandSpec("done", "finish the set and start training"),
     CommandSpec(
         "generate",
@@ -120,6 +123,11 @@ def help_line(command: CommandSpec, parent: CommandSpec | None = None) -> str:
 def listed() -> tuple[CommandSpec, ...]:
     """The commands /help and Telegram's menu show, in order."""
     return tuple(c for c in COMMANDS if c.listed)
+
+
+def runs_before_files(name: str) -> bool:
+    """Whether command ``name``, sent with photos, runs before they are offered (see ``before_files``)."""
+    return any(c.name == name and c.before_files for c in COMMANDS)
 
 
 def admin_command(name: str) -> CommandSpec | None:

@@ -24,6 +24,7 @@ from discord import app_commands
 
 from bot.chat_progress import EDIT_INTERVAL_S
 from bot.config import BotSettings
+from bot.core import catalogue
 from bot.core.events import ButtonPressed, Event, OfferedFile, PhotosOffered, TextMessage
 from bot.core.replies import Reply
 from bot.core.state import StyleInfo
@@ -39,6 +40,8 @@ from bot.service import ConversationService, Downloader, DownloadError
 from storage.blobs import BlobStore
 
 log = logging.getLogger("facechain.discord")
+#: Messages a user wrote (not a pin, a call or another system message of the DM).
+_USER_MESSAGES = frozenset({discord.MessageType.default, discord.MessageType.reply})
 
 
 def intents() -> discord.Intents:
@@ -139,18 +142,26 @@ class FacechainClient(discord.Client):
         """A DM to the bot: photos, a typed command, or text. Server messages never arrive (no intent)."""
         if message.guild is not None or message.author.bot or self.service is None:
             return
-        event: Event
+        events: list[Event]
         download: Downloader | None = None
+        command = command_from_text(message.content)
         if message.attachments:
-            event = PhotosOffered(tuple(offered_file(a) for a in message.attachments))
+            # Photos with a command typed beside them: both, in the order the command needs.
+            events = [PhotosOffered(tuple(offered_file(a) for a in message.attachments))]
             download = self.downloader(list(message.attachments), self.limits.max_photo_bytes)
-        elif (command := command_from_text(message.content)) is not None:
-            event = command
-        elif message.content.strip():
-            event = TextMessage(message.content)
+            if command is not None:
+                events = [command, *events] if catalogue.runs_before_files(command.name) else [*events, command]
+        elif command is not None:
+            events = [command]
+        elif message.type in _USER_MESSAGES:
+            # Text, or a sticker or voice message with none: answered with a hint of what the bot takes.
+            events = [TextMessage(message.content)]
         else:
             return
-        replies = await self.service.handle(origin_of_message(message), event, download)
+        origin = origin_of_message(message)
+        replies: list[Reply] = []
+        for event in events:
+            replies.extend(await self.service.handle(origin, event, download))
         await self._show_in_channel(message.channel.id, replies)
 
     async def button_pressed(

@@ -22,8 +22,6 @@ from bot.service import Origin
 from storage.models import Platform
 
 _COMMAND = re.compile(r"^/(?P<name>[A-Za-z0-9_]{1,32})(?:@(?P<bot>[A-Za-z0-9_]{1,64}))?(?=\s|$)")
-#: Commands that open something: captioning a file, they run before it (the photo joins the new set).
-_BEFORE_FILES = frozenset({"start", "train"})
 
 
 def is_private(chat: Chat) -> bool:
@@ -79,6 +77,13 @@ def parse_command(text: str, bot_username: str | None) -> Command | None:
     return Command(name=match.group("name").lower(), args=tuple(rest.split()), text=rest)
 
 
+def _user_content(message: Message) -> bool:
+    """The message carries something a user sent that the bot has no use for."""
+    kinds = (message.sticker, message.voice, message.audio, message.location, message.venue, message.contact,
+             message.poll, message.dice, message.game, message.story)  # fmt: skip
+    return any(kind is not None for kind in kinds)
+
+
 def offered_file(message: Message) -> OfferedFile | None:
     """The file a message carries, described before any download; None when it carries none."""
     if message.document is not None:
@@ -95,6 +100,9 @@ def offered_file(message: Message) -> OfferedFile | None:
     if message.animation is not None:
         anim = message.animation
         return OfferedFile(ref=anim.file_id, size=anim.file_size, mime=anim.mime_type or "video/mp4")
+    if message.video_note is not None:
+        note = message.video_note
+        return OfferedFile(ref=note.file_id, size=note.file_size, mime="video/mp4")
     return None
 
 
@@ -103,7 +111,9 @@ def message_events(message: Message, bot_username: str | None) -> list[Event]:
     if offered_file(message) is not None:
         return file_events([message], bot_username)
     if message.text is None:
-        return []
+        # A sticker, voice message, location...: what the user sent is answered like text (a hint of
+        # what the bot takes), not with silence. Service messages (a pin, a member joining) are not.
+        return [TextMessage("")] if _user_content(message) else []
     if message.text.startswith("/"):
         command = parse_command(message.text, bot_username)
         return [] if command is None else [command]
@@ -131,7 +141,7 @@ def file_events(messages: Iterable[Message], bot_username: str | None) -> list[E
             continue
         files.append(attached)
         if command is not None:
-            (before if command.name in _BEFORE_FILES else after).append(command)
+            (before if catalogue.runs_before_files(command.name) else after).append(command)
     offered: list[Event] = [PhotosOffered(files=tuple(files))] if files else []
     return [*before, *offered, *after]
 

@@ -396,6 +396,25 @@ async def test_the_bot_asks_for_no_privileged_intent_and_reads_dm_commands(scrip
     await fake.wait_message(tom, fake.dm_channel(tom), "Face model:")
 
 
+async def test_photos_with_done_typed_beside_them_are_saved_then_done_asks_who_it_is(scripted: Stack) -> None:
+    fake = scripted.fake
+    ann = fake.user("ann")
+    dm = fake.dm_channel(ann)
+    await fake.dm(ann, content="/train")
+    await fake.wait_message(ann, dm, "Send me")
+    await fake.dm(ann, content="/done", files=[fake.upload(f"p{i}.jpg", jpeg(i), "image/jpeg") for i in range(3)])
+    await fake.wait_message(ann, dm, "Got 3 photos")
+    question = await fake.wait_message(ann, dm, "Who is in these photos?")
+    assert question.components, "the subject buttons: /done ran after the photos were counted"
+
+
+async def test_a_sticker_in_a_dm_gets_a_hint(scripted: Stack) -> None:
+    fake = scripted.fake
+    una = fake.user("una")
+    await fake.dm(una, content="")  # a sticker: no text, no attachment
+    await fake.wait_message(una, fake.dm_channel(una), texts.idle_hint(has_model=False))
+
+
 async def test_the_configured_endpoints_leave_discord_py_untouched(scripted: Stack) -> None:
     """The fake's addresses are this client's own: discord.py's class attributes still name Discord,
     so another client in the process would reach Discord itself."""

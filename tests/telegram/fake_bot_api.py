@@ -305,6 +305,13 @@ class FakeBotApi:
             extra["caption"] = caption
         return self._push_message(chat_id, user_id, extra)
 
+    def push_sticker(self, chat_id: int, user_id: int) -> ChatMessage:
+        """A sticker: no text, no file the bot could use."""
+        sticker = {"file_id": self.add_file(b"RIFF sticker", suffix="webp"), "type": "regular", "width": 512,
+                   "height": 512, "is_animated": False, "is_video": False}  # fmt: skip
+        sticker["file_unique_id"] = f"u{sticker['file_id']}"
+        return self._push_message(chat_id, user_id, {"sticker": sticker})
+
     def push_document(
         self,
         chat_id: int,

@@ -75,6 +75,21 @@ async def test_refused_files_get_their_reason_at_once(bot: Harness, api: FakeBot
     await alice.expect("HEIC isn't supported")
 
 
+async def test_a_sticker_gets_a_hint_in_private_and_nothing_in_a_group(
+    bot: Harness, api: FakeBotApi, alice: TgUser
+) -> None:
+    alice.say("/train")
+    await alice.expect("Send me")
+    api.push_sticker(alice.chat_id, alice.user_id)
+    await alice.expect("I'm waiting for photos (0 of 10 so far)")
+    api.add_group(-100_500, "Portrait Club")
+    group_alice = alice.in_chat(-100_500)
+    api.push_sticker(-100_500, alice.user_id)
+    group_alice.say("/help")
+    await group_alice.expect("What I can do:")
+    assert len(group_alice.replies) == 1, "a sticker in a group is chatter"
+
+
 @pytest.mark.bot_settings(max_photo_mb=50)
 async def test_getfiles_too_big_answer_becomes_too_large(bot: Harness, api: FakeBotApi, alice: TgUser) -> None:
     # A self-hosted server (any FACECHAIN_TELEGRAM_API_URL) gets no client-side limit: the server says.

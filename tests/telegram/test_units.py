@@ -293,3 +293,24 @@ async def test_stopping_lanes_past_their_grace_leaves_the_chats_later_updates_un
     await asyncio.wait_for(lanes.aclose(grace=0.1), timeout=5)
     assert handled == [1], "the chat's later updates were handled during shutdown"
     assert "2 queued update(s) in 1 chat(s) left unhandled" in caplog.text
+
+
+STICKER = {"file_id": "st1", "file_unique_id": "u1", "type": "regular", "width": 512, "height": 512,
+           "is_animated": False, "is_video": False}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        ({"sticker": STICKER}, [TextMessage("")]),
+        ({"location": {"latitude": 1.0, "longitude": 2.0}}, [TextMessage("")]),
+        ({"voice": {"file_id": "v", "file_unique_id": "v", "duration": 2}}, [TextMessage("")]),
+        ({"pinned_message": {"message_id": 4, "date": 0, "chat": PRIVATE}}, []),
+        ({"video_note": {"file_id": "n", "file_unique_id": "n", "length": 240, "duration": 3, "file_size": 9}},
+         [PhotosOffered((OfferedFile("n", 9, "video/mp4"),))]),
+    ],
+)  # fmt: skip
+def test_what_a_user_sends_besides_text_and_photos_is_answered_a_service_message_is_not(
+    fields: dict[str, Any], expected: list[Any]
+) -> None:
+    assert translate.message_events(_message(**fields), "bot") == expected
