@@ -23,9 +23,10 @@ from typing import Protocol
 
 from bot.core import effects as fx
 from bot.core import events as ev
+from bot.core import texts
 from bot.core.flow import Decision, decide, results_shown_instead
 from bot.core.limits import Limits
-from bot.core.replies import EditProgress, Reply
+from bot.core.replies import EditProgress, Reply, Text
 from bot.core.state import Facts, ModelState, RunInfo, StyleInfo, UserState
 from bot.queue import JobQueue, QueueUnreachable
 from pipeline import jobs
@@ -176,6 +177,15 @@ class ConversationService:
         user = await self._repos.users.get_or_create(origin.platform, origin.user_id, origin.display_name)
         async with self._lock(user.id):
             return await self._run(user.id, origin, event, download)
+
+    async def answer(self, origin: Origin, event: ev.Event, download: Downloader | None = None) -> list[Reply]:
+        """:meth:`handle` for an adapter: a failure inside is logged and answered with the internal-error
+        text, so a chat user is never left without an answer."""
+        try:
+            return await self.handle(origin, event, download)
+        except Exception:
+            log.exception("the conversation service failed on a %s", type(event).__name__)
+            return [Text(texts.error_reason(jobs.ErrorCode.INTERNAL))]
 
     async def styles_for(self, origin: Origin, *, every: bool = False) -> tuple[StyleInfo, ...]:
         """The styles enabled where ``origin`` is (or every style known there): for an adapter's autocomplete.
@@ -441,7 +451,9 @@ class ConversationService:
     def _available_styles(
         self, snapshot: CommunitySnapshot | None
     ) -> tuple[tuple[StyleInfo, ...], tuple[StyleInfo, ...]]:
-        """(enabled here, every style known here): built-ins in catalogue order, then the community's."""
+        """(enabled here, every style known here). Every style: built-ins in catalogue order, then the
+        community's. Enabled: the community's choices first (its own styles, then built-ins it switched
+        on), so the style picker's few buttons show them; then the rest in that order."""
         candidates = [
             (StyleInfo(n, e.description, builtin=True, preview=e.preview_key), e.default_enabled)
             for n, e in self._styles.items()
@@ -450,13 +462,16 @@ class ConversationService:
         if snapshot is not None:
             for custom in snapshot.custom_styles:
                 candidates.append((StyleInfo(custom.name, _describe_custom(custom.prompt)), True))
+        chosen: list[StyleInfo] = []
         enabled: list[StyleInfo] = []
         for info, on in candidates:
+            picked = community is not None and (not info.builtin or (not on and info.name in community.enabled_styles))
             if community is not None:
                 on = (on or info.name in community.enabled_styles) and info.name not in community.disabled_styles
             if on:
-                enabled.append(info)
-        return tuple(enabled), tuple(info for info, _ in candidates)
+                (chosen if picked else enabled).append(info)
+        chosen.sort(key=lambda info: info.builtin)  # its own styles, then the built-ins it switched on
+        return (*chosen, *enabled), tuple(info for info, _ in candidates)
 
     def _today(self) -> date:
         return self._clock().astimezone(UTC).date()
@@ -750,7 +765,7 @@ class ConversationService:
         if previous is not None and previous.lora_key and previous.lora_key != lora_key:
             await self._release_style_file(previous.lora_key)
         await self._repos.communities.set_style_enabled(community.id, name, True)
-        return ev.StyleAdded(name, None)
+        return ev.StyleAdded(name, None, replaced=previous is not None)
 
     # --------------------------------------------------------------------------------- outcomes
     async def _record_training(self, run: Run, outcome: jobs.TrainOutcome) -> bool:

@@ -58,6 +58,9 @@ class CommandSpec:
         return any(argument.attached for argument in self.arguments)
 
 
+#: The highest daily limit /admin quota takes.
+MAX_QUOTA = 10_000
+
 COMMANDS: tuple[CommandSpec, ...] = (
     CommandSpec("start", "what this bot does and how to begin", listed=False, before_files=True),
     CommandSpec("train", "start a new set of photos (in a private chat)", before_files=True),
@@ -99,7 +102,7 @@ ADMIN_COMMANDS: tuple[CommandSpec, ...] = (
     ),
     CommandSpec(
         "quota",
-        "portrait runs a day, per member or for everyone",
+        f"portrait runs a day (0 to {MAX_QUOTA}), per member or for everyone",
         (
             Argument("scope", "Per member or for everyone", choices=("user", "group")),
             Argument("limit", "A number, or off", choices=("number", "off")),

@@ -170,6 +170,8 @@ class StyleAdded:
     error: str | None = None
     #: For "too_large": the platform's own download limit, where it is below the bot's.
     limit: int | None = None
+    #: A style of that name was there before: this one replaced it.
+    replaced: bool = False
 
 
 Event = (

@@ -31,12 +31,12 @@ dispatch tables ``COMMANDS``, ``BUTTONS`` and ``ADMIN`` at the end of the module
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import PurePosixPath
 from typing import assert_never
 
-from bot.core import texts
+from bot.core import catalogue, texts
 from bot.core.effects import (
     AddStyle,
     CancelRuns,
@@ -84,8 +84,7 @@ MAX_PREVIEWS = 10
 #: Button labels are cut here (Discord allows 80 characters; long labels wrap badly everywhere).
 _MAX_LABEL = 40
 #: Highest daily quota an admin may set; beyond it "off" says what they mean.
-_MAX_QUOTA = 10_000
-_STYLE_NAME = re.compile(r"^[a-z0-9_-]{1,32}$")
+_STYLE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 _INTEGER = re.compile(r"^[+-]?\d+$")
 #: A platform's "I don't know the type" is no evidence against an image.
 _GENERIC_MIME = frozenset({"application/octet-stream", "binary/octet-stream"})
@@ -219,14 +218,18 @@ def _normalize(name: str) -> str:
     return re.sub(r"[\s_-]+", "", name.casefold())
 
 
-def _find_style(styles: Iterable[StyleInfo], name: str) -> StyleInfo | None:
-    """A style by name, ignoring case, spaces, '_' and '-' ("business suit" finds business_suit)."""
+def _find_style(styles: Iterable[StyleInfo], name: str, *, exact: bool | None = None) -> StyleInfo | None:
+    """A style by name, ignoring case; failing that, ignoring spaces, '_' and '-' too ("business suit"
+    finds business_suit). ``exact``: only the first way (True) or only the second (False)."""
+    styles = tuple(styles)
+    if exact is not False:
+        found = next((s for s in styles if s.name.casefold() == name.casefold()), None)
+        if found is not None or exact:
+            return found
     wanted = _normalize(name)
     if not wanted:
         return None
-    styles = tuple(styles)
-    exact = next((s for s in styles if s.name.casefold() == name.casefold()), None)
-    return exact or next((s for s in styles if _normalize(s.name) == wanted), None)
+    return next((s for s in styles if _normalize(s.name) == wanted), None)
 
 
 def _ask_subject(state: UserState, facts: Facts) -> Decision:
@@ -511,7 +514,8 @@ def _request_portraits(state: UserState, facts: Facts, args: tuple[str, ...]) ->
     if not facts.styles:
         return _say(state, facts, texts.no_styles(), personal=True)
 
-    if not args or (len(args) == 1 and _INTEGER.match(args[0])):
+    count_only = len(args) == 1 and _INTEGER.match(args[0]) and _find_style(facts.all_styles, args[0]) is None
+    if not args or count_only:
         asked = int(args[0]) if args else None
         if asked is not None and not 1 <= asked <= limits.max_count:
             return _say(state, facts, texts.bad_count(limits.max_count), personal=True)
@@ -519,15 +523,7 @@ def _request_portraits(state: UserState, facts: Facts, args: tuple[str, ...]) ->
         text = texts.pick_style(limits.default_count, asked, more_styles=more)
         return _say(state, facts, text, _style_buttons(facts), personal=True)
 
-    # A whole-argument match first, so a style whose name ends in a number still works.
-    wanted = " ".join(args)
-    style = _find_style(facts.styles, wanted)
-    count_text: str | None = None
-    if style is None and len(args) > 1:
-        # The count after the style, or before it ("/generate 3 watercolor").
-        count_first = _INTEGER.match(args[0]) is not None and _INTEGER.match(args[-1]) is None
-        wanted, count_text = (" ".join(args[1:]), args[0]) if count_first else (" ".join(args[:-1]), args[-1])
-        style = _find_style(facts.styles, wanted)
+    style, count_text, wanted = _style_and_count(facts.styles, args)
     if style is None:
         if _find_style(facts.all_styles, wanted) is not None:
             return _say(state, facts, texts.style_disabled(wanted, facts.style_names), personal=True)
@@ -539,6 +535,28 @@ def _request_portraits(state: UserState, facts: Facts, args: tuple[str, ...]) ->
         count = int(count_text)
     # RunQueued comes back with the progress message.
     return Decision(state, (), (StartGeneration(style.name, count),))
+
+
+def _style_and_count(styles: Sequence[StyleInfo], args: Sequence[str]) -> tuple[StyleInfo | None, str | None, str]:
+    """/generate's arguments as (style, count as typed, the style name as asked). Names typed exactly
+    win over names alike ("noir 2" is noir twice even where a style noir2 exists); in each, the whole
+    text first (a style may end in a number), then a count after the name, then before it."""
+    whole = " ".join(args)
+    readings: list[tuple[str, str | None]] = [(whole, None)]
+    if len(args) > 1:
+        readings.append((" ".join(args[:-1]), args[-1]))
+        if _INTEGER.match(args[0]):
+            readings.append((" ".join(args[1:]), args[0]))
+    for exact in (True, False):
+        for name, count_text in readings:
+            style = _find_style(styles, name, exact=exact)
+            if style is not None:
+                return style, count_text, name
+    if len(args) > 1 and _INTEGER.match(args[-1]):
+        return None, args[-1], " ".join(args[:-1])
+    if len(args) > 1 and _INTEGER.match(args[0]):
+        return None, args[0], " ".join(args[1:])
+    return None, None, whole
 
 
 # ------------------------------------------------------------------------------- follow-up events
@@ -657,7 +675,7 @@ def results_shown_instead(replies: Iterable[Reply], name: str) -> tuple[Reply, .
 
 def _on_style_added(state: UserState, event: StyleAdded, facts: Facts) -> Decision:
     if event.error is None:
-        return _say(state, facts, texts.style_added(event.name), personal=True)
+        return _say(state, facts, texts.style_added(event.name, event.replaced), personal=True)
     limit = min(event.limit, facts.limits.max_lora_bytes) if event.limit else None
     return _say(state, facts, texts.style_add_failed(event.name, event.error, limit), personal=True)
 
@@ -761,7 +779,7 @@ def _admin_quota(state: UserState, event: Command, facts: Facts) -> Decision:
     limit: int | None
     if value == "off":
         limit = None
-    elif value.isdigit() and int(value) <= _MAX_QUOTA:
+    elif _INTEGER.match(value) and value.isascii() and 0 <= int(value) <= catalogue.MAX_QUOTA:
         limit = int(value)
     else:
         return _admin_reply(state, facts, texts.admin_usage_for("quota"))

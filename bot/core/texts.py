@@ -94,7 +94,7 @@ _STYLE_ERRORS = {
     "non_finite": "the file holds NaN or infinite weights, which would spoil every portrait",
     "exists_builtin": "a built-in style already has that name",
     "exists": "a style with that name already exists (remove it first)",
-    "bad_name": "the name must be 1-32 characters: a-z, 0-9, _ or -",
+    "bad_name": "the name must be 1-32 characters: a-z, 0-9, _ or -, starting with a letter or digit",
     "download_failed": "I couldn't download the file",
 }
 
@@ -589,7 +589,9 @@ def styles_list(styles: Sequence[StyleInfo], admin_hint: bool) -> str:
     if not styles:
         return no_styles()
     lines = [f"{s.name}: {s.description}" if s.description else s.name for s in styles]
-    admin = "Admins: /admin styles switches styles on or off here." if admin_hint else ""
+    admin = (
+        "Admins: /admin styles lists them all; /admin enable and /admin disable switch them here." if admin_hint else ""
+    )
     return _lines("Styles you can use (/generate <style>):", *lines, admin)
 
 
@@ -701,7 +703,10 @@ def style_switched(name: str, enabled: bool) -> str:
 
 
 def style_bad_name() -> str:
-    return "Style names are 1-32 characters: a-z, 0-9, _ or -. Example: /admin addstyle film_noir <prompt>"
+    return (
+        "Style names are 1-32 characters: a-z, 0-9, _ or -, starting with a letter or digit."
+        " Example: /admin addstyle film_noir <prompt>"
+    )
 
 
 def style_needs_prompt() -> str:
@@ -720,8 +725,10 @@ def lora_too_large(max_bytes: int) -> str:
     return f"The attached LoRA is too large (the limit is {_megabytes(max_bytes)})."
 
 
-def style_added(name: str) -> str:
-    return f"Style {name} added and switched on. Members can use it with /generate {name}."
+def style_added(name: str, replaced: bool = False) -> str:
+    """``replaced``: a style of that name was added here before; its prompt and file are replaced."""
+    done = "replaced (new prompt and file)" if replaced else "added"
+    return f"Style {name} {done} and switched on. Members can use it with /generate {name}."
 
 
 def style_add_failed(name: str, code: str, limit: int | None = None) -> str:
@@ -763,7 +770,7 @@ def quota_set(scope: str, limit: int | None, bot_default: int | None) -> str:
 def results_set(direct: bool) -> str:
     if direct:
         return "Portraits will be sent to members privately."
-    return "Portraits will be posted here."
+    return "Portraits will be posted where members ask for them."
 
 
 def nsfw_set(allowed: bool, age_restricted_here: bool | None = None) -> str:

@@ -161,7 +161,7 @@ class FacechainClient(discord.Client):
         origin = origin_of_message(message)
         replies: list[Reply] = []
         for event in events:
-            replies.extend(await self.service.handle(origin, event, download))
+            replies.extend(await self.service.answer(origin, event, download))
         await self._show_in_channel(message.channel.id, replies)
 
     async def button_pressed(
@@ -194,7 +194,7 @@ class FacechainClient(discord.Client):
                 origin = replace(origin.acting_for(acting_for), age_restricted=False)
             replies: list[Reply] = []
             for event in events:
-                replies.extend(await service.handle(origin, event, download))
+                replies.extend(await service.answer(origin, event, download))
             return replies
 
         responder = InteractionResponder(interaction, self.channels, answer_within=self.options.answer_within_s)

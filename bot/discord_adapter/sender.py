@@ -79,10 +79,14 @@ def _admin_on_discord(match: re.Match[str]) -> str:
     return f"{command} {_ADMIN_SUBCOMMANDS[sub]}" if sub else command
 
 
+#: The core speaks of "this group" (Telegram's word); on Discord the community is a server.
+_THE_GROUP = re.compile(r"\b(?P<the>[Tt]his|[Tt]he whole|[Tt]he) group\b")
+
+
 def discord_idiom(text: str) -> str:
-    """The core's text with its command names as Discord users type them: ``/admin addstyle`` is
-    ``/facechain-admin add``."""
-    return _ADMIN_COMMAND.sub(_admin_on_discord, text)
+    """The core's text as Discord users say it: command names as they type them (``/admin addstyle`` is
+    ``/facechain-admin add``), and "this server" for "this group"."""
+    return _THE_GROUP.sub(r"\g<the> server", _ADMIN_COMMAND.sub(_admin_on_discord, text))
 
 
 def split_text(text: str, limit: int = MAX_TEXT) -> list[str]:

@@ -17,7 +17,6 @@ from bot.service import ConversationService, Downloader, Origin
 from bot.telegram_adapter import translate
 from bot.telegram_adapter.retry import with_retries
 from bot.telegram_adapter.sender import TelegramSender
-from pipeline.jobs import ErrorCode
 from storage.models import Platform
 
 log = logging.getLogger("facechain.telegram")
@@ -87,7 +86,7 @@ class UpdateRouter:
             )
             if community is not None and origin.private:
                 origin = await self._acting_for(origin, community, user.id)
-            replies = await self._handle(origin, event)
+            replies = await self._service.answer(origin, event, self._download)
             alert, rest = (None, replies) if origin.private else _take_alert(replies)
             tried = True
             if await self._answer(query, alert):
@@ -104,17 +103,10 @@ class UpdateRouter:
 
     # ---------------------------------------------------------------------------------- helpers
     async def _run(self, origin: Origin, event: Event, message: Message) -> None:
-        replies = await self._handle(origin, event)
+        replies = await self._service.answer(origin, event, self._download)
         # In a group, answers are threaded under the message they answer: that shows whom they are for.
         reply_to = None if origin.private else message.message_id
         await self._show(message.chat.id, replies, reply_to)
-
-    async def _handle(self, origin: Origin, event: Event) -> list[Reply]:
-        try:
-            return await self._service.handle(origin, event, self._download)
-        except Exception:
-            log.exception("the conversation service failed on a %s", type(event).__name__)
-            return [Text(texts.error_reason(ErrorCode.INTERNAL))]
 
     async def _show(self, chat_id: int, replies: Sequence[Reply], reply_to: int | None) -> None:
         sent = await self._sender.send(chat_id, replies, reply_to=reply_to)

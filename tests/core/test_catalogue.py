@@ -28,7 +28,7 @@ def test_admin_usage_comes_from_the_catalogue() -> None:
     usage = texts.admin_usage().splitlines()[1:]
     assert usage == [catalogue.help_line(c, catalogue.ADMIN) for c in catalogue.ADMIN_COMMANDS]
     assert texts.admin_usage_for("quota") == "Usage: /admin quota <user|group> <number|off> - " + (
-        "portrait runs a day, per member or for everyone"
+        "portrait runs a day (0 to 10000), per member or for everyone"
     )
 
 

@@ -39,6 +39,8 @@ STYLES = (
     StyleInfo("business_suit", "Suit and tie", builtin=True),
 )
 ALL_STYLES = (*STYLES, StyleInfo("vintage", "Old film", builtin=True), StyleInfo("noir", "Added here"))
+#: Styles of a community whose names read like a count, or like another style and a count.
+ODD_NAMES_STYLES = (*STYLES, StyleInfo("1920"), StyleInfo("noir"), StyleInfo("noir2"))
 #: A ready user in a private chat with five photos in the open set (used when the mode collects).
 BASE = Facts(
     private=True,
@@ -49,6 +51,7 @@ BASE = Facts(
     all_styles=ALL_STYLES,
 )
 GROUP = replace(BASE, private=False, community="guild:1")
+ODD_NAMES = replace(GROUP, styles=ODD_NAMES_STYLES, all_styles=ODD_NAMES_STYLES)
 ADMIN_HERE = replace(GROUP, is_admin=True)
 NO_MODEL = replace(BASE, model=ModelState.NONE, has_ready_model=False)
 TRAINING = replace(NO_MODEL, model=ModelState.TRAINING, active_runs=(RunInfo(RUN, "train", "running", 0.45),))
@@ -528,6 +531,19 @@ def test_subject_buttons_offer_every_subject() -> None:
     no_style_asks=Row(IDLE, ev.Command("generate"), BASE, _I, (), "pick a style"),
     count_only_asks_and_says_so=Row(IDLE, ev.Command("generate", ("2",)), BASE, _I, (), "the buttons make 4; for 2"),
     count_only_out_of_range=Row(IDLE, ev.Command("generate", ("7",)), BASE, _I, (), "from 1 to 4"),
+    # A community's styles named like numbers, or like another style and a count.
+    style_named_by_digits_pressed=Row(
+        IDLE, ev.ButtonPressed("style", "1920"), ODD_NAMES, _I, (fx.StartGeneration("1920", 4),), None
+    ),
+    style_named_by_digits_typed=Row(
+        IDLE, ev.Command("generate", ("1920",)), ODD_NAMES, _I, (fx.StartGeneration("1920", 4),), None
+    ),
+    exact_name_and_count_win_over_a_name_alike=Row(
+        IDLE, ev.Command("generate", ("noir", "2")), ODD_NAMES, _I, (fx.StartGeneration("noir", 2),), None
+    ),
+    the_other_name_still_reached=Row(
+        IDLE, ev.Command("generate", ("noir2",)), ODD_NAMES, _I, (fx.StartGeneration("noir2", 4),), None
+    ),
     count_only_huge=Row(IDLE, ev.Command("generate", ("1000000",)), BASE, _I, (), "from 1 to 4"),
     count_before_style=Row(
         IDLE,
@@ -879,6 +895,9 @@ LORA = ev.OfferedFile("lora", 5_000_000, "application/octet-stream", "noir.safet
         None,
     ),
     addstyle_bad_name=Row(IDLE, admin("addstyle", "film/noir", "dark"), ADMIN_HERE, _I, (), "1-32 characters"),
+    addstyle_name_without_letter_or_digit=Row(
+        IDLE, admin("addstyle", "-", "dark"), ADMIN_HERE, _I, (), "1-32 characters"
+    ),
     addstyle_long_name=Row(IDLE, admin("addstyle", "n" * 33, "dark"), ADMIN_HERE, _I, (), "1-32 characters"),
     addstyle_no_prompt=Row(IDLE, admin("addstyle", "noir"), ADMIN_HERE, _I, (), "needs a prompt"),
     addstyle_no_name=Row(IDLE, admin("addstyle"), ADMIN_HERE, _I, (), "usage: /admin addstyle"),
@@ -906,6 +925,15 @@ LORA = ev.OfferedFile("lora", 5_000_000, "application/octet-stream", "noir.safet
     ),
     removestyle=Row(IDLE, admin("removestyle", "noir"), ADMIN_HERE, _I, (fx.RemoveStyle("noir"),), "removed"),
     removestyle_builtin=Row(IDLE, admin("removestyle", "studio"), ADMIN_HERE, _I, (), "built in"),
+    # Added before names had to start with a letter or digit: still found, so it can go.
+    removestyle_oddly_named=Row(
+        IDLE,
+        admin("removestyle", "-"),
+        replace(ADMIN_HERE, all_styles=(*ALL_STYLES, StyleInfo("-"))),
+        _I,
+        (fx.RemoveStyle("-"),),
+        "removed",
+    ),
     removestyle_unknown=Row(IDLE, admin("removestyle", "nope"), ADMIN_HERE, _I, (), 'no style "nope"'),
     quota_user=Row(IDLE, admin("quota", "user", "5"), ADMIN_HERE, _I, (fx.SetQuota("user", 5),), "5 portrait runs"),
     quota_group_off=Row(
@@ -930,6 +958,7 @@ LORA = ev.OfferedFile("lora", 5_000_000, "application/octet-stream", "noir.safet
         "no daily limit for each member",
     ),
     quota_zero=Row(IDLE, admin("quota", "user", "0"), ADMIN_HERE, _I, (fx.SetQuota("user", 0),), "switched off here"),
+    quota_not_an_ascii_number=Row(IDLE, admin("quota", "user", "²"), ADMIN_HERE, _I, (), "usage: /admin quota"),
     quota_negative=Row(IDLE, admin("quota", "user", "-1"), ADMIN_HERE, _I, (), "usage: /admin quota"),
     quota_bad_scope=Row(IDLE, admin("quota", "world", "3"), ADMIN_HERE, _I, (), "usage: /admin quota"),
     results_direct=Row(
@@ -961,6 +990,7 @@ LORA = ev.OfferedFile("lora", 5_000_000, "application/octet-stream", "noir.safet
     nsfw_off=Row(IDLE, admin("nsfw", "OFF"), ADMIN_HERE, _I, (fx.SetCommunityOption("nsfw", "off"),), "blocked"),
     nsfw_bad=Row(IDLE, admin("nsfw"), ADMIN_HERE, _I, (), "usage: /admin nsfw"),
     style_added=Row(IDLE, ev.StyleAdded("noir"), ADMIN_HERE, _I, (), "style noir added"),
+    style_replaced=Row(IDLE, ev.StyleAdded("noir", replaced=True), ADMIN_HERE, _I, (), "style noir replaced"),
     style_refused=Row(IDLE, ev.StyleAdded("noir", "bad_tensor_names"), ADMIN_HERE, _I, (), "tensor names"),
     style_exists=Row(IDLE, ev.StyleAdded("studio", "exists_builtin"), ADMIN_HERE, _I, (), "built-in"),
     style_odd_code=Row(IDLE, ev.StyleAdded("noir", "weird"), ADMIN_HERE, _I, (), "refused (weird)"),

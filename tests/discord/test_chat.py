@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from bot.core.replies import Button, Photos
 from bot.discord_adapter import FacechainClient, intents
 from bot.discord_adapter.app import run_sync_command
 from bot.discord_adapter.sender import discord_idiom
+from pipeline.jobs import ErrorCode
 from storage.blobs import LocalBlobStore
 from tests.discord.fake_discord import ANSWER_DEADLINE_S, TOKEN, FakeDiscord, Interaction, Message, User
 from tests.discord.harness import Stack, bot_settings, jpeg, scripted_stack
@@ -313,7 +315,7 @@ async def test_members_asking_at_once_cannot_pass_the_servers_daily_limit(script
     await scripted.stop_worker()  # the runs stay queued: each counts against the limit while it waits
 
     await asyncio.gather(*(fake.slash(m, "generate", fake.general, style="watercolor", count=1) for m in members))
-    refused = texts.quota_community(1)
+    refused = discord_idiom(texts.quota_community(1))
     await fake.wait_for(
         lambda: sum(1 for m in members if fake.find(m, fake.general, refused)) == 3, 15.0, "three members refused"
     )
@@ -413,6 +415,18 @@ async def test_a_sticker_in_a_dm_gets_a_hint(scripted: Stack) -> None:
     una = fake.user("una")
     await fake.dm(una, content="")  # a sticker: no text, no attachment
     await fake.wait_message(una, fake.dm_channel(una), texts.idle_hint(has_model=False))
+
+
+async def test_a_failure_inside_the_bot_is_answered_not_left_to_time_out(scripted: Stack) -> None:
+    fake = scripted.fake
+    with sqlite3.connect(scripted.settings.database_path) as broken:
+        broken.execute("DROP TABLE conversations")  # every event now fails to read the user's state
+    una = fake.user("una")
+    asked = await fake.slash(una, "status", fake.general)
+    assert (await _reply(fake, asked)).content == texts.error_reason(ErrorCode.INTERNAL)
+    await fake.dm(una, content="hello")
+    await fake.wait_message(una, fake.dm_channel(una), texts.error_reason(ErrorCode.INTERNAL))
+    _answered_in_time(fake)
 
 
 async def test_the_configured_endpoints_leave_discord_py_untouched(scripted: Stack) -> None:

@@ -108,6 +108,12 @@ def test_the_core_admin_command_is_shown_as_the_discord_command_group() -> None:
     assert text == "Add one with /facechain-admin add <name>, or /facechain-admin remove it. /facechain-admin is here."
 
 
+def test_a_community_is_a_server_on_discord_but_the_quota_scope_keeps_its_name() -> None:
+    assert discord_idiom(texts.quota_community(3)).startswith("This server has used its 3 portrait runs")
+    assert discord_idiom(texts.quota_set("group", 3, 20)) == "Daily limit for the whole server: 3 portrait runs."
+    assert "<user|group>" in discord_idiom(texts.admin_usage_for("quota")), "the option's value is still group"
+
+
 def test_every_admin_command_the_texts_name_is_one_discord_has(tmp_path: Path) -> None:
     """What a Discord admin reads in any text (its literals, and the usage lines the catalogue makes)
     names subcommands of the real /facechain-admin group."""

@@ -86,6 +86,9 @@ async def test_an_admin_adds_a_style_with_a_lora_file(bot: Harness, api: FakeBot
     await ann.expect("I couldn't add broken")
 
     group_alice = alice.in_chat(GROUP)
+    group_alice.say("/generate")
+    picker = await group_alice.expect("Pick a style")
+    assert picker.labels[0] == "noir", "the group's own style leads the picker's few buttons"
     await group_alice.generate("noir 2", "Making 2 portraits in noir")
     await group_alice.wait_buttons(["More of this style", "Another style"])
     # The worker got the admin's style: the prompt as written and the uploaded file, not a style file's LoRA.

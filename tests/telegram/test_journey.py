@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import sqlite3
 
 import pytest
 
-from bot.core import catalogue
+from bot.core import catalogue, texts
+from pipeline.jobs import ErrorCode
 from tests.telegram.conftest import TOKEN, Harness
 from tests.telegram.fake_bot_api import FakeBotApi
 from tests.telegram.media import face_photos
@@ -97,3 +99,10 @@ async def test_the_token_never_reaches_the_logs(
         text = logging.Formatter().format(record)
         assert TOKEN not in text, f"the token leaked through {record.name}"
         assert TOKEN.split(":")[1] not in text
+
+
+async def test_a_failure_inside_the_bot_is_answered(bot: Harness, api: FakeBotApi, alice: TgUser) -> None:
+    with sqlite3.connect(bot.settings.database_path) as broken:
+        broken.execute("DROP TABLE conversations")  # every event now fails to read the user's state
+    alice.say("/status")
+    await alice.expect(texts.error_reason(ErrorCode.INTERNAL))
