@@ -84,7 +84,7 @@ COMMANDS: tuple[CommandSpec, ...] = (
 ADMIN = CommandSpec("admin", "manage styles, quotas and results here", discord_name="facechain-admin")
 
 ADMIN_COMMANDS: tuple[CommandSpec, ...] = (
-    CommandSpec("styles", "all styles, on or off"),
+    CommandSpec("styles", "all styles, on or off, and the settings here"),
     CommandSpec("enable", "let members use a style", (Argument("style", "A style known here"),)),
     CommandSpec("disable", "switch a style off", (Argument("style", "A style known here"),)),
     CommandSpec(

@@ -698,7 +698,11 @@ def _admin_reply(state: UserState, facts: Facts, text: str, *effects: Effect) ->
 
 
 def _admin_styles(state: UserState, event: Command, facts: Facts) -> Decision:
-    listing = _admin_reply(state, facts, texts.admin_styles(facts.all_styles, facts.style_names))
+    settings = texts.community_settings(
+        facts.user_quota, facts.community_quota, facts.results_to == "direct", facts.nsfw_allowed
+    )
+    text = texts.admin_styles(facts.all_styles, facts.style_names) + "\n\n" + settings
+    listing = _admin_reply(state, facts, text)
     return _with_previews(listing, facts.all_styles)
 
 

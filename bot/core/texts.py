@@ -694,6 +694,21 @@ def admin_styles(styles: Sequence[StyleInfo], enabled: Sequence[str]) -> str:
     return _lines("Styles here:", *lines, "Change with /admin enable <style> or /admin disable <style>.")
 
 
+def community_settings(member_limit: int | None, everyone_limit: int | None, direct: bool, nsfw: bool) -> str:
+    """What the admin commands set here, each with the command that changes it (under /admin styles)."""
+
+    def per_day(limit: int | None) -> str:
+        return "no daily limit" if limit is None else f"{_plural(limit, 'portrait run')} a day"
+
+    return _lines(
+        "Settings here:",
+        f"- each member: {per_day(member_limit)} (/admin quota user)",
+        f"- everyone together: {per_day(everyone_limit)} (/admin quota group)",
+        f"- portraits: {'sent to members privately' if direct else 'posted where members ask'} (/admin results)",
+        f"- NSFW results: {'allowed' if nsfw else 'blocked'} (/admin nsfw)",
+    )
+
+
 def admin_unknown_style(name: str, known: Sequence[str]) -> str:
     return f'There\'s no style "{_echo(name)}". Known styles: {style_list_inline(known)}.'
 

@@ -866,6 +866,15 @@ LORA = ev.OfferedFile("lora", 5_000_000, "application/octet-stream", "noir.safet
     usage=Row(IDLE, admin(), ADMIN_HERE, _I, (), "/admin addstyle"),
     unknown_subcommand=Row(IDLE, admin("frob"), ADMIN_HERE, _I, (), "admin commands"),
     list_styles=Row(IDLE, admin("styles"), ADMIN_HERE, _I, (), "vintage: off"),
+    list_styles_with_the_settings=Row(
+        IDLE,
+        admin("styles"),
+        replace(ADMIN_HERE, user_quota=5, results_to="direct", nsfw_allowed=True),
+        _I,
+        (),
+        "settings here:\n- each member: 5 portrait runs a day (/admin quota user)\n- everyone together: no daily limit"
+        " (/admin quota group)\n- portraits: sent to members privately (/admin results)\n- nsfw results: allowed",
+    ),
     list_styles_on=Row(IDLE, admin("styles"), ADMIN_HERE, _I, (), "studio: on"),
     enable=Row(IDLE, admin("enable", "vintage"), ADMIN_HERE, _I, (fx.SetStyleEnabled("vintage", True),), "now on"),
     disable=Row(IDLE, admin("disable", "Studio"), ADMIN_HERE, _I, (fx.SetStyleEnabled("studio", False),), "now off"),

@@ -39,6 +39,9 @@ async def test_a_group_with_an_admin_and_a_member(bot: Harness, api: FakeBotApi,
     await ann.expect("Daily limit for each member: 1 portrait run.")
     asked = [c.params["user_id"] for c in api.calls_of("getChatMember")[checks:]]
     assert str(ANONYMOUS_ADMIN_ID) not in asked
+    ann.say("/admin styles")
+    listing = await ann.expect("Settings here:")
+    assert "watercolor: off" in listing.shown and "- each member: 1 portrait run a day" in listing.shown
 
     group_alice.say("/styles")
     styles = await group_alice.expect("Styles you can use")
