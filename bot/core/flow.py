@@ -405,10 +405,12 @@ def _collect(state: UserState, event: PhotosOffered, facts: Facts, *, already: i
     if accepted:
         effects += (SavePhotos(tuple(accepted), tuple(numbers)),)
     replies: tuple[Reply, ...] = ()
+    if new_set and facts.has_ready_model:
+        replies = (_text(facts, texts.new_set_beside_a_model()),)
     if refused:
         # PhotosSaved follows for the accepted files and gives the count; nothing else to say now.
         text = texts.files_refused(refused, len(accepted), already, limits.min_photos, limits.max_photos)
-        replies = (_text(facts, text),)
+        replies = (*replies, _text(facts, text))
     return Decision(UserState(mode=Mode.COLLECTING), replies, effects)
 
 

@@ -166,6 +166,14 @@ def training_in_progress() -> str:
     return "Your face model is training right now. I'll message you when it's ready. /cancel stops it."
 
 
+def new_set_beside_a_model() -> str:
+    """Photos sent with no set open, by someone whose face model is ready: they start a new one."""
+    return (
+        "These photos start a new face model (your current one stays in use until it's ready). "
+        "Send /cancel to throw them away instead."
+    )
+
+
 def photos_while_training() -> str:
     return (
         "Your face model is training, so I'm not taking photos right now. "

@@ -260,6 +260,15 @@ TELEGRAM_PHOTO = ev.OfferedFile("tg", 90_000, None, None, compressed=True)
 
 
 @rows(
+    photos_beside_a_ready_model_say_they_start_a_new_one=Row(
+        IDLE,
+        ev.PhotosOffered((jpeg(),)),
+        BASE,
+        _C,
+        (fx.StartCollecting(), fx.SavePhotos((jpeg(),), (1,))),
+        "these photos start a new face model",
+        replies=1,
+    ),
     first_photos_start_a_set=Row(
         IDLE, ev.PhotosOffered((jpeg(),)), NO_MODEL, _C, (fx.StartCollecting(), fx.SavePhotos((jpeg(),), (1,))), None
     ),
