@@ -515,6 +515,11 @@ def test_conversation(row: Row) -> None:
     check(row)
 
 
+def test_the_count_may_come_before_the_style() -> None:
+    decision = decide(IDLE, ev.Command("generate", ("3", "business", "suit")), BASE)
+    assert decision.effects == (fx.StartGeneration("business_suit", 3),)
+
+
 def test_subject_buttons_offer_every_subject() -> None:
     decision = decide(COLLECTING, ev.Command("done"), BASE)
     assert [b.data for b in buttons_of(decision)] == [f"subject:{s.value}" for s in Subject]
@@ -554,14 +559,6 @@ def test_subject_buttons_offer_every_subject() -> None:
         IDLE, ev.Command("generate", ("noir2",)), ODD_NAMES, _I, (fx.StartGeneration("noir2", 4),), None
     ),
     count_only_huge=Row(IDLE, ev.Command("generate", ("1000000",)), BASE, _I, (), "from 1 to 4"),
-    count_before_style=Row(
-        IDLE,
-        ev.Command("generate", ("3", "business", "suit")),
-        BASE,
-        _I,
-        (fx.StartGeneration("business_suit", 3),),
-        None,
-    ),
     count_at_the_limit=Row(
         IDLE, ev.Command("generate", ("studio", "4")), BASE, _I, (fx.StartGeneration("studio", 4),), None
     ),

@@ -105,8 +105,7 @@ async def test_a_style_replaced_while_a_member_waits_still_makes_their_portraits
     bot: Harness, api: FakeBotApi, alice: TgUser
 ) -> None:
     ann = await _trained_in_a_group_whose_admin_says(bot, api, alice, "quota user 5", "Daily limit for each member: 5")
-    ann.send_document(tiny_lora(), "noir.safetensors", None, caption="/admin addstyle noir black and white photo")
-    await ann.expect("Style noir added and switched on.")
+    await _adds_noir(ann)
     gpu = bot.gpu
     assert isinstance(gpu, ScriptedGpu)
     gpu.hold_generate = threading.Event()
@@ -154,6 +153,12 @@ async def _trained_in_a_group_whose_admin_says(
     return ann
 
 
+async def _adds_noir(admin: TgUser) -> None:
+    """``admin`` adds the group's own style noir, with a LoRA file."""
+    admin.send_document(tiny_lora(), "noir.safetensors", None, caption="/admin addstyle noir black and white photo")
+    await admin.expect("Style noir added and switched on.")
+
+
 async def test_results_for_members_go_to_their_private_chat_or_to_the_group_when_it_is_closed(
     bot: Harness, api: FakeBotApi, alice: TgUser
 ) -> None:
@@ -195,8 +200,7 @@ async def test_buttons_under_portraits_sent_privately_keep_the_groups_styles_and
     bot: Harness, api: FakeBotApi, alice: TgUser
 ) -> None:
     ann = await _trained_in_a_group_whose_admin_says(bot, api, alice, "results direct", "sent to members privately")
-    ann.send_document(tiny_lora(), "noir.safetensors", None, caption="/admin addstyle noir black and white photo")
-    await ann.expect("Style noir added and switched on.")
+    await _adds_noir(ann)
     ann.say("/admin quota user 2")
     await ann.expect("Daily limit for each member: 2 portrait runs.")
     await alice.in_chat(GROUP).generate("noir 1", "Making 1 portrait in noir")
