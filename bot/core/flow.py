@@ -465,6 +465,14 @@ def _subject_button(state: UserState, event: ButtonPressed, facts: Facts) -> Dec
 
 
 def _style_button(state: UserState, event: ButtonPressed, facts: Facts) -> Decision:
+    # A picker is for one choice: a second press (a double tap) while that style's run is on its way
+    # would spend another run of the day. "More of this style" under the portraits is for more.
+    if any(r.style == event.value for r in facts.active("generate")):
+        return _say(state, facts, texts.already_making(event.value), personal=True)
+    return _more_button(state, event, facts)
+
+
+def _more_button(state: UserState, event: ButtonPressed, facts: Facts) -> Decision:
     return _request_portraits(state, facts, (event.value,) if event.value else ())
 
 
@@ -831,7 +839,7 @@ COMMANDS: dict[str, CommandHandler] = {
 BUTTONS: dict[str, ButtonHandler] = {
     "subject": _subject_button,
     "style": _style_button,
-    "more": _style_button,
+    "more": _more_button,
     "another": _another_button,
     "forget": _forget_button,
 }

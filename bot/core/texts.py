@@ -474,6 +474,14 @@ def quota_community(limit: int) -> str:
     return f"This group has used its {_plural(limit, 'portrait run')} for today. It resets tomorrow (midnight UTC)."
 
 
+def already_making(style: str) -> str:
+    """A style picker's button pressed again while that style's portraits are on their way."""
+    return (
+        f'Your {style} portraits are already on their way. For another batch, use "More of this style"'
+        f" under them, or send /generate {style}."
+    )
+
+
 def pick_style(count: int, asked_count: int | None, more_styles: bool) -> str:
     """The style picker; ``asked_count`` is a count given without a style (/generate 3)."""
     note = ""

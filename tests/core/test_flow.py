@@ -558,6 +558,23 @@ def test_subject_buttons_offer_every_subject() -> None:
     the_other_name_still_reached=Row(
         IDLE, ev.Command("generate", ("noir2",)), ODD_NAMES, _I, (fx.StartGeneration("noir2", 4),), None
     ),
+    # A double tap on the picker: the second press makes no second run.
+    picker_pressed_again_while_its_run_waits=Row(
+        IDLE,
+        ev.ButtonPressed("style", "studio"),
+        replace(BASE, active_runs=(RunInfo(GEN, "generate", "queued", style="studio"),)),
+        _I,
+        (),
+        "already on their way",
+    ),
+    more_pressed_while_a_run_waits=Row(
+        IDLE,
+        ev.ButtonPressed("more", "studio"),
+        replace(BASE, active_runs=(RunInfo(GEN, "generate", "queued", style="studio"),)),
+        _I,
+        (fx.StartGeneration("studio", 4),),
+        None,
+    ),
     count_only_huge=Row(IDLE, ev.Command("generate", ("1000000",)), BASE, _I, (), "from 1 to 4"),
     count_at_the_limit=Row(
         IDLE, ev.Command("generate", ("studio", "4")), BASE, _I, (fx.StartGeneration("studio", 4),), None
