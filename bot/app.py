@@ -92,7 +92,10 @@ def background_tasks(runtime: BotRuntime) -> list[asyncio.Task[None]]:
         ),
     )
     return [
-        asyncio.create_task(serve_outcomes(str(settings.redis_url), runtime.service.on_outcome), name="outcomes"),
+        asyncio.create_task(
+            serve_outcomes(str(settings.redis_url), runtime.service.on_outcome, runtime.service.delivery_given_up),
+            name="outcomes",
+        ),
         asyncio.create_task(listen_progress(runtime.redis, runtime.service.on_progress), name="progress"),
         asyncio.create_task(supervisor.run_forever(), name="supervisor"),
     ]

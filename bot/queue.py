@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -33,6 +34,8 @@ from pipeline.runlog import run_context
 log = logging.getLogger("facechain.queue")
 
 OutcomeHandler = Callable[[jobs.TrainOutcome | jobs.GenerateOutcome], Awaitable[None]]
+#: Called with a run id once its outcome could not be shown after every try.
+GivenUpHandler = Callable[[str], Awaitable[None]]
 ProgressHandler = Callable[[jobs.Progress], Awaitable[None]]
 
 #: How long a cancel flag waits in Redis for the worker holding the run (which deletes it on sight).
@@ -242,6 +245,10 @@ class ArqJobQueue:
 #: Tries to show one outcome before giving up: with :func:`delivery_retry_delay`, about half an hour
 #: of a chat platform being unreachable (or erring) is ridden out.
 DELIVERY_TRIES = 36
+#: Seconds one try may take: a send that waits out Telegram's flood control (up to 120 s a wait) fits;
+#: a try that takes longer is cut and tried again later, like any failed one (arq's own job timeout,
+#: a little longer, would end the job for good).
+DELIVERY_TRY_S = 300.0
 
 
 def delivery_retry_delay(tries: int) -> int:
@@ -259,15 +266,20 @@ async def _deliver_outcome(ctx: dict[str, Any], payload: Any) -> str:
     handler: OutcomeHandler = ctx["on_outcome"]
     with run_context(outcome.run_id):
         try:
-            await handler(outcome)
+            async with asyncio.timeout(DELIVERY_TRY_S):
+                await handler(outcome)
         except Exception as exc:
             # The result is recorded but the user has not seen it (the platform was down, say):
             # arq runs the job again later, and the service sends it then.
             tries = int(ctx.get("job_try", 1))
+            why = str(exc) or type(exc).__name__
             if tries >= DELIVERY_TRIES:
-                log.error("delivering run %s failed %d times; giving up: %s", outcome.run_id, tries, exc)
+                log.error("delivering run %s failed %d times; giving up: %s", outcome.run_id, tries, why)
+                given_up: GivenUpHandler | None = ctx.get("on_given_up")
+                if given_up is not None:
+                    await given_up(outcome.run_id)
                 return "undelivered"
-            log.warning("delivering run %s failed (try %d of %d): %s", outcome.run_id, tries, DELIVERY_TRIES, exc)
+            log.warning("delivering run %s failed (try %d of %d): %s", outcome.run_id, tries, DELIVERY_TRIES, why)
             metrics.DELIVERY_RETRIES.labels(outcome.kind).inc()
             raise Retry(defer=delivery_retry_delay(tries)) from exc
         log.info("%s outcome handled: %s", outcome.kind, outcome.error.value if outcome.error else "ok")
@@ -275,7 +287,9 @@ async def _deliver_outcome(ctx: dict[str, Any], payload: Any) -> str:
     return "ok"
 
 
-def build_outcome_worker(redis_url: str, on_outcome: OutcomeHandler, *, burst: bool = False) -> Worker:
+def build_outcome_worker(
+    redis_url: str, on_outcome: OutcomeHandler, *, on_given_up: GivenUpHandler | None = None, burst: bool = False
+) -> Worker:
     """An arq worker, run inside the bot process, that consumes outcomes from the bot's queue.
 
     Outcomes are durable jobs: a bot that was down when a portrait finished delivers it on restart.
@@ -290,20 +304,21 @@ def build_outcome_worker(redis_url: str, on_outcome: OutcomeHandler, *, burst: b
         redis_pool=redis_client(redis_url, jobs.BOT_QUEUE),
         burst=burst,
         max_jobs=20,
-        job_timeout=120,
+        job_timeout=DELIVERY_TRY_S + 30,
         keep_result=0,
         handle_signals=False,
-        ctx={"on_outcome": on_outcome},
+        ctx={"on_outcome": on_outcome, "on_given_up": on_given_up},
         job_serializer=jobs.serialize,
         job_deserializer=jobs.deserialize,
         poll_delay=0.2,
     )
 
 
-async def serve_outcomes(redis_url: str, on_outcome: OutcomeHandler) -> None:
+async def serve_outcomes(redis_url: str, on_outcome: OutcomeHandler, on_given_up: GivenUpHandler) -> None:
     """Consume outcomes until cancelled, through Redis outages: arq's worker stops at the first Redis
     error, so the deliveries in hand are finished, then a new worker connects once Redis answers."""
-    await serve_through_outages(lambda: build_outcome_worker(redis_url, on_outcome), log, "outcomes")
+    build = functools.partial(build_outcome_worker, redis_url, on_outcome, on_given_up=on_given_up)
+    await serve_through_outages(build, log, "outcomes")
 
 
 # ------------------------------------------------------------------------------------ progress

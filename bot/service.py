@@ -281,6 +281,20 @@ class ConversationService:
         finally:
             self._delivering.discard(fresh.id)
 
+    async def delivery_given_up(self, run_id: str) -> None:
+        """The outcome of ``run_id`` could not be shown after every try (the platform erred for half an
+        hour): portraits nobody saw are not charged, and the run counts as handled, so a late copy of
+        its outcome is not sent hours later."""
+        run = await self._repos.runs.get(run_id)
+        if run is None:
+            return
+        async with self._lock(run.user_id):
+            fresh = await self._repos.runs.get(run_id)
+            if fresh is None or fresh.delivered_at is not None or fresh.status.active:
+                return
+            await self._refund(fresh)
+            await self._repos.runs.mark_delivered(run_id)
+
     async def _after_refusal(self, run: Run, replies: Sequence[Reply], refused: DeliveryRefused) -> None:
         """The result's chat refuses the bot. A result meant for the user's private chat is shown where
         they asked for it instead, with a note saying why; elsewhere nobody can be told: it is logged, and

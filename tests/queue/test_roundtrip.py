@@ -25,7 +25,7 @@ from PIL import Image
 from bot.core import texts
 from bot.core.events import ButtonPressed, Command, OfferedFile, PhotosOffered
 from bot.core.replies import EditProgress, Photos, ProgressMessage, Reply, Text
-from bot.queue import ArqJobQueue, build_outcome_worker, create_redis
+from bot.queue import DELIVERY_TRIES, ArqJobQueue, _deliver_outcome, build_outcome_worker, create_redis
 from bot.service import ConversationService, Origin, StyleEntry
 from bot.supervisor import Action, RunSupervisor, SupervisorSettings
 from pipeline import jobs
@@ -387,6 +387,31 @@ async def test_a_result_that_could_not_be_sent_is_sent_when_the_platform_is_back
     assert len(finals) == 1, "delivered once, after the platform came back"
     run = await bench.repos.runs.get(run_id)
     assert run is not None and run.delivered_at is not None
+
+
+async def test_portraits_the_platform_never_took_after_every_try_are_not_charged(bench: Bench) -> None:
+    await bench.train_alice()
+    await bench.work()
+    await bench.deliver()
+    down = FlakyNotifier(failures=DELIVERY_TRIES)
+    bench.service.register_notifier(Platform.TELEGRAM, down)
+    [making] = [r for r in await bench.send(Command("generate", ("watercolor", "1"))) if isinstance(r, ProgressMessage)]
+    await bench.work()
+    run = await bench.repos.runs.get(making.run_id)
+    assert run is not None
+    outcome = await bench.service.stored_outcome(run)
+    assert outcome is not None
+    ctx = {"on_outcome": bench.service.on_outcome, "on_given_up": bench.service.delivery_given_up}
+    result = await _deliver_outcome({**ctx, "job_try": DELIVERY_TRIES}, outcome.model_dump(mode="json"))
+    assert result == "undelivered"
+    user = await bench.repos.users.find(Platform.TELEGRAM, ALICE.user_id)
+    assert user is not None
+    assert await bench.repos.usage.count_user(user.id, datetime.now(UTC).date()) == 0, "nothing shown, nothing charged"
+    # A copy of the outcome arq runs once more is not sent an hour later, nor refunded twice.
+    down.failures = 0
+    await _deliver_outcome({**ctx, "job_try": 1}, outcome.model_dump(mode="json"))
+    assert not down.sent
+    assert await bench.repos.usage.count_user(user.id, datetime.now(UTC).date()) == 0
 
 
 # ------------------------------------------------------------------------------ lost jobs, Redis keys
