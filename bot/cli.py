@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import contextlib
 import inspect
+import logging
 import math
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -22,7 +23,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from pydantic import SecretStr
 
 from bot.config import ChatSecrets
-from bot.errors import EXIT_OPERATOR, OperatorError, operator_message
+from bot.errors import EXIT_OPERATOR, EXIT_WEDGED, OperatorError, operator_message
 from bot.logging_setup import configure_logging
 from bot.settings_loader import SettingsError, load_settings
 from bot.up import DEFAULT_GRACE_S
@@ -111,12 +112,17 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     # The worker never uses the chat tokens, but they may be in its environment (one .env for all).
     _configure_logging("INFO", (*load_settings(ChatSecrets).secrets(), settings.s3_secret_access_key))
     from bot.graceful import until_terminated
-    from pipeline.background import leave_if_busy
-    from pipeline.worker import run_worker
+    from pipeline.background import leave, leave_if_busy
+    from pipeline.worker import WorkerWedged, run_worker
 
     with _explained(settings.redis_url):
         _preflight_worker(settings)
-        asyncio.run(until_terminated(run_worker(settings, burst=args.burst)))
+        try:
+            asyncio.run(until_terminated(run_worker(settings, burst=args.burst)))
+        except WorkerWedged as exc:
+            # The stuck thread would keep a normal exit waiting forever; a restart frees the GPU.
+            logging.getLogger("facechain.worker").error("exiting to be restarted: %s", exc)
+            leave(EXIT_WEDGED)
     leave_if_busy(0)
     return 0
 

@@ -12,6 +12,8 @@ from collections.abc import Iterator
 
 #: The exit code of every operator error (argparse uses it for usage errors too).
 EXIT_OPERATOR = 2
+#: The worker's exit code after a stage did not stop when told to: restart it (the GPU is held).
+EXIT_WEDGED = 3
 
 
 class OperatorError(Exception):

@@ -20,6 +20,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
+from typing import NoReturn
 
 log = logging.getLogger("facechain.worker")
 
@@ -78,6 +79,12 @@ def leave_if_busy(status: int) -> None:
     if not busy:
         return
     log.warning("exiting without waiting for background work that is still running: %s", ", ".join(busy))
+    leave(status)
+
+
+def leave(status: int) -> NoReturn:
+    """End the process with ``status`` now, logs flushed, whatever threads still run (a stuck stage's
+    thread would keep a normal exit waiting for it forever)."""
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()

@@ -34,7 +34,7 @@ from pipeline.runlog import run_context
 from storage.blob_config import open_blob_store
 from storage.blobs import BlobStore
 
-__all__ = ["StageCancelled", "StageControl", "StageRunner", "run_worker"]
+__all__ = ["StageCancelled", "StageControl", "StageRunner", "WorkerWedged", "run_worker"]
 
 log = logging.getLogger("facechain.worker")
 
@@ -42,6 +42,22 @@ log = logging.getLogger("facechain.worker")
 CANCEL_POLL_S = 0.5
 #: Seconds between two published progress notes of one run (the last one of a stage always goes).
 PROGRESS_INTERVAL_S = 1.0
+#: Seconds a stage has to return once told to stop (timeout, cancel). One that does not is stuck in a
+#: call that never checks (a hung GPU, a read without a timeout): its run fails, and the worker exits
+#: to be restarted, since the thread holding the GPU can't be killed.
+STAGE_STOP_GRACE_S = 60.0
+
+
+class WorkerWedged(Exception):
+    """A stage did not stop when told to: the worker process must exit to be restarted."""
+
+
+class _Wedge:
+    """Shared by a worker's queues: which stage is stuck, and the moment to stop serving."""
+
+    def __init__(self) -> None:
+        self.stage: str | None = None
+        self.now = asyncio.Event()
 
 
 class StageRunner(Protocol):
@@ -94,6 +110,9 @@ async def _run_job(ctx: dict[str, Any], payload: Any, kind: str) -> str:
             log.info("run %s: attempt %s was superseded by a newer one; it reports nothing", request.run_id, job_id)
             return "superseded"
         await _send_outcome(ctx, outcome)
+    wedge: _Wedge | None = ctx.get("wedge")
+    if wedge is not None and wedge.stage is not None:
+        wedge.now.set()  # its outcome is out: the worker may stop now
     return outcome.error.value if outcome.error else "ok"
 
 
@@ -184,13 +203,15 @@ async def _run_stage(
             if reason is not None:
                 stop.set()
                 # Wait for the stage to notice, so the GPU is free before the next job starts.
-                await asyncio.wait({task})
+                await asyncio.wait({task}, timeout=STAGE_STOP_GRACE_S)
                 break
     except asyncio.CancelledError:
         # arq's own job timeout or a worker shutdown: stop the thread too, then let arq see it.
         stop.set()
         with contextlib.suppress(BaseException):
-            await asyncio.shield(task)
+            await asyncio.wait({task}, timeout=STAGE_STOP_GRACE_S)
+        if not task.done():
+            _wedged(ctx, request, now=True)
         await reporter.close(0)
         raise
     await reporter.close(PROGRESS_INTERVAL_S)
@@ -198,6 +219,12 @@ async def _run_stage(
     kind = request.kind
     if reason is _Stop.CANCELLED:
         await _clear_flag(redis, jobs.cancel_key(request.run_id))
+    if not task.done():
+        _wedged(ctx, request, now=False)
+        if reason is _Stop.SUPERSEDED:
+            return None
+        code = jobs.ErrorCode.TIMEOUT if reason is _Stop.TIMEOUT else jobs.ErrorCode.CANCELLED
+        return _failed_outcome(kind, request.run_id, code, _STOP_MESSAGES[code])
     try:
         outcome = task.result()
     except StageCancelled:
@@ -214,6 +241,20 @@ async def _run_stage(
     elif reason is _Stop.SUPERSEDED:
         return None
     return outcome
+
+
+def _wedged(ctx: dict[str, Any], request: jobs.TrainRequest | jobs.GenerateRequest, *, now: bool) -> None:
+    """Note a stage that did not stop within STAGE_STOP_GRACE_S; ``now``: stop serving at once (else
+    once the run's outcome is sent)."""
+    stage = f"the {request.kind} stage of run {request.run_id}"
+    log.error("%s did not stop within %.0f s of being told to; this worker exits to be restarted", stage,
+              STAGE_STOP_GRACE_S)  # fmt: skip
+    wedge: _Wedge | None = ctx.get("wedge")
+    if wedge is None:
+        return
+    wedge.stage = stage
+    if now:
+        wedge.now.set()
 
 
 _STOP_MESSAGES = {
@@ -489,13 +530,21 @@ async def _run_workers(settings: WorkerSettings, *, burst: bool, ctx: dict[str, 
     for name in served:
         if name not in ("train", "generate"):
             raise ValueError(f"unknown queue {name!r}: expected train or generate")
+    wedge = context["wedge"] = _Wedge()
     tasks = [asyncio.create_task(_serve_queue(settings, context, name, burst=burst)) for name in served]
+    stuck = asyncio.create_task(wedge.now.wait())
+    waiting: set[asyncio.Task[Any]] = {*tasks, stuck}
     try:
-        await asyncio.gather(*tasks)
+        while not stuck.done() and not all(task.done() for task in tasks):
+            done, waiting = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            for task in done - {stuck}:
+                task.result()  # a queue's failure is the worker's
     finally:
-        await cancel_all(tasks)
+        await cancel_all([*tasks, stuck])
         if owns_runner:
             await _stop_background(context)
+    if wedge.stage is not None:
+        raise WorkerWedged(f"{wedge.stage} did not stop within {STAGE_STOP_GRACE_S:.0f} s of being told to")
 
 
 async def _stop_background(ctx: dict[str, Any]) -> None:

@@ -363,6 +363,36 @@ async def test_a_stage_over_its_timeout_is_stopped_and_reported(bench: Bench) ->
 
 
 @dataclass
+class HungRunner(ScriptedRunner):
+    """A training stuck in a call that never checks its control (a hung GPU, a read without timeout)."""
+
+    unstuck: threading.Event = field(default_factory=threading.Event)
+
+    def train(self, request: jobs.TrainRequest, control: StageControl) -> jobs.TrainOutcome:
+        self.started.set()
+        self.unstuck.wait(60)
+        raise RuntimeError("unstuck at last")
+
+
+async def test_a_stage_that_ignores_its_stop_fails_its_run_and_the_worker_leaves_to_be_restarted(
+    bench: Bench, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(worker_module, "STAGE_STOP_GRACE_S", 0.5)
+    hung = HungRunner(bench.blobs)
+    bench.settings = bench.settings.model_copy(update={"train_timeout_s": 1})
+    run_id = await bench.train_alice()
+    try:
+        with pytest.raises(worker_module.WorkerWedged, match=f"the train stage of run {run_id} did not stop"):
+            await asyncio.wait_for(run_worker(bench.settings, ctx={"runner": hung}), 30)
+        await bench.deliver()
+        run = await bench.repos.runs.get(run_id)
+        assert run is not None and run.status is RunStatus.FAILED
+        assert run.error_code == jobs.ErrorCode.TIMEOUT.value, "the user is told it took too long"
+    finally:
+        hung.unstuck.set()
+
+
+@dataclass
 class FlakyNotifier(RecordingNotifier):
     """The chat platform is down for the first ``failures`` sends."""
 
