@@ -18,7 +18,7 @@ import secrets
 import weakref
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Protocol
 
 from bot.core import effects as fx
@@ -328,6 +328,11 @@ class ConversationService:
     async def active_runs(self) -> list[Run]:
         """Every queued and running run, oldest first."""
         return await self._repos.runs.active_all()
+
+    async def recently_cancelled(self) -> list[Run]:
+        """Runs cancelled within a day (as long as arq keeps a job): their jobs may still wait in Redis
+        if the cancel met Redis down and the bot restarted before it was sent."""
+        return await self._repos.runs.cancelled_since(self._clock() - timedelta(days=1))
 
     async def stored_outcome(self, run: Run) -> jobs.TrainOutcome | jobs.GenerateOutcome | None:
         """The outcome a worker left as the run's done marker, if it finished one (None: it did not)."""

@@ -124,6 +124,8 @@ class RunSupervisor:
         #: (run id, attempt) → when it was first seen unhealthy (this supervisor's clock).
         self._suspects: dict[tuple[str, int], float] = {}
         self._redis_down = False
+        #: Cancelled runs' jobs were looked for since this supervisor started (and since the last outage).
+        self._swept = False
 
     async def run_forever(self) -> None:
         """Check every ``interval_s`` until cancelled. A failed check is logged, never fatal."""
@@ -146,6 +148,12 @@ class RunSupervisor:
         if self._redis_down:
             log.info("Redis reachable again: watching %d active run(s) afresh", len(runs))
             self._redis_down = False
+        if not self._swept:
+            try:
+                await self._cancel_left_behind()
+            except QueueUnreachable as exc:
+                self._outage(exc)
+                return {}
         now = self._clock()
         suspects: dict[tuple[str, int], float] = {}
         acted: dict[str, Action] = {}
@@ -179,8 +187,21 @@ class RunSupervisor:
         self._suspects = suspects
         return acted
 
+    async def _cancel_left_behind(self) -> None:
+        """A cancel that met Redis down waits in memory: a bot restarted before Redis came back lost it.
+        After a start and after each outage, every run cancelled lately whose job Redis still holds is
+        cancelled again, so no worker spends its time on work nobody wants."""
+        runs = await self._service.recently_cancelled()
+        states = await self._queue.observe([(run.id, run.attempt) for run in runs])
+        for run in runs:
+            if states[run.id].stored or states[run.id].in_progress:
+                log.info("run %s was cancelled but its job is still in Redis: cancelling it there", run.id)
+                await self._queue.cancel(run.kind.value, run.id, run.attempt)
+        self._swept = True
+
     def _outage(self, exc: QueueUnreachable) -> None:
         # Nothing seen across an outage is evidence against a run: its worker could not beat either.
+        self._swept = False
         self._suspects.clear()
         if not self._redis_down:
             log.warning("run check skipped: Redis unreachable (%s)", exc)

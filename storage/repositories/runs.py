@@ -6,7 +6,9 @@ import json
 import math
 import sqlite3
 from collections.abc import Sequence
+from datetime import datetime
 
+from storage._time import to_db
 from storage.errors import Conflict, NotFound
 from storage.models import Delivery, Platform, Run, RunKind, RunStatus
 from storage.repositories._base import Repository, placeholders, record, violation
@@ -205,6 +207,14 @@ class RunsRepository(Repository):
             f"SELECT kind, status, count(*) AS n FROM runs WHERE {_IN_ACTIVE} GROUP BY kind, status", _ACTIVE
         )
         return {(RunKind(row["kind"]), RunStatus(row["status"])): int(row["n"]) for row in rows}
+
+    async def cancelled_since(self, since: datetime) -> list[Run]:
+        """Runs cancelled at ``since`` or later, oldest first (their jobs may still wait in Redis)."""
+        return await self._list(
+            run_record,
+            "SELECT * FROM runs WHERE status = ? AND finished_at >= ? ORDER BY created_at, rowid",
+            (RunStatus.CANCELLED, to_db(since)),
+        )
 
     async def by_status(self, status: RunStatus) -> list[Run]:
         """Every run in ``status``, oldest first."""

@@ -458,6 +458,24 @@ def _supervisor(bench: Bench, clock: Clock, max_attempts: int = 3) -> RunSupervi
     return RunSupervisor(bench.service, queue, SupervisorSettings(1.0, 30.0, max_attempts), clock=clock)
 
 
+async def test_a_cancel_that_met_redis_down_reaches_the_queue_after_a_bot_restart(bench: Bench) -> None:
+    run_id = await bench.train_alice()  # its job waits in Redis
+    dead = await create_redis("redis://127.0.0.1:1/0")
+    try:
+        down = ConversationService(
+            bench.repos, bench.blobs, ArqJobQueue(dead), STYLES, WorkerSettingsLimits, candidates=4, clock=bench.clock
+        )
+        await down.handle(ALICE, Command("cancel"))  # the run ends; the cancel waits in that bot's memory...
+    finally:
+        await dead.aclose()
+    run = await bench.repos.runs.get(run_id)
+    assert run is not None and run.status is RunStatus.CANCELLED
+    # ...which a restart loses. The new bot's supervisor finds the job of a cancelled run on its first check.
+    await _supervisor(bench, Clock()).check()
+    await bench.work()
+    assert bench.runner.calls == [], "no GPU time for a training nobody wants"
+
+
 async def test_a_run_whose_job_redis_lost_is_submitted_again_and_finishes(bench: Bench) -> None:
     run_id = await bench.train_alice()
     await bench.redis.flushdb()  # a Redis restarted without persistence: every job is gone
