@@ -88,6 +88,7 @@ def background_tasks(runtime: BotRuntime) -> list[asyncio.Task[None]]:
         SupervisorSettings(
             interval_s=settings.run_check_interval_s,
             lost_after_s=settings.run_lost_after_s,
+            no_worker_after_s=settings.run_no_worker_after_s,
             max_attempts=settings.run_max_attempts,
         ),
     )

@@ -124,6 +124,12 @@ class BotSettings(ChatSecrets, SharedSettings):
         le=3600,
         description="How long a run's job may look gone, or its worker silent, before the run restarts or fails.",
     )
+    run_no_worker_after_s: float = Field(
+        default=900.0,
+        ge=0,
+        le=86_400,
+        description="How long a queued run waits while no worker serves its queue, before it fails (not charged).",
+    )
     run_max_attempts: int = Field(
         default=3,
         ge=1,

@@ -227,6 +227,19 @@ class ArqJobQueue:
             )
         return states
 
+    async def served_queues(self) -> set[str]:
+        """The kinds (``train``, ``generate``) some worker serves now: its health key is fresh (a worker
+        refreshes it every 30 s while its event loop runs). Raises :class:`QueueUnreachable`."""
+        kinds = ("train", "generate")
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for kind in kinds:
+                    pipe.exists(jobs.worker_health_key(kind))
+                found = await pipe.execute()
+        except REDIS_DOWN as exc:
+            raise QueueUnreachable(str(exc)) from exc
+        return {kind for kind, exists in zip(kinds, found, strict=True) if exists}
+
     async def flush(self) -> None:
         """Send the cancels that found Redis down. Raises :class:`QueueUnreachable` while it still is."""
         for kind, run_id, attempt in sorted(self._pending_cancels):

@@ -42,6 +42,8 @@ class Health(StrEnum):
     """How a run's current attempt looks from Redis."""
 
     WAITING = "waiting"
+    #: Waiting in line, but no worker serves its queue (none started, all stopped).
+    UNSERVED = "unserved"
     RUNNING = "running"
     DELIVERING = "delivering"
     #: A worker took it but no longer heartbeats it (killed, crashed, cut off from Redis).
@@ -59,10 +61,12 @@ class Action(StrEnum):
     DELIVER_STORED = "deliver_stored"
     RESTART = "restart"
     FAIL = "fail"
+    #: Waited too long with no worker serving its queue: it fails, saying so.
+    FAIL_NO_WORKER = "fail_no_worker"
 
 
-def health(state: JobState) -> Health:
-    """Classify what Redis says about one attempt."""
+def health(state: JobState, served: bool = True) -> Health:
+    """Classify what Redis says about one attempt; ``served``: a worker serves its queue."""
     if state.outcome_pending:
         return Health.DELIVERING
     if state.heartbeat:
@@ -70,7 +74,7 @@ def health(state: JobState) -> Health:
     if state.in_progress:
         return Health.SILENT
     if state.stored:
-        return Health.WAITING
+        return Health.WAITING if served else Health.UNSERVED
     return Health.GONE
 
 
@@ -83,12 +87,16 @@ def judge(
     max_attempts: int,
     has_stored_outcome: bool,
     restartable: bool,
+    no_worker_after_s: float = float("inf"),
 ) -> Action:
     """What to do with an active run, given how its attempt looks and for how long it has looked so.
 
     ``suspect_for_s``: how long, without a break and with Redis reachable, the attempt has not been
-    healthy. ``restartable``: the run's request is stored, so it can be submitted again.
+    healthy. ``restartable``: the run's request is stored, so it can be submitted again. A run waiting
+    where no worker serves its queue is given ``no_worker_after_s`` (a worker may be starting).
     """
+    if seen is Health.UNSERVED:
+        return Action.FAIL_NO_WORKER if suspect_for_s >= no_worker_after_s else Action.KEEP
     if seen in HEALTHY or suspect_for_s < lost_after_s:
         return Action.KEEP
     if has_stored_outcome:
@@ -104,6 +112,7 @@ class SupervisorSettings:
     interval_s: float = 15.0
     lost_after_s: float = 30.0
     max_attempts: int = 3
+    no_worker_after_s: float = 900.0
 
 
 class RunSupervisor:
@@ -142,6 +151,7 @@ class RunSupervisor:
             await self._queue.flush()
             runs = await self._service.active_runs()
             states = await self._queue.observe([(run.id, run.attempt) for run in runs])
+            served = await self._queue.served_queues()
         except QueueUnreachable as exc:
             self._outage(exc)
             return {}
@@ -158,7 +168,7 @@ class RunSupervisor:
         suspects: dict[tuple[str, int], float] = {}
         acted: dict[str, Action] = {}
         for run in runs:
-            seen = health(states[run.id])
+            seen = health(states[run.id], served=run.kind.value in served)
             if seen in HEALTHY:
                 continue
             key = (run.id, run.attempt)
@@ -173,6 +183,7 @@ class RunSupervisor:
                 max_attempts=self._settings.max_attempts,
                 has_stored_outcome=stored is not None,
                 restartable=run.request is not None,
+                no_worker_after_s=self._settings.no_worker_after_s,
             )
             if action is Action.KEEP:
                 continue
@@ -220,11 +231,15 @@ class RunSupervisor:
         if action is Action.RESTART:
             await self._service.restart_run(run, self._settings.max_attempts)
             return
-        await self._queue.report(_lost(run), run.attempt)
+        if action is Action.FAIL_NO_WORKER:
+            waited = f"No worker served the {kind} queue for {self._settings.no_worker_after_s:.0f} s."
+            await self._queue.report(_failed(run, jobs.ErrorCode.NO_WORKER, waited), run.attempt)
+            return
+        lost = f"The worker was lost on attempt {run.attempt}."
+        await self._queue.report(_failed(run, jobs.ErrorCode.WORKER_LOST, lost), run.attempt)
 
 
-def _lost(run: Run) -> jobs.TrainOutcome | jobs.GenerateOutcome:
-    message = f"The worker was lost on attempt {run.attempt}."
+def _failed(run: Run, code: jobs.ErrorCode, message: str) -> jobs.TrainOutcome | jobs.GenerateOutcome:
     if run.kind is RunKind.TRAIN:
-        return jobs.TrainOutcome(run_id=run.id, error=jobs.ErrorCode.WORKER_LOST, message=message)
-    return jobs.GenerateOutcome(run_id=run.id, error=jobs.ErrorCode.WORKER_LOST, message=message)
+        return jobs.TrainOutcome(run_id=run.id, error=code, message=message)
+    return jobs.GenerateOutcome(run_id=run.id, error=code, message=message)

@@ -158,6 +158,8 @@ class ErrorCode(StrEnum):
     INTERNAL = "internal"
     #: The run's worker stopped (killed, crashed, cut off) on every attempt; said by the bot, not a worker.
     WORKER_LOST = "worker_lost"
+    #: No worker served the run's queue for as long as the bot waits for one; said by the bot.
+    NO_WORKER = "no_worker"
 
 
 class RejectReason(StrEnum):

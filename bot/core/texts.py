@@ -45,6 +45,7 @@ _ERRORS: dict[ErrorCode, str] = {
     ErrorCode.BAD_PAYLOAD: "The GPU worker didn't understand the request (its version may differ).",
     ErrorCode.INTERNAL: "Something went wrong on the server.",
     ErrorCode.WORKER_LOST: "The GPU worker stopped while working on it, each time I tried.",
+    ErrorCode.NO_WORKER: "No GPU worker is running right now, so it never started. Please try again later.",
 }
 
 _SUBJECTS: dict[Subject, str] = {

@@ -34,6 +34,11 @@ def test_what_redis_says_about_an_attempt(state: JobState, expected: Health) -> 
     assert health(state) is expected
 
 
+def test_waiting_where_no_worker_serves_the_queue_is_unserved() -> None:
+    assert health(_state(stored=True), served=False) is Health.UNSERVED
+    assert health(_state(stored=True, in_progress=True, heartbeat=True), served=False) is Health.RUNNING
+
+
 @dataclass(frozen=True)
 class Case:
     seen: Health
@@ -46,6 +51,7 @@ class Case:
 
 LOST_AFTER = 30.0
 MAX_ATTEMPTS = 3
+NO_WORKER_AFTER = 900.0
 
 CASES = {
     "waiting in line is fine however long": Case(Health.WAITING, suspect_for_s=10_000),
@@ -64,6 +70,11 @@ CASES = {
         Health.SILENT, attempt=3, stored=True, expected=Action.DELIVER_STORED
     ),
     "a stored outcome still waits out the grace": Case(Health.GONE, suspect_for_s=1.0, stored=True),
+    # A worker may be starting (models load for minutes): the run waits NO_WORKER_AFTER, then fails.
+    "no worker serves the queue yet: wait": Case(Health.UNSERVED, suspect_for_s=NO_WORKER_AFTER - 1),
+    "no worker served the queue all along: fail": Case(
+        Health.UNSERVED, suspect_for_s=NO_WORKER_AFTER, expected=Action.FAIL_NO_WORKER
+    ),
 }
 
 
@@ -77,5 +88,6 @@ def test_what_is_done_with_a_run(case: Case) -> None:
         max_attempts=MAX_ATTEMPTS,
         has_stored_outcome=case.stored,
         restartable=case.restartable,
+        no_worker_after_s=NO_WORKER_AFTER,
     )
     assert action is case.expected

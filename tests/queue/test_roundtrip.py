@@ -476,6 +476,31 @@ async def test_a_cancel_that_met_redis_down_reaches_the_queue_after_a_bot_restar
     assert bench.runner.calls == [], "no GPU time for a training nobody wants"
 
 
+async def test_a_run_no_worker_ever_takes_fails_uncharged_after_the_wait_and_the_user_is_told(bench: Bench) -> None:
+    await bench.train_alice()
+    await bench.work()
+    await bench.deliver()
+    [making] = [r for r in await bench.send(Command("generate", ("watercolor", "1"))) if isinstance(r, ProgressMessage)]
+    # The burst worker above is gone; its health key would lapse within 31 s.
+    await bench.redis.delete(jobs.worker_health_key("generate"))
+    clock = Clock()
+    supervisor = RunSupervisor(
+        bench.service, ArqJobQueue(bench.redis), SupervisorSettings(1.0, 30.0, 3, no_worker_after_s=600), clock=clock
+    )
+    assert await supervisor.check() == {}
+    clock.now += 599
+    assert await supervisor.check() == {}, "a worker may still be starting"
+    clock.now += 1
+    assert await supervisor.check() == {making.run_id: Action.FAIL_NO_WORKER}
+    await bench.deliver()
+    run = await bench.repos.runs.get(making.run_id)
+    assert run is not None and run.status is RunStatus.FAILED and run.error_code == jobs.ErrorCode.NO_WORKER.value
+    told = [r.text for _, r in bench.notifier.sent if isinstance(r, Text)]
+    assert any(texts.error_reason(jobs.ErrorCode.NO_WORKER) in text for text in told), told
+    user = await bench.repos.users.find(Platform.TELEGRAM, ALICE.user_id)
+    assert user is not None and await bench.repos.usage.count_user(user.id, datetime.now(UTC).date()) == 0
+
+
 async def test_a_run_whose_job_redis_lost_is_submitted_again_and_finishes(bench: Bench) -> None:
     run_id = await bench.train_alice()
     await bench.redis.flushdb()  # a Redis restarted without persistence: every job is gone
