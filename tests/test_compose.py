@@ -38,7 +38,8 @@ def test_bot_and_worker_wait_for_a_healthy_redis_and_reach_it_by_service_name() 
     services = _compose()["services"]
     for name in ("bot", "worker"):
         assert services[name]["depends_on"]["redis"]["condition"] == "service_healthy"
-        assert services[name]["environment"]["FACECHAIN_REDIS_URL"].startswith("redis://redis:")
+        # .env may override it (a password, docs/scaling.md); otherwise the compose file's own Redis.
+        assert services[name]["environment"]["FACECHAIN_REDIS_URL"] == "${FACECHAIN_REDIS_URL:-redis://redis:6379/0}"
 
 
 def test_the_worker_reserves_a_gpu() -> None:
@@ -133,6 +134,9 @@ def test_models_are_fetched_on_the_first_start_before_the_worker_runs() -> None:
     assert f"models:{models_dir}" in fetcher["volumes"] and f"models:{models_dir}" in worker["volumes"]
     assert worker["depends_on"][fetchers[0]]["condition"] == "service_completed_successfully"
     assert "facechain-bot models list ||" in " ".join(fetcher["command"]), "only when the models are missing"
+    # A further machine's worker has a models volume of its own: it fills it first.
+    remote = " ".join(services["remote-worker"]["command"])
+    assert "(facechain-bot models list >/dev/null || facechain-bot models fetch) && exec facechain-bot worker" in remote
 
 
 # ----------------------------------------------------------------------------- one tested set of versions
