@@ -88,6 +88,7 @@ async def run_doctor(*, gpu: bool = True, print_line: Callable[[str], None] = pr
         checks.append(await _guard("redis", lambda: _check_redis(str(bot_settings.redis_url))))
         checks.append(await _guard("database", lambda: _check_database(bot_settings.database_path)))
         checks.append(await _guard("blob store", lambda: _check_blob_store(bot_settings)))
+        checks.append(await _guard("styles", lambda: _check_styles(bot_settings.styles_dir, bot_settings.models_dir)))
 
     if gpu and worker_settings is not None:
         checks.append(await _guard("gpu", lambda: _check_gpu(worker_settings), required=False))
@@ -325,6 +326,19 @@ def _find_uncompiled(packages: tuple[str, ...]) -> tuple[list[str], list[str]]:
             continue  # written by the first start
         missing.append(name)
     return checked, missing
+
+
+async def _check_styles(styles_dir: Path | None, models_dir: Path | None) -> Check:
+    """The style catalogue loads: FACECHAIN_STYLES_DIR, when set, is a folder (else the bot refuses to start)."""
+    from pipeline.styles import StyleFileError, load_catalogue
+
+    try:
+        catalogue = load_catalogue(styles_dir, models_dir)
+    except StyleFileError as exc:
+        return Check("styles", False, f"{exc}: the bot refuses to start; create it or fix the setting")
+    refused = len(catalogue.refused)
+    named = f"; {refused} file(s) refused: `facechain-bot styles` names them" if refused else ""
+    return Check("styles", True, f"{len(catalogue.styles)} styles{named}")
 
 
 async def _check_style_loras(settings: WorkerSettings) -> Check:

@@ -39,7 +39,7 @@ def test_a_commands_help_shows_its_description(capsys: pytest.CaptureFixture[str
 def test_doctor_passes_on_a_bot_machine_with_redis(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["doctor", "--no-gpu"]) == 0
     out = capsys.readouterr().out
-    assert "[ ok ] redis" in out and "[ ok ] database" in out
+    assert "[ ok ] redis" in out and "[ ok ] database" in out and "[ ok ] styles" in out
     assert "no token" in out, "a missing chat token is reported as a warning"
 
 
@@ -51,6 +51,15 @@ def test_doctor_fails_and_says_how_when_redis_is_down(
     out = capsys.readouterr().out
     assert "[ ERR] redis" in out and "FACECHAIN_REDIS_URL" in out
     assert "hunter2" not in out, "the Redis password is never printed"
+
+
+def test_doctor_fails_where_the_bot_would_refuse_its_styles_folder(
+    env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("FACECHAIN_STYLES_DIR", str(env / "no-such-styles"))
+    assert main(["doctor", "--no-gpu"]) == 1
+    out = capsys.readouterr().out
+    assert "[ ERR] styles" in out and "is not a directory: the bot refuses to start" in out
 
 
 def test_doctor_fails_when_the_device_the_settings_name_is_not_there(
