@@ -110,9 +110,15 @@ class BotSettings(ChatSecrets, SharedSettings):
     default_count: int = Field(default=4, ge=1, le=10)
     max_count: int = Field(default=4, ge=1, le=10)
     daily_generations: int | None = Field(
-        default=20, ge=0, description="/generate runs per person per day, in every chat; empty = unlimited."
+        default=20, ge=0, description="/generate runs per person per day, in every chat; off = unlimited."
     )
     max_lora_mb: float = Field(default=256.0, gt=0)
+
+    @field_validator("daily_generations", mode="before")
+    @classmethod
+    def _off_is_unlimited(cls, value: object) -> object:
+        # An empty value means "not set" (the default applies), so "no limit" needs a word of its own.
+        return None if isinstance(value, str) and value.strip().casefold() in ("off", "unlimited") else value
 
     # ---- runs whose worker is lost (bot.supervisor): bounded within heartbeat TTL + lost-after + interval
     run_check_interval_s: float = Field(

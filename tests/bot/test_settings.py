@@ -74,6 +74,14 @@ def test_environment_and_dotenv_are_read(monkeypatch: pytest.MonkeyPatch, tmp_pa
     assert settings.limits().min_photos == 5
 
 
+@pytest.mark.parametrize(("written", "limit"), [("off", None), ("Unlimited", None), ("", 20), ("5", 5)])
+def test_the_daily_limit_is_switched_off_by_a_word_not_by_an_empty_value(
+    monkeypatch: pytest.MonkeyPatch, written: str, limit: int | None
+) -> None:
+    monkeypatch.setenv("FACECHAIN_DAILY_GENERATIONS", written)
+    assert BotSettings(_env_file=None).limits().daily_generations == limit  # type: ignore[call-arg]
+
+
 def test_tokens_never_appear_in_repr_or_logs(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.setenv("FACECHAIN_TELEGRAM_TOKEN", TOKEN)
     monkeypatch.setenv("FACECHAIN_DISCORD_TOKEN", DISCORD_TOKEN)
