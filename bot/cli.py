@@ -110,7 +110,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         except ValidationError:
             raise OperatorError(f"--queues {args.queues}: expected train, generate or train,generate") from None
     # The worker never uses the chat tokens, but they may be in its environment (one .env for all).
-    _configure_logging("INFO", (*load_settings(ChatSecrets).secrets(), settings.s3_secret_access_key))
+    _configure_logging(settings.log_level, (*load_settings(ChatSecrets).secrets(), settings.s3_secret_access_key))
     from bot.graceful import until_terminated
     from pipeline.background import leave, leave_if_busy
     from pipeline.worker import WorkerWedged, run_worker

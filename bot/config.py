@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 
 from pydantic import AnyHttpUrl, AnyUrl, Field, SecretStr, UrlConstraints, field_validator
 from pydantic_core import PydanticCustomError
@@ -82,7 +82,6 @@ class BotSettings(ChatSecrets, SharedSettings):
 
     model_config = SETTINGS_CONFIG
 
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     bot_metrics_port: MetricsPort = None
     uvloop: bool = Field(
         default=False, description="Run the bot's event loop on uvloop when it is installed (experimental)."

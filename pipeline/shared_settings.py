@@ -9,7 +9,7 @@ from the same environment, so they cannot disagree about it. Torch-free: the bot
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -51,6 +51,9 @@ class SharedSettings(BaseSettings, BlobStoreSettings):
     styles_dir: Path | None = Field(default=None, description="Extra style files (.toml) beside the built-ins.")
     candidates: int = Field(
         default=RECIPES[DEFAULT_RECIPE].candidates, ge=1, le=40, description="Candidates generated per /generate."
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="The lowest level of log line each process writes."
     )
 
     @property
