@@ -219,11 +219,11 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
     fetch: download the base model, the style LoRAs and every file of every FaceChain stage the settings
     select into FACECHAIN_MODELS_DIR, with resume (needs internet; run it once, on any machine, then copy the
-    folder). make-tiny [DIR]: write tiny random-weight models into DIR (default FACECHAIN_MODELS_DIR) where
-    fetch puts the real ones: a tiny SD pipeline (DIR/tiny-sd), a tiny LoRA for every style and a tiny model
-    for every stage that runs on this project's own runtimes (not skin retouching, human parsing or face
-    fusion: ModelScope pipelines with code of their own), so that the route runs without weights or a GPU
-    (its images are noise); it prints the settings to use. list: the base model, and every stage's model and
+    folder). make-tiny DIR: write tiny random-weight models into DIR (a folder of their own, never the real
+    models' FACECHAIN_MODELS_DIR) where fetch puts the real ones: a tiny SD pipeline (DIR/tiny-sd), a tiny
+    LoRA for every style and a tiny model for every stage that runs on this project's own runtimes (not
+    skin retouching, human parsing or face fusion: ModelScope pipelines with code of their own), so that
+    the route runs without weights or a GPU (its images are noise); it prints the settings to use. list: the base model, and every stage's model and
     alternative: in use, present or missing; it exits 1 while anything fetch downloads is missing.
     """
 
@@ -339,10 +339,12 @@ def _make_tiny(args: argparse.Namespace) -> int:
     from pipeline.tiny_models import make_tiny
 
     folders = [*args.names, *([args.dir] if args.dir else [])]
-    if len(folders) > 1:
-        print(f"facechain-bot models make-tiny: one DIR, not {len(folders)}: {' '.join(folders)}", file=sys.stderr)
+    if len(folders) != 1:
+        # No default: random-weight models in the real models folder would pass for real ones there.
+        given = f"not {len(folders)}: {' '.join(folders)}" if folders else "a folder of their own, e.g. ./models-tiny"
+        print(f"facechain-bot models make-tiny: one DIR, {given}", file=sys.stderr)
         return 2
-    route = make_tiny(_worker_settings(), Path(folders[0]) if folders else None)
+    route = make_tiny(_worker_settings(), Path(folders[0]))
     for line in route.refused_styles:
         print(line, file=sys.stderr)
     for result in route.results:

@@ -93,7 +93,7 @@ def test_doctor_reports_a_missing_base_model(env: Path, capsys: pytest.CaptureFi
 
 
 def test_doctor_finds_every_style_lora_that_make_tiny_wrote(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["models", "make-tiny"]) == 0
+    assert main(["models", "make-tiny", str(env / "models")]) == 0
     capsys.readouterr()
     main(["doctor"])
     assert "[ ok ] style LoRAs: 6 of 12 styles have a LoRA, all present" in capsys.readouterr().out
@@ -146,10 +146,16 @@ def test_script_mode_trains_and_generates_with_a_tiny_model(
     assert left == [], "the portraits are in OUT, not kept twice (the training's LoRA and template stay)"
 
 
-def test_make_tiny_writes_into_the_models_dir_and_prints_the_settings(
+def test_make_tiny_writes_into_the_folder_given_and_prints_the_settings(
     env: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["models", "make-tiny"]) == 0  # no DIR: FACECHAIN_MODELS_DIR
+    assert main(["models", "make-tiny"]) == 2, "no DIR: random weights never land in the real models folder"
+    assert (
+        capsys.readouterr().err
+        == "facechain-bot models make-tiny: one DIR, a folder of their own, e.g. ./models-tiny\n"
+    )
+    assert not (env / "models" / "tiny-sd").exists()
+    assert main(["models", "make-tiny", str(env / "models")]) == 0
     out = capsys.readouterr().out
     models = (env / "models").resolve()
     assert (models / "tiny-sd" / "model_index.json").is_file()
