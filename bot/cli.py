@@ -223,8 +223,9 @@ def _cmd_models(args: argparse.Namespace) -> int:
     models' FACECHAIN_MODELS_DIR) where fetch puts the real ones: a tiny SD pipeline (DIR/tiny-sd), a tiny
     LoRA for every style and a tiny model for every stage that runs on this project's own runtimes (not
     skin retouching, human parsing or face fusion: ModelScope pipelines with code of their own), so that
-    the route runs without weights or a GPU (its images are noise); it prints the settings to use. list: the base model, and every stage's model and
-    alternative: in use, present or missing; it exits 1 while anything fetch downloads is missing.
+    the route runs without weights or a GPU (its images are noise); it prints the settings to use. list:
+    the base model, and every stage's model and alternative: in use, present or missing; it exits 1 while
+    anything fetch downloads is missing.
     """
 
     if args.action == "make-tiny":
