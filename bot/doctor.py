@@ -85,7 +85,10 @@ async def run_doctor(*, gpu: bool = True, print_line: Callable[[str], None] = pr
                 required=False,
             )
         )
-        checks.append(await _guard("redis", lambda: _check_redis(str(bot_settings.redis_url))))
+        if "redis_url" in bot_settings.model_fields_set:
+            checks.append(await _guard("redis", lambda: _check_redis(str(bot_settings.redis_url))))
+        else:
+            checks.append(_check_private_redis(str(bot_settings.redis_url)))
         checks.append(await _guard("database", lambda: _check_database(bot_settings.database_path)))
         checks.append(await _guard("blob store", lambda: _check_blob_store(bot_settings)))
         checks.append(await _guard("styles", lambda: _check_styles(bot_settings.styles_dir, bot_settings.models_dir)))
@@ -104,6 +107,21 @@ async def run_doctor(*, gpu: bool = True, print_line: Callable[[str], None] = pr
     failed = [c for c in checks if c.required and not c.ok]
     print_line("all required checks passed" if not failed else f"{len(failed)} required check(s) failed")
     return 1 if failed else 0
+
+
+def _check_private_redis(default_url: str) -> Check:
+    """FACECHAIN_REDIS_URL unset: ``up`` starts a private Redis (``bot`` and ``worker`` alone use the default)."""
+    from bot.up import NO_REDIS
+
+    server = shutil.which("redis-server")
+    if server is None:
+        return Check("redis", False, f"FACECHAIN_REDIS_URL is not set and {NO_REDIS}")
+    return Check(
+        "redis",
+        True,
+        f"FACECHAIN_REDIS_URL is not set: `facechain-bot up` starts a private one ({server}); "
+        f"`bot` and `worker` alone use {redacted_url(default_url)}",
+    )
 
 
 async def _check_redis(url: str) -> Check:

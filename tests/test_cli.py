@@ -53,6 +53,26 @@ def test_doctor_fails_and_says_how_when_redis_is_down(
     assert "hunter2" not in out, "the Redis password is never printed"
 
 
+def test_doctor_without_a_redis_url_checks_what_up_needs_to_start_its_own(
+    env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("FACECHAIN_REDIS_URL")
+    monkeypatch.setenv("PATH", str(env / "bin"))  # no redis-server anywhere
+    assert main(["doctor", "--no-gpu"]) == 1
+    assert (
+        "[ ERR] redis: FACECHAIN_REDIS_URL is not set and no Redis to use: install redis-server"
+        in capsys.readouterr().out
+    )
+    (env / "bin").mkdir()
+    (env / "bin" / "redis-server").write_text("#!/bin/sh\n")
+    (env / "bin" / "redis-server").chmod(0o755)
+    assert main(["doctor", "--no-gpu"]) == 0
+    assert (
+        "[ ok ] redis: FACECHAIN_REDIS_URL is not set: `facechain-bot up` starts a private one"
+        in capsys.readouterr().out
+    )
+
+
 def test_doctor_fails_where_the_bot_would_refuse_its_styles_folder(
     env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
