@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from pydantic import SecretStr
 
 from bot.config import ChatSecrets
-from bot.errors import EXIT_OPERATOR, EXIT_WEDGED, OperatorError, operator_message
+from bot.errors import EXIT_OPERATOR, EXIT_WEDGED, OperatorError, operator_message, redacted_url
 from bot.logging_setup import configure_logging
 from bot.settings_loader import SettingsError, load_settings
 from bot.up import DEFAULT_GRACE_S
@@ -75,6 +75,27 @@ def _require_redis(url: str) -> None:
         client.close()
 
 
+def _refuse_a_wrong_redis_password(url: str) -> None:
+    """A Redis that answers but refuses the password: an operator's mistake, said once (exit 2). One
+    that does not answer yet is waited for, as always."""
+    from redis import Redis
+    from redis.exceptions import AuthenticationError, AuthorizationError
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    client = Redis.from_url(url, socket_connect_timeout=3, socket_timeout=3)
+    try:
+        client.ping()
+    except (AuthenticationError, AuthorizationError) as exc:
+        raise OperatorError(
+            f"the Redis at {redacted_url(url)} refuses this login ({exc}): fix the password in FACECHAIN_REDIS_URL"
+        ) from None
+    except (RedisConnectionError, RedisTimeoutError):
+        pass
+    finally:
+        client.close()
+
+
 def _cmd_bot(args: argparse.Namespace) -> int:
     """Run the chat bot (Telegram and/or Discord, whichever tokens are set).
 
@@ -89,6 +110,7 @@ def _cmd_bot(args: argparse.Namespace) -> int:
     from bot.app import main
 
     with _explained(settings.redis_url):
+        _refuse_a_wrong_redis_password(str(settings.redis_url))
         main(settings)
     return 0
 
@@ -116,6 +138,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     from pipeline.worker import WorkerWedged, run_worker
 
     with _explained(settings.redis_url):
+        _refuse_a_wrong_redis_password(str(settings.redis_url))
         _preflight_worker(settings)
         try:
             asyncio.run(until_terminated(run_worker(settings, burst=args.burst)))

@@ -6,6 +6,7 @@ would meet it.
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 import time
@@ -208,3 +209,26 @@ def test_a_gpu_side_command_on_a_bot_only_install_says_what_to_install() -> None
     line = operator_message(missing)
     assert line is not None and "no torch" in line and "'.[gpu,faces,stages]'" in line
     assert operator_message(ModuleNotFoundError("No module named 'yaml'", name="yaml")) is None, "a bug, not a setup"
+
+
+def test_a_redis_that_refuses_the_password_is_one_line_not_an_endless_reconnect(tmp_path: Path, redis_url: str) -> None:
+    port = free_port()
+    server = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--requirepass", "the-right-one", "--save", "",
+         "--appendonly", "no", "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        for _ in range(50):
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                    break
+            except OSError:
+                time.sleep(0.1)
+        env = {**cli_environment(tmp_path, redis_url), "FACECHAIN_REDIS_URL": f"redis://:hunter2@127.0.0.1:{port}/0"}
+        result = run_cli(["worker"], env, tmp_path)
+        line = assert_one_line_exit_2(result, "refuses this login", "fix the password in FACECHAIN_REDIS_URL")
+        assert "hunter2" not in line
+    finally:
+        server.terminate()
+        server.wait(10)
