@@ -111,7 +111,7 @@ async def run_doctor(*, gpu: bool = True, print_line: Callable[[str], None] = pr
 
 def _check_private_redis(default_url: str) -> Check:
     """FACECHAIN_REDIS_URL unset: ``up`` starts a private Redis (``bot`` and ``worker`` alone use the default)."""
-    from bot.up import NO_REDIS
+    from bot.errors import NO_REDIS
 
     server = shutil.which("redis-server")
     if server is None:

@@ -16,6 +16,13 @@ EXIT_OPERATOR = 2
 EXIT_WEDGED = 3
 
 
+#: Neither FACECHAIN_REDIS_URL nor a redis-server for ``up`` to start (``up`` and doctor say it).
+NO_REDIS = (
+    "no Redis to use: install redis-server (Debian/Ubuntu: sudo apt install redis-server; Fedora: sudo dnf "
+    "install redis; macOS: brew install redis) or set FACECHAIN_REDIS_URL to a running Redis"
+)
+
+
 class OperatorError(Exception):
     """Something the operator must fix before this can run; its text says what and how, on one line."""
 

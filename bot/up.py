@@ -27,7 +27,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from bot.errors import OperatorError, redacted_url
+from bot.errors import NO_REDIS, OperatorError, redacted_url
 from pipeline import jobs
 
 if TYPE_CHECKING:
@@ -40,10 +40,6 @@ REDIS_START_S = 15.0
 #: How often ``up`` looks at its children.
 POLL_S = 0.2
 
-NO_REDIS = (
-    "no Redis to use: install redis-server (Debian/Ubuntu: sudo apt install redis-server; Fedora: sudo dnf "
-    "install redis; macOS: brew install redis) or set FACECHAIN_REDIS_URL to a running Redis"
-)
 
 Say = Callable[[str], None]
 
