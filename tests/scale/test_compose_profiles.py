@@ -36,7 +36,10 @@ def test_the_bucket_profile_runs_minio_with_the_s3_settings_as_its_root_user() -
 def test_the_remote_worker_reaches_redis_and_the_bucket_through_its_env_file() -> None:
     worker = _services()["remote-worker"]
     assert worker["profiles"] == ["remote-worker"]
-    assert worker["command"] == ["facechain-bot", "worker"]
+    # Its models volume is its own: it fills it on the first start, then serves.
+    assert worker["command"][:2] == ["sh", "-c"] and worker["command"][2] == (
+        "(facechain-bot models list >/dev/null || facechain-bot models fetch) && exec facechain-bot worker"
+    )
     assert "depends_on" not in worker, "Redis and the bucket are on the first machine"
     assert "FACECHAIN_REDIS_URL" not in worker["environment"], "it comes from this machine's .env"
     assert worker["env_file"] == [".env"], "the pre-2.24 form: Compose v2.17 is the minimum (README)"
