@@ -188,7 +188,8 @@ def train_tips(min_photos: int, max_photos: int, *, has_model: bool = False) -> 
         f"Great! Send me {min_photos} to {max_photos} photos of your face.",
         "Your current face model stays in use until the new one is ready." if has_model else "",
         "Tips: good light, only you in the picture, no sunglasses, different angles and expressions.",
-        "For the best quality send them as files (they arrive uncompressed). Albums are fine.",
+        "Send the original photos, several at once if you like (on Telegram as files: photos sent as photos"
+        " arrive compressed).",
         "Send /done when you're finished, or /cancel to stop.",
     )
 
