@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from pydantic import SecretStr
 
 from bot.config import ChatSecrets
-from bot.errors import EXIT_OPERATOR, EXIT_WEDGED, OperatorError, operator_message, redacted_url
+from bot.errors import EXIT_OPERATOR, EXIT_WEDGED, OperatorError, operator_message
 from bot.logging_setup import configure_logging
 from bot.settings_loader import SettingsError, load_settings
 from bot.up import DEFAULT_GRACE_S
@@ -64,20 +64,10 @@ def _explained(redis_url: str | None = None) -> Iterator[None]:
         raise OperatorError(message) from None
 
 
-def _require_redis(url: str) -> None:
-    """Fail at once, before minutes of model loading, when Redis does not answer."""
-    from redis import Redis
-
-    client = Redis.from_url(url, socket_connect_timeout=3, socket_timeout=3)
-    try:
-        client.ping()
-    finally:
-        client.close()
-
-
-def _refuse_a_wrong_redis_password(url: str) -> None:
-    """A Redis that answers but refuses the password: an operator's mistake, said once (exit 2). One
-    that does not answer yet is waited for, as always."""
+def _require_redis(url: str, *, wait_if_down: bool = False) -> None:
+    """Fail at once, before minutes of model loading, when Redis refuses the login, or does not answer
+    (unless ``wait_if_down``: the bot and the worker wait for it and reconnect). :func:`operator_message`
+    says which in one line."""
     from redis import Redis
     from redis.exceptions import AuthenticationError, AuthorizationError
     from redis.exceptions import ConnectionError as RedisConnectionError
@@ -86,12 +76,11 @@ def _refuse_a_wrong_redis_password(url: str) -> None:
     client = Redis.from_url(url, socket_connect_timeout=3, socket_timeout=3)
     try:
         client.ping()
-    except (AuthenticationError, AuthorizationError) as exc:
-        raise OperatorError(
-            f"the Redis at {redacted_url(url)} refuses this login ({exc}): fix the password in FACECHAIN_REDIS_URL"
-        ) from None
+    except (AuthenticationError, AuthorizationError):
+        raise
     except (RedisConnectionError, RedisTimeoutError):
-        pass
+        if not wait_if_down:
+            raise
     finally:
         client.close()
 
@@ -110,7 +99,7 @@ def _cmd_bot(args: argparse.Namespace) -> int:
     from bot.app import main
 
     with _explained(settings.redis_url):
-        _refuse_a_wrong_redis_password(str(settings.redis_url))
+        _require_redis(str(settings.redis_url), wait_if_down=True)
         main(settings)
     return 0
 
@@ -138,7 +127,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     from pipeline.worker import WorkerWedged, run_worker
 
     with _explained(settings.redis_url):
-        _refuse_a_wrong_redis_password(str(settings.redis_url))
+        _require_redis(str(settings.redis_url), wait_if_down=True)
         _preflight_worker(settings)
         try:
             asyncio.run(until_terminated(run_worker(settings, burst=args.burst)))

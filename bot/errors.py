@@ -57,6 +57,7 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
 
 def operator_message(exc: BaseException, redis_url: str | None = None) -> str | None:
     """The one line to show for ``exc`` if it is an operator's mistake; None for a bug (a traceback)."""
+    from redis.exceptions import AuthenticationError, AuthorizationError
     from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -66,6 +67,9 @@ def operator_message(exc: BaseException, redis_url: str | None = None) -> str | 
     for error in _chain(exc):
         if isinstance(error, OperatorError | WorkerSetupError | StyleFileError):
             return " ".join(str(error).split())
+        if isinstance(error, AuthenticationError | AuthorizationError):
+            where = f" at {redacted_url(redis_url)}" if redis_url else ""
+            return f"the Redis{where} refuses this login ({error}): fix the password in FACECHAIN_REDIS_URL"
         if isinstance(error, RedisConnectionError | RedisTimeoutError):
             where = f" at {redacted_url(redis_url)}" if redis_url else ""
             return (

@@ -32,7 +32,7 @@ from enum import StrEnum
 from bot.queue import ArqJobQueue, JobState, QueueUnreachable
 from bot.service import ConversationService
 from pipeline import jobs
-from storage.models import Run, RunKind
+from storage.models import Run
 
 log = logging.getLogger("facechain.supervisor")
 
@@ -233,13 +233,7 @@ class RunSupervisor:
             return
         if action is Action.FAIL_NO_WORKER:
             waited = f"No worker served the {kind} queue for {self._settings.no_worker_after_s:.0f} s."
-            await self._queue.report(_failed(run, jobs.ErrorCode.NO_WORKER, waited), run.attempt)
+            await self._queue.report(jobs.failed_outcome(kind, run.id, jobs.ErrorCode.NO_WORKER, waited), run.attempt)
             return
         lost = f"The worker was lost on attempt {run.attempt}."
-        await self._queue.report(_failed(run, jobs.ErrorCode.WORKER_LOST, lost), run.attempt)
-
-
-def _failed(run: Run, code: jobs.ErrorCode, message: str) -> jobs.TrainOutcome | jobs.GenerateOutcome:
-    if run.kind is RunKind.TRAIN:
-        return jobs.TrainOutcome(run_id=run.id, error=code, message=message)
-    return jobs.GenerateOutcome(run_id=run.id, error=code, message=message)
+        await self._queue.report(jobs.failed_outcome(kind, run.id, jobs.ErrorCode.WORKER_LOST, lost), run.attempt)

@@ -409,6 +409,13 @@ class Progress(BaseModel):
     message: str = Field(default="", max_length=500)
 
 
+def failed_outcome(kind: str, run_id: str, code: ErrorCode, message: str) -> TrainOutcome | GenerateOutcome:
+    """The outcome of a ``kind`` run that ended with ``code``, whoever says it (a worker, the bot)."""
+    if kind == "train":
+        return TrainOutcome(run_id=run_id, error=code, message=message)
+    return GenerateOutcome(run_id=run_id, error=code, message=message)
+
+
 def parse_request(data: Any) -> TrainRequest | GenerateRequest:
     """Validate an incoming job argument (raises pydantic.ValidationError on a malformed one)."""
     return _REQUEST.validate_python(data)

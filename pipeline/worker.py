@@ -97,7 +97,7 @@ async def _run_job(ctx: dict[str, Any], payload: Any, kind: str) -> str:
         worker_metrics.JOB_FAILURES.labels(kind, jobs.ErrorCode.BAD_PAYLOAD.value).inc()
         if run_id is None:
             return jobs.ErrorCode.BAD_PAYLOAD.value
-        bad = _failed_outcome(kind, run_id, jobs.ErrorCode.BAD_PAYLOAD, "The job was malformed.")
+        bad = jobs.failed_outcome(kind, run_id, jobs.ErrorCode.BAD_PAYLOAD, "The job was malformed.")
         await _send_outcome(ctx, bad)
         return bad.error.value if bad.error else "ok"
 
@@ -136,7 +136,7 @@ async def _attempt(
     if await _flag_set(redis, jobs.cancel_key(request.run_id)):
         await _clear_flag(redis, jobs.cancel_key(request.run_id))
         worker_metrics.JOB_FAILURES.labels(kind, jobs.ErrorCode.CANCELLED.value).inc()
-        return _failed_outcome(kind, request.run_id, jobs.ErrorCode.CANCELLED, "Cancelled before it started.")
+        return jobs.failed_outcome(kind, request.run_id, jobs.ErrorCode.CANCELLED, "Cancelled before it started.")
 
     log.info("%s job started (attempt %s)", kind, job_id)
     started = time.monotonic()
@@ -224,17 +224,17 @@ async def _run_stage(
         if reason is _Stop.SUPERSEDED:
             return None
         code = jobs.ErrorCode.TIMEOUT if reason is _Stop.TIMEOUT else jobs.ErrorCode.CANCELLED
-        return _failed_outcome(kind, request.run_id, code, _STOP_MESSAGES[code])
+        return jobs.failed_outcome(kind, request.run_id, code, _STOP_MESSAGES[code])
     try:
         outcome = task.result()
     except StageCancelled:
         if reason is _Stop.SUPERSEDED:
             return None
         code = jobs.ErrorCode.TIMEOUT if reason is _Stop.TIMEOUT else jobs.ErrorCode.CANCELLED
-        return _failed_outcome(kind, request.run_id, code, _STOP_MESSAGES[code])
+        return jobs.failed_outcome(kind, request.run_id, code, _STOP_MESSAGES[code])
     except Exception:
         log.exception("run %s failed", request.run_id)
-        return _failed_outcome(kind, request.run_id, jobs.ErrorCode.INTERNAL, "Something went wrong.")
+        return jobs.failed_outcome(kind, request.run_id, jobs.ErrorCode.INTERNAL, "Something went wrong.")
     if reason is not None and outcome.error is None:
         # The stage finished in the same instant it was told to stop: honour the result.
         log.info("run %s finished while being stopped (%s); keeping its result", request.run_id, reason.value)
@@ -350,14 +350,6 @@ class _Heartbeat:
             if ok != beating:
                 log.info("heartbeat of %s %s", self._job_id, "resumed" if ok else "paused: Redis unreachable")
             beating = ok
-
-
-def _failed_outcome(
-    kind: str, run_id: str, code: jobs.ErrorCode, message: str
-) -> jobs.TrainOutcome | jobs.GenerateOutcome:
-    if kind == "train":
-        return jobs.TrainOutcome(run_id=run_id, error=code, message=message)
-    return jobs.GenerateOutcome(run_id=run_id, error=code, message=message)
 
 
 async def _send_outcome(ctx: dict[str, Any], outcome: jobs.TrainOutcome | jobs.GenerateOutcome) -> None:
